@@ -1,0 +1,234 @@
+"""Render the book: notebooks (with their committed outputs) -> pandoc -> Typst -> PDF.
+
+    python book/build.py [--config _quarto.yml] [--out book/_build/minigpt.pdf]
+
+The chapter list is `book: chapters:` (and `appendices:`) of `_quarto.yml`. Each notebook is
+converted by its own pandoc run, through `book/notebook.lua`; `book/template.typ` gives the
+look. The build only renders: it executes nothing (`make execute` refreshes the outputs).
+Pip-only: pandoc comes from the `pypandoc-binary` wheel and Typst from the `typst` wheel,
+whose embedded fonts are the only fonts used, so the PDF is the same on every machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+BOOK = Path(__file__).resolve().parent
+ROOT = BOOK.parent
+MAX_COLUMNS = 80  # Typst does not wrap code: a longer line runs off the page
+
+
+# Pandoc's ipynb reader parses markdown cells with few extensions; the book needs these.
+READER = "ipynb" + "".join(f"+{e}" for e in (
+    "citations", "header_attributes", "table_captions", "table_attributes", "implicit_figures", "link_attributes",
+    "footnotes", "smart", "fenced_code_attributes", "fenced_divs", "bracketed_spans",
+    "raw_attribute", "inline_code_attributes", "tex_math_dollars"))
+
+
+class BookError(Exception):
+    "A problem with the book's sources, with what to do about it."
+
+
+@dataclass
+class Chapter:
+    notebook: Path
+    numbered: bool = True
+    appendix: bool = False
+
+    @property
+    def stem(self) -> str: return self.notebook.stem
+
+
+def read_config(path: Path) -> dict:
+    "The book's settings and chapter list from `_quarto.yml`."
+    import yaml
+    if not path.exists(): raise BookError(f"{path}: no such file; the book needs its _quarto.yml")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    book = cfg.get("book") or {}
+    if not book.get("chapters"): raise BookError(f"{path}: `book: chapters:` lists no chapters")
+    return {**book, "bibliography": cfg.get("bibliography") or book.get("bibliography")}
+
+
+def _flatten(entries) -> list[str]:
+    "Chapter paths of a Quarto chapter list, whose entries may be `part:` groups."
+    out = []
+    for e in entries or []:
+        if isinstance(e, str): out.append(e)
+        elif isinstance(e, dict): out += _flatten(e.get("chapters"))
+    return out
+
+
+def chapters(book: dict, base: Path) -> list[Chapter]:
+    "The chapters in reading order; a notebook named `*index.ipynb` is the unnumbered preface."
+    res = []
+    for appendix, key in ((False, "chapters"), (True, "appendices")):
+        for rel in _flatten(book.get(key)):
+            nb = (base / rel).resolve()
+            if nb.suffix != ".ipynb": raise BookError(f"{rel}: chapters must be notebooks (.ipynb)")
+            if not nb.exists(): raise BookError(f"{rel}: listed in _quarto.yml but not found")
+            res.append(Chapter(nb, numbered=not nb.stem.endswith("index"), appendix=appendix))
+    return res
+
+
+def read_version(root: Path = ROOT) -> str:
+    "The package version, read from `minigpt/__init__.py` without importing the package."
+    m = re.search(r'^__version__\s*=\s*["\']([^"\']+)', (root / "minigpt" / "__init__.py").read_text(), re.M)
+    return m.group(1) if m else "unknown"
+
+
+def build_date() -> dt.date:
+    "Today, or `SOURCE_DATE_EPOCH` for a reproducible build."
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).date() if epoch else dt.date.today()
+
+
+def _shown_text(cell: dict) -> list[str]:
+    "The lines of a cell that the book prints: code without directives, and text outputs."
+    src = "".join(cell.get("source", ""))
+    hidden_code = re.search(r"^#\|\s*echo:\s*false", src, re.M)
+    lines = [] if hidden_code else [l for l in src.splitlines() if not l.startswith("#|")]
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream": text = out.get("text", "")
+        else: text = (out.get("data") or {}).get("text/plain", "") if "image/png" not in (out.get("data") or {}) \
+                     and "text/markdown" not in (out.get("data") or {}) else ""
+        lines += re.sub(r"\x1b\[[\d;]*[A-Za-z]", "", "".join(text)).splitlines()
+    return lines
+
+
+def check_notebook(nb: Path) -> dict:
+    "Fail early, naming the cell, on what would break or overflow the page. Returns the notebook."
+    try:
+        notebook = json.loads(nb.read_text())
+        cells = notebook["cells"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+        raise BookError(f"{nb.name}: not a valid notebook ({e})") from None
+    for i, cell in enumerate(cells):
+        if cell.get("cell_type") != "code": continue
+        src = "".join(cell.get("source", ""))
+        if re.search(r"^#\|\s*(hide|default_exp)\b|^#\|\s*include:\s*false", src, re.M): continue
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                raise BookError(f"{nb.name}, cell {i}: its saved output is an error ({out.get('ename')}); "
+                                "fix the cell and run `make execute`")
+        for n, line in enumerate(_shown_text(cell), 1):
+            if len(line) > MAX_COLUMNS:
+                raise BookError(f"{nb.name}, cell {i}: a printed line has {len(line)} characters "
+                                f"(limit {MAX_COLUMNS}, Typst does not wrap code): {line[:50]}...")
+    return notebook
+
+
+def for_pandoc(notebook: dict) -> dict:
+    "A copy pandoc's reader accepts: nbdev-clean leaves `execution_count` null, pandoc wants a number."
+    nb = json.loads(json.dumps(notebook))
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "execute_result" and out.get("execution_count") is None:
+                out["execution_count"] = 0
+    return nb
+
+
+def pandoc_path() -> str:
+    import pypandoc
+    return pypandoc.get_pandoc_path()
+
+
+def convert(ch: Chapter, out_dir: Path, pandoc: str) -> Path:
+    "One notebook -> one Typst file, its images extracted beside it."
+    src = out_dir / "src" / ch.notebook.name
+    src.parent.mkdir(exist_ok=True)
+    src.write_text(json.dumps(for_pandoc(check_notebook(ch.notebook))))
+    dest = out_dir / f"ch-{ch.stem}.typ"
+    cmd = [pandoc, str(src), "--from", READER, "--to", "typst",
+           "--ipynb-output=all", "--lua-filter", str(BOOK / "notebook.lua"),
+           "--extract-media", f"media/{ch.stem}", "--wrap=preserve", "-o", dest.name]
+    r = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BookError(f"{ch.notebook.name}: pandoc could not convert it:\n{r.stderr.strip()}")
+    return dest
+
+
+def _typst_str(s: str) -> str: return json.dumps(s)  # a JSON string is a valid Typst string
+
+
+def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: Path | None) -> str:
+    "The Typst document that includes every chapter in order."
+    lines = ['#import "template.typ": book, unnumbered, appendix',
+             f'#show: book.with(title: {_typst_str(book.get("title", ""))}, '
+             f'subtitle: {_typst_str(book.get("subtitle", ""))}, '
+             f'version: {_typst_str(version)}, date: {_typst_str(date.isoformat())})', ""]
+    started_appendix = False
+    for ch in chs:
+        inc = f'include "ch-{ch.stem}.typ"'
+        if ch.appendix and not started_appendix:
+            lines.append("#show: appendix"); started_appendix = True
+        lines.append(f"#{inc}" if ch.numbered else f"#unnumbered({inc})")
+    if bib is not None:
+        lines += ["", f'#bibliography({_typst_str(bib.name)}, title: "References")']
+    return "\n".join(lines) + "\n"
+
+
+def compile_pdf(main: Path, out: Path, date: dt.date) -> int:
+    "Typst -> PDF; warnings are errors; the final path is replaced atomically. Returns bytes written."
+    import typst
+    ts = int(dt.datetime.combine(date, dt.time(), dt.timezone.utc).timestamp())
+    try:
+        pdf, warnings = typst.compile_with_warnings(str(main), root=str(main.parent), font_paths=[],
+                                                    ignore_system_fonts=True, timestamp=ts)
+    except typst.TypstError as e:
+        raise BookError(f"typst could not compile {main.name}:\n{e}") from None
+    if warnings:
+        raise BookError("typst warnings (treated as errors):\n" + "\n".join(str(w) for w in warnings))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(pdf)
+    os.replace(tmp, out)
+    return len(pdf)
+
+
+def build(config: Path = ROOT / "_quarto.yml", out: Path = BOOK / "_build" / "minigpt.pdf") -> Path:
+    "Render every chapter of `config` into the PDF `out`; the Typst sources go beside it."
+    book = read_config(config)
+    chs = chapters(book, config.parent)
+    work = out.parent  # self-contained: chapters, media, template and bibliography
+    work.mkdir(parents=True, exist_ok=True)
+    for old in work.glob("ch-*.typ"): old.unlink()
+    shutil.rmtree(work / "media", ignore_errors=True)
+    shutil.copy(BOOK / "template.typ", work / "template.typ")
+    bib = config.parent / (book.get("bibliography") or "book/references.bib")
+    if bib.exists(): shutil.copy(bib, work / "references.bib")
+    pandoc = pandoc_path()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        list(pool.map(lambda ch: convert(ch, work, pandoc), chs))
+    main = work / "book.typ"
+    date = build_date()
+    main.write_text(main_typ(book, chs, read_version(), date, work / "references.bib" if bib.exists() else None))
+    compile_pdf(main, out, date)
+    return out
+
+
+def cli(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=ROOT / "_quarto.yml", help="the book's _quarto.yml")
+    p.add_argument("--out", type=Path, default=BOOK / "_build" / "minigpt.pdf", help="the PDF to write")
+    args = p.parse_args(argv)
+    start = dt.datetime.now()
+    try: out = build(args.config.resolve(), args.out.resolve())
+    except BookError as e:
+        print(f"book: error: {e}", file=sys.stderr)
+        return 1
+    secs = (dt.datetime.now() - start).total_seconds()
+    print(f"book: wrote {os.path.relpath(out)} ({out.stat().st_size / 1e6:.1f} MB) in {secs:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,184 @@
+-- notebook.lua: turn a notebook, as pandoc's ipynb reader sees it, into book content.
+--
+-- Pandoc reads each chapter with `--ipynb-output=all`, so every code cell arrives as
+--   Div.cell.code [ CodeBlock(source), Div.output [...], Div.output [...] ]
+-- and every output carries all of its representations. This filter
+--   * reads the `#|` directives of a code cell and strips them from the code shown;
+--   * drops hidden cells (`#| hide`, `#| default_exp`, `#| include: false`), the code of
+--     `#| echo: false` cells and the outputs of `#| output: false` cells;
+--   * keeps the richest representation of each output (markdown, image, then plain text);
+--   * turns an image output into a numbered figure (`#| fig-cap`, `#| label: fig-...`) and a
+--     table output into a numbered table (`#| tbl-cap`, `#| label: tbl-...`); an image or a
+--     table output without a caption is an error, so every figure and table has one;
+--   * gives display equations their label (`$$ ... $$ {#eq-x}`), makes `[@sec-x]`,
+--     `[@fig-x]`, `[@tbl-x]` and `[@eq-x]` cross-references, and leaves other keys to the
+--     bibliography;
+--   * drops automatic heading ids (every chapter has a "Summary"); only `{#sec-...}` stay.
+
+local CROSSREF = { "sec-", "fig-", "tbl-", "eq-" }
+
+local function is_crossref(key)
+  for _, prefix in ipairs(CROSSREF) do
+    if key:sub(1, #prefix) == prefix then return true end
+  end
+  return false
+end
+
+-- Split a cell's source into its `#|` directives and the code a reader sees.
+local function directives(source)
+  local opts, lines = {}, {}
+  for line in (source .. "\n"):gmatch("(.-)\n") do
+    local d = line:match("^#|%s*(.-)%s*$")
+    if d then
+      local key, value = d:match("^([%w_-]+)%s*:%s*(.*)$")
+      if key then
+        opts[key] = value:gsub('^"(.*)"$', "%1"):gsub("^'(.*)'$", "%1")
+      else
+        local flag = d:match("^([%w_-]+)")
+        if flag then opts[flag] = true end
+      end
+    else
+      table.insert(lines, line)
+    end
+  end
+  local code = table.concat(lines, "\n"):gsub("^%s*\n", ""):gsub("%s+$", "")
+  return opts, code
+end
+
+local function strip_ansi(s)
+  return (s:gsub("\27%[[%d;]*[A-Za-z]", ""))
+end
+
+-- The blocks of one output Div, keeping only its richest representation.
+local function render_output(div)
+  local rich, plain = {}, {}
+  for _, b in ipairs(div.content) do
+    if b.t == "RawBlock" and b.format == "markdown" then
+      for _, parsed in ipairs(pandoc.read(b.text, "markdown").blocks) do
+        table.insert(rich, parsed)
+      end
+    elseif b.t == "Para" and #b.content == 1 and b.content[1].t == "Image" then
+      table.insert(rich, b)
+    elseif b.t == "CodeBlock" then
+      local text = strip_ansi(b.text):gsub("%s+$", "")
+      if text ~= "" then table.insert(plain, pandoc.CodeBlock(text, { class = "output" })) end
+    end
+    -- other raw formats (html, latex) have no place in the PDF
+  end
+  if #rich > 0 then return rich end
+  return plain
+end
+
+local function parse_caption(text)
+  local blocks = pandoc.read(text, "markdown").blocks
+  if #blocks == 0 then return pandoc.Inlines {} end
+  return blocks[1].content
+end
+
+local function cell_error(opts, source, message)
+  local first = source:match("^[^\n]*") or ""
+  error(message .. " (in the cell that starts: " .. first .. ")", 0)
+end
+
+local function code_cell(el)
+  local source = el.content[1]
+  if source == nil or source.t ~= "CodeBlock" then return nil end
+  local opts, code = directives(source.text)
+  if opts.hide or opts.default_exp or opts.include == "false" then return {} end
+
+  local blocks = pandoc.Blocks {}
+  if opts.echo ~= "false" and code ~= "" then
+    blocks:insert(pandoc.CodeBlock(code, { class = "python" }))
+  end
+  if opts.output == "false" then return blocks end
+
+  local label = opts.label or ""
+  for i = 2, #el.content do
+    local out = el.content[i]
+    if out.t == "Div" and out.classes:includes("output") then
+      for _, b in ipairs(render_output(out)) do
+        if b.t == "Para" and b.content[1].t == "Image" then
+          if not opts["fig-cap"] then
+            cell_error(opts, source.text, "a figure output needs `#| fig-cap: ...` (and `#| label: fig-...` to refer to it)")
+          end
+          local img = b.content[1]
+          b = pandoc.Figure(pandoc.Plain { img }, { pandoc.Plain(parse_caption(opts["fig-cap"])) },
+            { id = label:match("^fig%-") and label or "" })
+          opts["fig-cap"] = nil -- one caption, one figure
+        elseif b.t == "Table" then
+          if not opts["tbl-cap"] then
+            cell_error(opts, source.text, "a table output needs `#| tbl-cap: ...` (and `#| label: tbl-...` to refer to it)")
+          end
+          b.caption = { long = { pandoc.Plain(parse_caption(opts["tbl-cap"])) } }
+          if label:match("^tbl%-") then b.identifier = label end
+          opts["tbl-cap"] = nil
+        end
+        blocks:insert(b)
+      end
+    end
+  end
+  return blocks
+end
+
+-- `$$ ... $$ {#eq-x}` arrives as a paragraph: DisplayMath, a space, Str "{#eq-x}".
+local function labelled_equations(para)
+  local out, inlines, changed = pandoc.Blocks {}, pandoc.Inlines {}, false
+  local items = para.content
+  local i = 1
+  while i <= #items do
+    local item = items[i]
+    if item.t == "Math" and item.mathtype == "DisplayMath" then
+      local j = i + 1
+      while items[j] and (items[j].t == "Space" or items[j].t == "SoftBreak") do j = j + 1 end
+      local label = items[j] and items[j].t == "Str" and items[j].text:match("^{#(eq%-[%w_-]+)}$")
+      if label then
+        if #inlines > 0 then out:insert(pandoc.Para(inlines)); inlines = pandoc.Inlines {} end
+        local typ = pandoc.write(pandoc.Pandoc { pandoc.Plain { item } }, "typst"):gsub("%s+$", "")
+        out:insert(pandoc.RawBlock("typst", typ .. " <" .. label .. ">"))
+        changed = true
+        i = j + 1
+      else
+        inlines:insert(item)
+        i = i + 1
+      end
+    else
+      inlines:insert(item)
+      i = i + 1
+    end
+  end
+  if not changed then return nil end
+  -- drop leading spaces of a trailing paragraph
+  while #inlines > 0 and (inlines[1].t == "Space" or inlines[1].t == "SoftBreak") do inlines:remove(1) end
+  if #inlines > 0 then out:insert(pandoc.Para(inlines)) end
+  return out
+end
+
+local function cite(el)
+  local refs = pandoc.Inlines {}
+  for i, c in ipairs(el.citations) do
+    if i > 1 then refs:insert(pandoc.Str(", ")) end
+    if is_crossref(c.id) then
+      refs:insert(pandoc.RawInline("typst", "@" .. c.id))
+    else
+      refs:insert(pandoc.RawInline("typst", "#cite(<" .. c.id .. ">)"))
+    end
+  end
+  return refs
+end
+
+local function header(el)
+  if not el.identifier:match("^sec%-") then el.identifier = "" end
+  return el
+end
+
+return {
+  { Div = function(el)
+      if el.classes:includes("cell") and el.classes:includes("code") then return code_cell(el) end
+    end },
+  { Div = function(el)
+      if el.classes:includes("cell") then return el.content end -- unwrap markdown cells
+    end,
+    Para = labelled_equations,
+    Cite = cite,
+    Header = header },
+}
