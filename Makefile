@@ -1,0 +1,51 @@
+# minigpt: every target sets up .venv by itself on a fresh clone.
+PYTHON ?= python3
+# A local CPU build on our machines; set TORCH= to skip, or e.g. TORCH="torch==2.5.1" elsewhere.
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install export sync-check test execute pdf clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first when absent: `pip install -e .` alone may pick a multi-GB CUDA build
+	$(BIN)/python -c "import torch" 2>/dev/null || test -z "$(TORCH)" || \
+		$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+export: $(STAMP)
+	$(BIN)/nbdev-export
+
+# The package must be exactly what the notebooks export, and the notebooks must be clean.
+sync-check: $(STAMP)
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+	@if [ -n "$$(git status --porcelain)" ]; then \
+		echo "sync-check: the notebooks and the package (or the working tree) differ:"; \
+		git status --porcelain; \
+		echo "run 'make export' and commit the notebooks with the generated modules"; \
+		exit 1; \
+	fi
+	@echo "sync-check: notebooks and package agree"
+
+test: $(STAMP)
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-test --n_workers 2
+	$(BIN)/python -m pytest -q
+
+execute: $(STAMP)
+	$(BIN)/nbdev-export
+	$(BIN)/python tools/execute_nbs.py
+
+pdf: $(STAMP)
+	$(BIN)/python book/build.py
+
+clean:
+	rm -rf book/_build build dist *.egg-info .pytest_cache _docs _proc
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -1,0 +1,159 @@
+"""The PDF book: built from the real chapters, and from small notebooks made to break it."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import build as book
+from check_pdf import pdf_text, problems
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def real_book(tmp_path_factory):
+    "The whole book, built from the committed notebooks into a temporary folder."
+    out = tmp_path_factory.mktemp("book") / "minigpt.pdf"
+    book.build(ROOT / "_quarto.yml", out)
+    return out
+
+
+def test_real_book_passes_the_reader_checks(real_book):
+    assert problems(real_book, ROOT / "_quarto.yml") == []
+
+
+def test_real_book_has_front_matter_and_numbering(real_book):
+    n, text = pdf_text(real_book)
+    assert "Build a Large Language Model" in text and f"Version {book.read_version()}" in text
+    assert re.search(r"Chapter\s+1", text)                      # numbered chapters
+    assert re.search(r"Figure\s+1\s*:", text)                  # captioned figures
+    assert re.search(r"Table\s+1\s*:", text)                   # captioned tables
+    assert "(1)" in text                                        # a numbered equation
+    assert "Vaswani" in text                                    # the bibliography
+    assert "print(f\"minigpt {minigpt.__version__}\")" in text  # code...
+    assert f"minigpt {book.read_version()}" in text             # ...with its output
+
+
+def make_book(tmp: Path, cells: list, name: str = "01_test.ipynb", title="Test Book") -> Path:
+    "A one-chapter book in `tmp` with the given cells; returns its _quarto.yml."
+    nb = nbformat.v4.new_notebook()
+    nb.cells = cells
+    (tmp / "nbs").mkdir(exist_ok=True)
+    nbformat.write(nb, tmp / "nbs" / name)
+    cfg = tmp / "_quarto.yml"
+    cfg.write_text(f"book:\n  title: {title}\n  chapters:\n    - nbs/{name}\n")
+    return cfg
+
+
+def md(text): return nbformat.v4.new_markdown_cell(text)
+
+
+def code(src, *outputs):
+    c = nbformat.v4.new_code_cell(src)
+    c.outputs = list(outputs)
+    return c
+
+
+def stream(text): return nbformat.v4.new_output("stream", name="stdout", text=text)
+
+
+def png_output():
+    import base64, io
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(2, 1)); ax.plot([0, 1], [0, 1])
+    buf = io.BytesIO(); fig.savefig(buf, format="png"); plt.close(fig)
+    return nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(buf.getvalue()).decode(),
+                                                        "text/plain": "<Figure>"})
+
+
+def test_directives_hidden_cells_and_crossrefs(tmp_path):
+    cfg = make_book(tmp_path, [
+        md("# A chapter\n\nSee [@sec-two], [@fig-line], [@tbl-t] and [@eq-e].\n\n"
+           "$$\n\\frac{a}{b} = \\operatorname{softmax}(x)\n$$ {#eq-e}\n\n## Two {#sec-two}\n"),
+        code("#| hide\nSECRET_HIDDEN_CELL = 1", stream("HIDDEN_OUTPUT\n")),
+        code("#| echo: false\nSECRET_ECHO_FALSE = 1", stream("VISIBLE_OUTPUT\n")),
+        code("#| output: false\nshown_code = 2", stream("SECRET_SUPPRESSED_OUTPUT\n")),
+        code("#| export\ndef exported(): return 'EXPORTED_SHOWN'"),
+        code("#| label: fig-line\n#| fig-cap: A line.\nplot()", png_output()),
+        code("#| label: tbl-t\n#| tbl-cap: A table.\ntable()",
+             nbformat.v4.new_output("execute_result", data={"text/markdown": "| a | b |\n|--|--|\n| 1 | 2 |\n",
+                                                            "text/plain": "<md>"}, execution_count=None)),
+    ])
+    out = tmp_path / "out" / "book.pdf"
+    book.build(cfg, out)
+    n, text = pdf_text(out)
+    for secret in ("SECRET_HIDDEN_CELL", "HIDDEN_OUTPUT", "SECRET_ECHO_FALSE", "SECRET_SUPPRESSED_OUTPUT", "#|",
+                   "{#", "[@", "\\frac", "<md>"):
+        assert secret not in text, secret
+    for shown in ("VISIBLE_OUTPUT", "shown_code = 2", "EXPORTED_SHOWN", "Figure 1.1: A line.", "Table 1.1: A table.",
+                  "(1.1)", "Section 1.1", "Equation (1.1)"):
+        assert shown in re.sub(r"\s+", " ", text), shown
+
+
+def test_failure_names_the_notebook_and_keeps_the_old_pdf(tmp_path):
+    cfg = make_book(tmp_path, [md("# Good\n\nText.")])
+    out = tmp_path / "book.pdf"
+    book.build(cfg, out)
+    before = out.read_bytes()
+    (tmp_path / "nbs" / "01_test.ipynb").write_text("{ not json")
+    with pytest.raises(book.BookError, match=r"01_test\.ipynb.*not a valid notebook"):
+        book.build(cfg, out)
+    assert out.read_bytes() == before  # nothing already built is lost
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cli_exits_nonzero_with_the_notebook_name(tmp_path, capsys):
+    cfg = make_book(tmp_path, [md("# Bad"), code("#| label: fig-x\nplot()", png_output())])
+    status = book.cli(["--config", str(cfg), "--out", str(tmp_path / "b.pdf")])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "01_test.ipynb" in err and "fig-cap" in err
+    assert not (tmp_path / "b.pdf").exists()
+
+
+def test_uncaptioned_table_output_is_an_error(tmp_path):
+    cfg = make_book(tmp_path, [md("# T"), code("t()", nbformat.v4.new_output(
+        "display_data", data={"text/markdown": "| a |\n|--|\n| 1 |\n", "text/plain": "x"}))])
+    with pytest.raises(book.BookError, match="tbl-cap"):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_overlong_code_line_is_an_error(tmp_path):
+    cfg = make_book(tmp_path, [md("# T"), code("x = '" + "a" * 90 + "'")])
+    with pytest.raises(book.BookError, match=r"01_test\.ipynb, cell 1: .*characters"):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_missing_chapter_is_an_error(tmp_path):
+    cfg = tmp_path / "_quarto.yml"
+    cfg.write_text("book:\n  chapters:\n    - nbs/nope.ipynb\n")
+    with pytest.raises(book.BookError, match="nope.ipynb: listed in _quarto.yml but not found"):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_saved_error_output_is_an_error(tmp_path):
+    err = nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])
+    cfg = make_book(tmp_path, [md("# T"), code("1/0", err)])
+    with pytest.raises(book.BookError, match="ZeroDivisionError.*make execute"):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_typst_warnings_fail_the_build(tmp_path):
+    main = tmp_path / "w.typ"
+    main.write_text('#set text(font: "No Such Font")\nHello')
+    with pytest.raises(book.BookError, match="warning"):
+        book.compile_pdf(main, tmp_path / "w.pdf", book.build_date())
+    assert not (tmp_path / "w.pdf").exists()
+
+
+def test_chapter_list_comes_from_quarto_yml(tmp_path):
+    chs = book.chapters(book.read_config(ROOT / "_quarto.yml"), ROOT)
+    import yaml
+    listed = yaml.safe_load((ROOT / "_quarto.yml").read_text())["book"]["chapters"]
+    assert [c.notebook for c in chs][:len(listed)] == [(ROOT / p).resolve() for p in listed]
+    assert not chs[0].numbered and all(c.numbered for c in chs[1:])  # the preface is unnumbered

@@ -1,0 +1,58 @@
+"The installed `minigpt` command, run as a user runs it: a separate process."
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import minigpt
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args, env=None):
+    exe = shutil.which("minigpt", path=str(BIN)) or "minigpt"
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_version_matches_package():
+    r = run("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"minigpt {minigpt.__version__}"
+
+
+def test_help_lists_subcommands():
+    from minigpt.cli import COMMANDS
+    r = run("--help")
+    assert r.returncode == 0
+    assert r.stdout.startswith("usage: minigpt")
+    for name in COMMANDS:
+        assert name in r.stdout
+
+
+def test_no_command_prints_help():
+    r = run()
+    assert r.returncode == 0 and "usage: minigpt" in r.stdout
+
+
+def test_info_reports_torch():
+    import torch
+    r = run("info")
+    assert r.returncode == 0, r.stderr
+    assert f"torch: {torch.__version__}" in r.stdout
+    assert f"minigpt: {minigpt.__version__}" in r.stdout
+
+
+def test_unknown_command_is_refused():
+    r = run("frobnicate")
+    assert r.returncode == 2
+    assert "invalid choice: 'frobnicate'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_version_does_not_import_torch():
+    # `--version` and `--help` must answer without loading PyTorch
+    code = ("import sys\nfrom minigpt.cli import build_parser\n"
+            "build_parser().format_help()\nprint('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
