@@ -36,7 +36,7 @@ sync-check: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/nbdev-export
-	$(BIN)/nbdev-test --n_workers 2
+	$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/python -m pytest -q
 
 execute: $(STAMP)
