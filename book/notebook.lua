@@ -166,6 +166,13 @@ local function cite(el)
   return refs
 end
 
+-- Let Typst size table columns to their content: pandoc's relative widths (from the length
+-- of a pipe table's dashes) wrap short cells.
+local function auto_width_table(tbl)
+  for i, spec in ipairs(tbl.colspecs) do tbl.colspecs[i] = { spec[1], nil } end
+  return tbl
+end
+
 local function header(el)
   if not el.identifier:match("^sec%-") then el.identifier = "" end
   return el
@@ -180,5 +187,6 @@ return {
     end,
     Para = labelled_equations,
     Cite = cite,
+    Table = auto_width_table,
     Header = header },
 }

@@ -157,3 +157,19 @@ def test_chapter_list_comes_from_quarto_yml(tmp_path):
     listed = yaml.safe_load((ROOT / "_quarto.yml").read_text())["book"]["chapters"]
     assert [c.notebook for c in chs][:len(listed)] == [(ROOT / p).resolve() for p in listed]
     assert not chs[0].numbered and all(c.numbered for c in chs[1:])  # the preface is unnumbered
+
+
+def test_appendices_are_lettered(tmp_path):
+    make_book(tmp_path, [md("# Main chapter\n\nText.")])
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [md("# Troubles\n\n$$\nx = 1\n$$ {#eq-x}\n\nSee [@eq-x]."),
+                code("#| label: fig-a\n#| fig-cap: An appendix figure.\nplot()", png_output())]
+    nbformat.write(nb, tmp_path / "nbs" / "12_app.ipynb")
+    cfg = tmp_path / "_quarto.yml"
+    cfg.write_text("book:\n  title: T\n  chapters:\n    - nbs/01_test.ipynb\n"
+                   "  appendices:\n    - nbs/12_app.ipynb\n")
+    book.build(cfg, tmp_path / "b.pdf")
+    text = re.sub(r"\s+", " ", pdf_text(tmp_path / "b.pdf")[1])
+    for shown in ("Chapter 1 Main chapter", "Appendix A Troubles", "(A.1)", "Equation (A.1)",
+                  "Figure A.1: An appendix figure."):
+        assert shown in text, shown
