@@ -92,14 +92,15 @@ def build_date() -> dt.date:
 
 
 def _shown_text(cell: dict) -> list[str]:
-    "The lines of a cell that the book prints: code without directives, and text outputs."
+    "The lines of a code cell that the book prints: code without directives, and text outputs."
     src = "".join(cell.get("source", ""))
-    hidden_code = re.search(r"^#\|\s*echo:\s*false", src, re.M)
-    lines = [] if hidden_code else [l for l in src.splitlines() if not l.startswith("#|")]
+    echo = not re.search(r"^#\|\s*echo:\s*false", src, re.M)
+    lines = [l for l in src.splitlines() if not l.startswith("#|")] if echo else []
     for out in cell.get("outputs", []):
+        data = out.get("data") or {}
         if out.get("output_type") == "stream": text = out.get("text", "")
-        else: text = (out.get("data") or {}).get("text/plain", "") if "image/png" not in (out.get("data") or {}) \
-                     and "text/markdown" not in (out.get("data") or {}) else ""
+        elif "image/png" in data or "text/markdown" in data: continue  # rendered, not printed
+        else: text = data.get("text/plain", "")
         lines += re.sub(r"\x1b\[[\d;]*[A-Za-z]", "", "".join(text)).splitlines()
     return lines
 

@@ -75,7 +75,7 @@ local function parse_caption(text)
   return blocks[1].content
 end
 
-local function cell_error(opts, source, message)
+local function cell_error(source, message)
   local first = source:match("^[^\n]*") or ""
   error(message .. " (in the cell that starts: " .. first .. ")", 0)
 end
@@ -99,7 +99,7 @@ local function code_cell(el)
       for _, b in ipairs(render_output(out)) do
         if b.t == "Para" and b.content[1].t == "Image" then
           if not opts["fig-cap"] then
-            cell_error(opts, source.text, "a figure output needs `#| fig-cap: ...` (and `#| label: fig-...` to refer to it)")
+            cell_error(source.text, "a figure output needs `#| fig-cap: ...` (and `#| label: fig-...` to refer to it)")
           end
           local img = b.content[1]
           b = pandoc.Figure(pandoc.Plain { img }, { pandoc.Plain(parse_caption(opts["fig-cap"])) },
@@ -107,7 +107,7 @@ local function code_cell(el)
           opts["fig-cap"] = nil -- one caption, one figure
         elseif b.t == "Table" then
           if not opts["tbl-cap"] then
-            cell_error(opts, source.text, "a table output needs `#| tbl-cap: ...` (and `#| label: tbl-...` to refer to it)")
+            cell_error(source.text, "a table output needs `#| tbl-cap: ...` (and `#| label: tbl-...` to refer to it)")
           end
           b.caption = { long = { pandoc.Plain(parse_caption(opts["tbl-cap"])) } }
           if label:match("^tbl%-") then b.identifier = label end

@@ -173,3 +173,16 @@ def test_appendices_are_lettered(tmp_path):
     for shown in ("Chapter 1 Main chapter", "Appendix A Troubles", "(A.1)", "Equation (A.1)",
                   "Figure A.1: An appendix figure."):
         assert shown in text, shown
+
+
+def test_check_pdf_catches_what_a_reader_would(tmp_path):
+    "The CI check fails on a PDF with leaked directives or LaTeX and a missing chapter."
+    import typst
+    src = tmp_path / "bad.typ"
+    src.write_text("= Contents\n\n```\n#| export\n```\n\nRaw \\\\frac{a}{b} and [\\@sec-x].\n")
+    pdf = tmp_path / "bad.pdf"
+    pdf.write_bytes(typst.compile(str(src), ignore_system_fonts=True))
+    found = "\n".join(problems(pdf, ROOT / "_quarto.yml", min_pages=1))
+    assert "chapter title missing: 'Preface'" in found
+    assert "'#|'" in found and "\\\\frac" in found and "[@" in found
+    assert "missing a numbered figure" in found

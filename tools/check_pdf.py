@@ -47,7 +47,7 @@ def problems(pdf: Path, config: Path, min_pages: int = 5) -> list[str]:
         if re.sub(r"\s+", " ", title) not in flat: found.append(f"chapter title missing: {title!r}")
     for what, pattern in [("a numbered figure", r"Figure\s+\d+"), ("a numbered table", r"Table\s+\d+"),
                           ("a numbered equation", r"\((\d+\.)?\d+\)"), ("a bibliography", r"References")]:
-        if not re.search(pattern, text): found.append(f"no {what}")
+        if not re.search(pattern, text): found.append(f"missing {what}")
     for leak in LEAKS:
         m = re.search(leak, text)
         if m: found.append(f"leaked source text {m.group(0)!r}: ...{text[max(0, m.start()-40):m.end()+40]!r}")
@@ -55,15 +55,16 @@ def problems(pdf: Path, config: Path, min_pages: int = 5) -> list[str]:
 
 
 def main(argv) -> int:
-    args = [a for a in argv if not a.startswith("--")]
-    config = Path(argv[argv.index("--config") + 1]) if "--config" in argv else ROOT / "_quarto.yml"
-    args = [a for a in args if a != str(config)]
-    pdf = Path(args[0]) if args else ROOT / "book" / "_build" / "minigpt.pdf"
-    found = problems(pdf, config.resolve())
-    for p in found: print(f"check_pdf: {p}")
+    import argparse
+    p = argparse.ArgumentParser(description="Check a built book the way a reader would look at it.")
+    p.add_argument("pdf", nargs="?", type=Path, default=ROOT / "book" / "_build" / "minigpt.pdf")
+    p.add_argument("--config", type=Path, default=ROOT / "_quarto.yml")
+    args = p.parse_args(argv)
+    found = problems(args.pdf, args.config.resolve())
+    for problem in found: print(f"check_pdf: {problem}")
     if not found:
-        n, _ = pdf_text(pdf)
-        print(f"check_pdf: {pdf.name} ok ({n} pages, every chapter of {config.name} present)")
+        print(f"check_pdf: {args.pdf.name} ok ({pdf_text(args.pdf)[0]} pages, "
+              f"every chapter of {args.config.name} present)")
     return 1 if found else 0
 
 
