@@ -154,6 +154,7 @@ def convert(ch: Chapter, out_dir: Path, pandoc: str) -> Path:
     r = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
     if r.returncode != 0:
         raise BookError(f"{ch.notebook.name}: pandoc could not convert it:\n{r.stderr.strip()}")
+    dest.write_text('#import "compat.typ": *\n' + dest.read_text())
     return dest
 
 
@@ -203,7 +204,7 @@ def build(config: Path = ROOT / "_quarto.yml", out: Path = BOOK / "_build" / "mi
     work.mkdir(parents=True, exist_ok=True)
     for old in work.glob("ch-*.typ"): old.unlink()
     shutil.rmtree(work / "media", ignore_errors=True)
-    shutil.copy(BOOK / "template.typ", work / "template.typ")
+    for name in ("template.typ", "compat.typ"): shutil.copy(BOOK / name, work / name)
     bib = config.parent / (book.get("bibliography") or "book/references.bib")
     if bib.exists(): shutil.copy(bib, work / "references.bib")
     pandoc = pandoc_path()

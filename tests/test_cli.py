@@ -56,3 +56,20 @@ def test_version_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_data_stats_bad_path_is_one_clear_line():
+    r = run("data", "stats", "--corpus", "no/such/folder")
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("minigpt data: error: no/such/folder: no such file or folder; "
+                                "give a .txt or .jsonl file, a folder of them, or 'shakespeare'")
+
+
+def test_data_stats_on_a_folder(tmp_path):
+    (tmp_path / "a.txt").write_text("word " * 100)
+    (tmp_path / "b.txt").write_text("word " * 100)          # an exact copy
+    (tmp_path / "c.bin").write_bytes(b"\x00\x01")
+    r = run("data", "stats", "--corpus", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "exact duplicates: 1;" in r.stdout
+    assert "skipped c.bin: not a .txt or .jsonl file" in r.stdout
