@@ -73,3 +73,26 @@ def test_data_stats_on_a_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "exact duplicates: 1;" in r.stdout
     assert "skipped c.bin: not a .txt or .jsonl file" in r.stdout
+
+
+def test_tokenizer_train_and_encode_shakespeare(tmp_path):
+    "The book's tokenizer from the command line, checked against the library."
+    from minigpt.tokenizer import load_tokenizer
+    out = tmp_path / "tokenizer.json"
+    r = run("tokenizer", "train", "--corpus", "shakespeare", "--vocab-size", "4096",
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "trained 4096 tokens" in r.stdout and out.exists()
+    tok = load_tokenizer(out)
+    assert tok.vocab_size == 4096
+    r = run("tokenizer", "encode", "--tokenizer", str(out), "--text", "O Romeo, Romeo!")
+    assert r.returncode == 0, r.stderr
+    assert f"ids:    {tok.encode('O Romeo, Romeo!')}" in r.stdout
+
+
+def test_tokenizer_encode_with_a_corrupt_file(tmp_path):
+    bad = tmp_path / "tok.json"
+    bad.write_text('{"format": "minigpt-tokenizer", "version": 1, "kind": "bpe"')
+    r = run("tokenizer", "encode", "--tokenizer", str(bad), "--text", "x")
+    assert r.returncode == 1
+    assert "not a valid minigpt tokenizer file" in r.stderr and "Traceback" not in r.stderr
