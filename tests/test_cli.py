@@ -96,3 +96,21 @@ def test_tokenizer_encode_with_a_corrupt_file(tmp_path):
     r = run("tokenizer", "encode", "--tokenizer", str(bad), "--text", "x")
     assert r.returncode == 1
     assert "not a valid minigpt tokenizer file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_prepare_shakespeare_round_trips(tmp_path):
+    "`minigpt prepare` writes shards whose decoded text is the cleaned corpus."
+    from minigpt.data import load_corpus, run_pipeline
+    from minigpt.loader import open_data
+    from minigpt.tokenizer import ENDOFTEXT
+    out = tmp_path / "shakespeare"
+    r = run("prepare", "--corpus", "shakespeare", "--vocab-size", "4096", "--out", str(out),
+            "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    data = open_data(out)
+    assert data.meta["dtype"] == "uint16" and data.meta["vocab_size"] == 4096
+    result = run_pipeline(load_corpus("shakespeare"))
+    for split, docs in (("train", result.train), ("val", result.val)):
+        text = data.tokenizer.decode(getattr(data, split).tolist())
+        assert text.split(ENDOFTEXT)[1:] == [d.text for d in docs]
+    assert not list(out.glob("*.tmp"))
