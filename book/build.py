@@ -154,8 +154,18 @@ def convert(ch: Chapter, out_dir: Path, pandoc: str) -> Path:
     r = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
     if r.returncode != 0:
         raise BookError(f"{ch.notebook.name}: pandoc could not convert it:\n{r.stderr.strip()}")
-    dest.write_text('#import "compat.typ": *\n' + dest.read_text())
+    dest.write_text('#import "compat.typ": *\n' + modernise_math(dest.read_text()))
     return dest
+
+
+# Symbol modifiers that pandoc's Typst writer emits and newer Typst renamed (`\odot` is
+# written `dot.circle`, now `dot.o`). Names that were renamed live in compat.typ.
+_CIRCLED = re.compile(r"\b(dot|plus|minus|times|div|ast|eq|slash)\.circle\b")
+
+
+def modernise_math(typ: str) -> str:
+    "Rename outdated symbol modifiers inside the `$...$` math of a chapter."
+    return re.sub(r"\$[^$]*\$", lambda m: _CIRCLED.sub(r"\1.o", m.group(0)), typ)
 
 
 def _typst_str(s: str) -> str: return json.dumps(s)  # a JSON string is a valid Typst string

@@ -76,7 +76,8 @@ def test_directives_hidden_cells_and_crossrefs(tmp_path):
         md("# A chapter\n\nSee [@sec-two], [@fig-line], [@tbl-t] and [@eq-e].\n\n"
            "$$\n\\frac{a}{b} = \\operatorname{softmax}(x)\n$$ {#eq-e}\n\n"
            # symbols that pandoc writes with names newer Typst renamed (book/compat.typ)
-           "$A \\cap B$, $\\partial x$, $\\langle x \\rangle$, $\\hbar$\n\n## Two {#sec-two}\n"),
+           "$A \\cap B$, $\\partial x$, $\\langle x \\rangle$, $\\hbar$, "
+           "$a \\odot b \\oplus c \\otimes d$\n\n## Two {#sec-two}\n"),
         code("#| hide\nSECRET_HIDDEN_CELL = 1", stream("HIDDEN_OUTPUT\n")),
         code("#| echo: false\nSECRET_ECHO_FALSE = 1", stream("VISIBLE_OUTPUT\n")),
         code("#| output: false\nshown_code = 2", stream("SECRET_SUPPRESSED_OUTPUT\n")),
