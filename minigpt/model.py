@@ -74,7 +74,7 @@ def make_norm(cfg: GPTConfig) -> nn.Module:
     if cfg.norm == "rmsnorm": return RMSNorm(cfg.d_model, cfg.norm_eps)
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
-# %% ../nbs/05_model.ipynb #9462a976
+# %% ../nbs/05_model.ipynb #42c66403
 @dataclass
 class GPTConfig:
     "The shape of a GPT; validated on creation."
@@ -128,7 +128,7 @@ class GPTConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; use one of "
                              f"{', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls.from_dict({**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict: return asdict(self)
 

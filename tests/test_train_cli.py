@@ -1,0 +1,75 @@
+"`minigpt prepare` then `minigpt train`, stopped and resumed, as a user runs them."
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent / "minigpt"
+SMALL = ["--set", "n_layer=1", "--set", "d_model=64", "--set", "n_head=2",
+         "--seq-len", "64", "--batch-size", "4", "--precision", "fp32"]
+
+
+def minigpt(*args, **kw):
+    return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "shakespeare"
+    r = minigpt("prepare", "--corpus", "shakespeare", "--vocab-size", "1024", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def metrics(run):
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_then_resume_with_a_new_budget(data, tmp_path):
+    run = tmp_path / "run"
+    r = minigpt("train", "--data", data, "--out", run, "--max-steps", 6,
+                "--eval-every", 3, *SMALL)
+    assert r.returncode == 0, r.stderr
+    assert "stopped by max_steps at step 6" in r.stdout
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "best.safetensors",
+                 "state.pt", "metrics.jsonl", "samples.txt"):
+        assert (run / name).exists(), name
+    r = minigpt("train", "--data", data, "--out", run, "--resume", "--max-steps", 9)
+    assert r.returncode == 0, r.stderr
+    assert "at step 9" in r.stdout
+    steps = [m["step"] for m in metrics(run)]
+    assert steps == sorted(steps) and steps[-1] == 9   # continued, not restarted
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
+    run = tmp_path / "run"
+    p = subprocess.Popen([str(BIN), "train", "--data", str(data), "--out", str(run),
+                          "--max-steps", "100000", "--eval-every", "100000", *SMALL],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "stopped by SIGINT" in out
+    state_step = metrics(run)[-1]["step"]
+    assert (run / "state.pt").exists() and 0 < state_step < 100000
+    r = minigpt("train", "--data", data, "--out", run, "--resume",
+                "--max-steps", state_step + 2)
+    assert r.returncode == 0 and f"at step {state_step + 2}" in r.stdout
+
+
+def test_bad_requests_are_one_line(data, tmp_path):
+    r = minigpt("train", "--data", tmp_path / "nothing", "--out", tmp_path / "r")
+    assert r.returncode == 1 and "no meta.json" in r.stderr and "Traceback" not in r.stderr
+    r = minigpt("train", "--data", data, "--out", tmp_path / "r", "--resume")
+    assert r.returncode == 1 and "no run to resume" in r.stderr
+    r = minigpt("train", "--data", data, "--out", tmp_path / "r", "--set", "bogus=1")
+    assert r.returncode == 1 and "unknown GPTConfig fields: ['bogus']" in r.stderr
