@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from minigpt.data import load_shakespeare, run_pipeline
+from minigpt.data import load_shakespeare
 from minigpt.loader import BatchSampler, encode_documents, open_data, prepare
 
 

@@ -1,7 +1,5 @@
 """The PDF book: built from the real chapters, and from small notebooks made to break it."""
-import json
 import re
-import shutil
 from pathlib import Path
 
 import nbformat
