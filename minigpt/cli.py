@@ -208,7 +208,7 @@ def prepare_command(args: argparse.Namespace) -> int:
           f"{meta['seconds']} s")
     return 0
 
-# %% ../nbs/11_cli.ipynb #72ee944e
+# %% ../nbs/11_cli.ipynb #c8a54fc3
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="folder made by prepare")
     parser.add_argument("--out", required=True, help="the run directory")
@@ -220,8 +220,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-time", type=float,
                         help="seconds, then save and stop")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--parallel", choices=["ddp", "fsdp"],
+                        help="with several processes (torchrun): ddp or fsdp")
     for name in ("batch-size", "grad-accum", "seq-len", "warmup-steps",
-                 "eval-every", "seed"):
+                 "eval-every", "log-every", "seed"):
         parser.add_argument(f"--{name}", type=int)
     for name in ("lr", "weight-decay"):
         parser.add_argument(f"--{name}", type=float)
@@ -256,6 +258,7 @@ def train_command(args: argparse.Namespace) -> int:
         overrides |= parse_overrides(args.set)
         model_cfg = GPTConfig.preset(args.preset, **overrides)
         result = train(args.data, args.out, model_cfg, TrainConfig(**options))
+    if int(os.environ.get("RANK", 0)) > 0: return 0   # rank 0 reports
     val = (f"validation loss {result['val_loss']:.3f}, {result['val_bpb']:.3f} "
            "bits per byte" if "val_loss" in result else "nothing left to do")
     print(f"stopped by {result['reason']} at step {result['step']} after "

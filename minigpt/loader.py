@@ -207,9 +207,9 @@ def open_data(path: str | Path, tokenizer=None) -> PreparedData:
                              f"tokens, {META} says {info['tokens']:,}")
     return PreparedData(path, meta, own, splits["train"], splits["val"])
 
-# %% ../nbs/03_loader.ipynb #49830d2d
+# %% ../nbs/03_loader.ipynb #5bcaf201
 class BatchSampler:
-    "Random (x, y) windows of a token array; deterministic for (seed, rank)."
+    "Random (x, y) windows; rank r's rows r*B..(r+1)*B-1 of a global batch."
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
         if len(tokens) < seq_len + 1:
@@ -218,11 +218,14 @@ class BatchSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.tokens, self.B, self.T = tokens, batch_size, seq_len
-        self.rng = np.random.default_rng([seed, rank])
+        self.rank, self.world_size = rank, world_size
+        self.rng = np.random.default_rng(seed)   # the same on every rank
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         "Inputs and targets, each (B, T) int64."
-        starts = self.rng.integers(0, len(self.tokens) - self.T, size=self.B)
+        starts = self.rng.integers(0, len(self.tokens) - self.T,
+                                   size=self.B * self.world_size)
+        starts = starts[self.rank * self.B:(self.rank + 1) * self.B]
         rows = np.stack([self.tokens[s:s + self.T + 1] for s in starts])
         rows = torch.from_numpy(rows.astype(np.int64))
         return rows[:, :-1], rows[:, 1:]
