@@ -133,7 +133,7 @@ def autocast(device: torch.device, precision: str):
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
-# %% ../nbs/06_pretraining.ipynb #d87d9455
+# %% ../nbs/06_pretraining.ipynb #6a4cc1fd
 @torch.no_grad()
 def evaluate(model, tokens, batch_size: int, seq_len: int, ctx, device,
              max_batches: int | None = None, rank: int = 0,
@@ -164,7 +164,9 @@ def text_bytes(tokens: np.ndarray, tok) -> int:
     "Bytes of text that `tokens` stand for, special tokens excluded."
     counts = np.bincount(np.asarray(tokens), minlength=tok.vocab_size)
     specials = set(tok.special_tokens.values())
-    lengths = np.array([0 if i in specials else len(tok.vocab.get(i, b""))
+    if hasattr(tok, "vocab"): piece = lambda i: tok.vocab.get(i, b"")   # BPE
+    else: piece = lambda i: tok.itos.get(i, "").encode()    # characters
+    lengths = np.array([0 if i in specials else len(piece(i))
                         for i in range(len(counts))])
     return int(counts @ lengths)
 
