@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install export sync-check test execute pdf clean
+.PHONY: install export sync-check test execute pdf demo clean
 
 install: $(STAMP)
 
@@ -45,6 +45,15 @@ execute: $(STAMP)
 
 pdf: $(STAMP)
 	$(BIN)/python book/build.py
+
+# From a fresh clone to generated text: prepare the default corpus, train the CPU preset for
+# three minutes (or reuse the run in runs/cpu), then stream a continuation of a prompt.
+demo: $(STAMP)
+	test -f data/shakespeare/meta.json || $(BIN)/minigpt prepare --corpus shakespeare \
+		--vocab-size 4096 --out data/shakespeare
+	test -f runs/cpu/state.pt || $(BIN)/minigpt train --data data/shakespeare --preset cpu \
+		--out runs/cpu --max-time 180
+	$(BIN)/minigpt generate --run runs/cpu --prompt "ROMEO:" --max-new-tokens 200 --seed 0
 
 clean:
 	rm -rf book/_build build dist *.egg-info .pytest_cache _docs _proc

@@ -19,7 +19,8 @@ from . import __version__
 # %% auto #0
 __all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'main', 'add_data_arguments',
            'print_table', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments',
-           'prepare_command', 'add_train_arguments', 'parse_overrides', 'train_command']
+           'prepare_command', 'add_train_arguments', 'parse_overrides', 'train_command', 'add_generate_arguments',
+           'generate_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -264,4 +265,50 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"stopped by {result['reason']} at step {result['step']} after "
           f"{result['seconds']:.0f} s; run in {args.out}")
     print(val)
+    return 0
+
+# %% ../nbs/11_cli.ipynb #9cd06656
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="a run directory")
+    parser.add_argument("--prompt", default="",
+                        help="text to continue (default: a new document)")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="0 for greedy decoding")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--stop", action="append", default=[],
+                        help="stop at this string (may be repeated)")
+    parser.add_argument("--allow-special", action="store_true",
+                        help="read <|endoftext|> in the prompt as the token")
+    parser.add_argument("--weights", choices=["best", "model"],
+                        default="best", help="best or latest weights")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="print the text once it is complete")
+
+@command("generate", "continue a prompt with a trained model",
+         add_generate_arguments)
+def generate_command(args: argparse.Namespace) -> int:
+    from minigpt.generate import (SamplingConfig, encode_prompt, generate,
+                                  load_run, stream)
+    model, tok = load_run(args.run, args.weights)
+    cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k,
+                         args.top_p, args.repetition_penalty, tuple(args.stop),
+                         seed=args.seed)
+    n, block = len(encode_prompt(tok, args.prompt, args.allow_special)), \
+        model.cfg.block_size
+    if n > block:
+        print(f"note: the prompt has {n} tokens; the model sees the last "
+              f"{block}", file=sys.stderr)
+    print(args.prompt, end="", flush=True)
+    if args.no_stream:
+        print(generate(model, tok, args.prompt, cfg,
+                       allow_special=args.allow_special), end="")
+    else:
+        for piece in stream(model, tok, args.prompt, cfg,
+                            allow_special=args.allow_special):
+            print(piece, end="", flush=True)
+    print()
     return 0
