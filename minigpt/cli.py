@@ -209,7 +209,7 @@ def prepare_command(args: argparse.Namespace) -> int:
           f"{meta['seconds']} s")
     return 0
 
-# %% ../nbs/11_cli.ipynb #c8a54fc3
+# %% ../nbs/11_cli.ipynb #8fce3a67
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="folder made by prepare")
     parser.add_argument("--out", required=True, help="the run directory")
@@ -224,7 +224,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallel", choices=["ddp", "fsdp"],
                         help="with several processes (torchrun): ddp or fsdp")
     for name in ("batch-size", "grad-accum", "seq-len", "warmup-steps",
-                 "eval-every", "log-every", "seed"):
+                 "eval-every", "keep-every", "log-every", "seed"):
         parser.add_argument(f"--{name}", type=int)
     for name in ("lr", "weight-decay"):
         parser.add_argument(f"--{name}", type=float)

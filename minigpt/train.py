@@ -37,7 +37,7 @@ def bits_per_byte(loss: float, bytes_per_token: float) -> float:
     "Cross-entropy in nats per token -> bits per byte of text."
     return loss / math.log(2) / bytes_per_token
 
-# %% ../nbs/06_pretraining.ipynb #07ccf337
+# %% ../nbs/06_pretraining.ipynb #bb376864
 @dataclass
 class TrainConfig:
     "Choices of the training loop."
@@ -54,6 +54,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     eval_every: int = 200
+    keep_every: int = 0              # keep the weights every N steps; 0: no
     eval_batches: int | None = 20    # None: the whole validation split
     sample_every: int = 0            # 0: only at the end
     log_every: int = 10
@@ -71,6 +72,9 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be at least 1")
+        if self.keep_every % self.eval_every:
+            raise ValueError(f"keep_every={self.keep_every} must be a multiple "
+                             f"of eval_every={self.eval_every}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -346,7 +350,7 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
     opts = StateDictOptions(full_state_dict=is_sharded(model))
     set_optimizer_state_dict(model, optimizer, state, options=opts)
 
-# %% ../nbs/06_pretraining.ipynb #62110030
+# %% ../nbs/06_pretraining.ipynb #2fb2056c
 def _prepare_run(run: Path, data, model_cfg: GPTConfig, cfg: TrainConfig,
                  resume: bool, budget: dict | None = None, world: int = 1):
     "Create the run directory, or check that the one we resume matches."
@@ -469,8 +473,13 @@ def evaluate_and_save(t: Trainer, ctx, bytes_per_token: float) -> dict:
     opt_state = optimizer_state(t.model, t.optimizer)
     best = val < t.progress["best_val"]
     if best: t.progress["best_val"] = val
+    step = t.progress["step"]
     if t.rank == 0:
         if best: save_weights(weights, t.run / "best.safetensors")
+        if t.cfg.keep_every and step % t.cfg.keep_every == 0:
+            (t.run / "checkpoints").mkdir(exist_ok=True)
+            save_weights(weights, t.run / "checkpoints" /
+                         f"step-{step:06d}.safetensors")
         save_checkpoint(t.run, weights, opt_state, t.scaler, t.sampler,
                         t.progress)
     if t.world_size > 1: dist.barrier()   # saved before anyone goes on
