@@ -20,7 +20,7 @@ from . import __version__
 __all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'main', 'add_data_arguments',
            'print_table', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments',
            'prepare_command', 'add_train_arguments', 'parse_overrides', 'train_command', 'add_generate_arguments',
-           'generate_command']
+           'generate_command', 'add_eval_arguments', 'eval_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -311,4 +311,40 @@ def generate_command(args: argparse.Namespace) -> int:
                             allow_special=args.allow_special):
             print(piece, end="", flush=True)
     print()
+    return 0
+
+# %% ../nbs/11_cli.ipynb #1acd82b3
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="a run directory")
+    parser.add_argument("--task", default="all",
+                        help="perplexity, choice or all (default)")
+    parser.add_argument("--items", type=int, default=200,
+                        help="questions of the next-line benchmark")
+    parser.add_argument("--harness", metavar="TASKS",
+                        help="comma-separated lm-evaluation-harness tasks")
+    parser.add_argument("--include-path",
+                        help="a folder with your own harness task files")
+    parser.add_argument("--limit", type=int,
+                        help="at most this many examples per harness task")
+    parser.add_argument("--batch-size", type=int, default=16)
+
+@command("eval", "measure a run: perplexity, a benchmark, the harness",
+         add_eval_arguments)
+def eval_command(args: argparse.Namespace) -> int:
+    from minigpt import evaluate as ev
+    if args.harness:
+        if ev._register_model is None:
+            raise ValueError("lm-evaluation-harness is not installed: "
+                             "pip install 'minigpt[eval]'")
+        lm = ev.MinigptLM(run=args.run, batch_size=args.batch_size)
+        results = ev.run_harness(lm, args.harness.split(","),
+                                 args.include_path, args.limit)
+        from lm_eval.utils import make_table
+        print(make_table(results))
+        return 0
+    tasks = ev.TASKS if args.task == "all" else tuple(args.task.split(","))
+    result = ev.evaluate_run(args.run, tasks, args.items)
+    width = max(len(k) for k in result)
+    for name, value in result.items():
+        print(f"{name:<{width}}  {value:.4f}")
     return 0
