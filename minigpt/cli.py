@@ -20,7 +20,9 @@ from . import __version__
 __all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'main', 'add_data_arguments',
            'print_table', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments',
            'prepare_command', 'add_train_arguments', 'parse_overrides', 'train_command', 'add_generate_arguments',
-           'generate_command', 'add_eval_arguments', 'eval_command']
+           'generate_command', 'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command',
+           'add_finetune_arguments', 'add_sft_arguments', 'add_dpo_arguments', 'sft_command', 'dpo_command',
+           'add_chat_arguments', 'chat_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -347,4 +349,136 @@ def eval_command(args: argparse.Namespace) -> int:
     width = max(len(k) for k in result)
     for name, value in result.items():
         print(f"{name:<{width}}  {value:.4f}")
+    return 0
+
+# %% ../nbs/11_cli.ipynb #9f5938f4
+def add_tasks_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="folder for the files")
+    parser.add_argument("--examples", type=int, default=4000)
+    parser.add_argument("--heldout", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+
+@command("tasks", "write the fine-tuning task set built from the corpus",
+         add_tasks_arguments)
+def tasks_command(args: argparse.Namespace) -> int:
+    from minigpt.data import load_shakespeare, run_pipeline
+    from minigpt.finetune import save_examples, task_examples
+    split, out = run_pipeline(load_shakespeare()), Path(args.out)
+    for name, docs, n, seed in (("sft", split.train, args.examples, args.seed),
+                                ("heldout", split.val, args.heldout,
+                                 args.seed + 1)):
+        path = save_examples(task_examples(docs, n, seed),
+                             out / f"{name}.jsonl")
+        print(f"{n} examples -> {path}")
+    return 0
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="the run to start from")
+    parser.add_argument("--data", required=True, help="examples (JSON Lines)")
+    parser.add_argument("--out", required=True, help="the new run directory")
+    parser.add_argument("--heldout", help="held-out examples (default: "
+                        "heldout.jsonl beside --data)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--batch-size", type=int)
+
+def _finetune_setup(args):
+    "Model, tokenizer, examples and held-out examples of sft/dpo."
+    from minigpt.finetune import load_examples, load_for_finetuning
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise FileExistsError(f"{args.out} is not empty; choose another --out")
+    model, tok = load_for_finetuning(args.run)
+    heldout = Path(args.heldout or Path(args.data).with_name("heldout.jsonl"))
+    held = load_examples(heldout) if heldout.exists() else []
+    return model, tok, held
+
+def _accuracies(model, tok, held) -> str:
+    from minigpt.finetune import answer_accuracy, choice_accuracy
+    if not held: return "no held-out examples"
+    text = f"answer accuracy {answer_accuracy(model.eval(), tok, held):.3f}"
+    if all("options" in ex for ex in held):
+        text += f", choice accuracy {choice_accuracy(model, tok, held):.3f}"
+    return text
+
+def add_sft_arguments(parser: argparse.ArgumentParser) -> None:
+    add_finetune_arguments(parser)
+    parser.add_argument("--lora", action="store_true",
+                        help="train LoRA adapters only (then merged)")
+    parser.add_argument("--lora-rank", type=int, default=8)
+
+def add_dpo_arguments(parser: argparse.ArgumentParser) -> None:
+    add_finetune_arguments(parser)
+    parser.add_argument("--beta", type=float, default=0.1)
+
+@command("sft", "supervised fine-tuning of a run on instruction examples",
+         add_sft_arguments)
+def sft_command(args: argparse.Namespace) -> int:
+    from minigpt.finetune import (FinetuneConfig, USER, add_lora, load_examples,
+                                  merge_lora, save_finetuned, sft)
+    model, tok, held = _finetune_setup(args)
+    examples = load_examples(args.data)
+    options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr),
+               ("batch_size", args.batch_size)) if v is not None}
+    if args.lora: options = {"lr": 2e-3, "lora_rank": args.lora_rank} | options
+    cfg = FinetuneConfig(**options)
+    print(f"before: {_accuracies(model, tok, held)}", flush=True)
+    if args.lora:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, tok.special_tokens[USER])
+    log = sft(model, tok, examples, cfg)
+    if args.lora: merge_lora(model)
+    print(f"after:  {_accuracies(model, tok, held)}")
+    save_finetuned(model, tok, args.out, {"method": "sft", "from": args.run,
+                                          "lora": args.lora,
+                                          "steps": cfg.steps})
+    print(f"SFT loss {log[-1]['loss']:.3f}; run in {args.out}")
+    return 0
+
+@command("dpo", "direct preference optimisation of a fine-tuned run",
+         add_dpo_arguments)
+def dpo_command(args: argparse.Namespace) -> int:
+    import copy
+    from minigpt.finetune import (FinetuneConfig, dpo, preference_examples,
+                                  save_finetuned)
+    model, tok, held = _finetune_setup(args)
+    examples = preference_examples(args.data)
+    options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr),
+               ("batch_size", args.batch_size)) if v is not None}
+    cfg = FinetuneConfig(**({"steps": 150, "lr": 1e-4, "batch_size": 16,
+                             "beta": args.beta} | options))
+    print(f"before: {_accuracies(model, tok, held)}", flush=True)
+    log = dpo(model, copy.deepcopy(model), tok, examples, cfg)
+    print(f"after:  {_accuracies(model, tok, held)}")
+    save_finetuned(model, tok, args.out, {"method": "dpo", "from": args.run,
+                                          "beta": cfg.beta, "steps": cfg.steps})
+    print(f"reward accuracy {log[-1]['reward_accuracy']:.2f}, margin "
+          f"{log[-1]['margin']:.3f}; run in {args.out}")
+    return 0
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="a fine-tuned run")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--seed", type=int)
+
+@command("chat", "talk to a fine-tuned run (an empty line or Ctrl-D ends)",
+         add_chat_arguments)
+def chat_command(args: argparse.Namespace) -> int:
+    from minigpt.finetune import ASSISTANT, END, USER, load_for_finetuning
+    from minigpt.generate import SamplingConfig, stream
+    model, tok = load_for_finetuning(args.run)
+    model.eval()
+    cfg = SamplingConfig(args.max_new_tokens, args.temperature, stop=(END,),
+                         seed=args.seed)
+    history = ""
+    while True:
+        try: line = input("you> ").strip()
+        except EOFError: break
+        if not line: break
+        history += f"{USER}{line}{ASSISTANT}"
+        print("model> ", end="", flush=True)
+        reply = ""
+        for piece in stream(model, tok, history, cfg, allow_special=True):
+            print(piece, end="", flush=True); reply += piece
+        print()
+        history += f"{reply}{END}"
     return 0

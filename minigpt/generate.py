@@ -242,7 +242,7 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
         valid = torch.cat([valid, valid.new_ones(B, 1)], dim=1)
         yield nxt, z
 
-# %% ../nbs/07_generation.ipynb #2bfe6443
+# %% ../nbs/07_generation.ipynb #1753f84d
 def encode_prompt(tok, prompt: str, allow_special: bool = False) -> list[int]:
     "Token ids of `prompt`; empty -> [<|endoftext|>]; special tokens refused."
     if prompt == "": return [tok.special_tokens[ENDOFTEXT]]
@@ -260,7 +260,8 @@ def _piece_decoder(tok):
     return lambda i: utf8.decode(tok.decode_bytes([i]))
 
 def _banned(tok) -> tuple[int, ...]:
-    return tuple(i for s, i in tok.special_tokens.items() if s != ENDOFTEXT)
+    "Tokens never generated: padding."
+    return tuple(i for s, i in tok.special_tokens.items() if s == PAD)
 
 def stream(model: GPT, tok, prompt: str, cfg: SamplingConfig,
            use_cache: bool = True, allow_special: bool = False):
