@@ -351,7 +351,7 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {value:.4f}")
     return 0
 
-# %% ../nbs/11_cli.ipynb #9f5938f4
+# %% ../nbs/11_cli.ipynb #dd506f20
 def add_tasks_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for the files")
     parser.add_argument("--examples", type=int, default=4000)
@@ -408,7 +408,7 @@ def add_sft_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_dpo_arguments(parser: argparse.ArgumentParser) -> None:
     add_finetune_arguments(parser)
-    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--beta", type=float, default=0.5)
 
 @command("sft", "supervised fine-tuning of a run on instruction examples",
          add_sft_arguments)
@@ -443,7 +443,7 @@ def dpo_command(args: argparse.Namespace) -> int:
     examples = preference_examples(args.data)
     options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr),
                ("batch_size", args.batch_size)) if v is not None}
-    cfg = FinetuneConfig(**({"steps": 150, "lr": 1e-4, "batch_size": 16,
+    cfg = FinetuneConfig(**({"steps": 150, "lr": 1e-5, "batch_size": 16,
                              "beta": args.beta} | options))
     print(f"before: {_accuracies(model, tok, held)}", flush=True)
     log = dpo(model, copy.deepcopy(model), tok, examples, cfg)

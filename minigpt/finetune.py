@@ -167,7 +167,7 @@ def sft_loss(model: GPT, ids: torch.Tensor, labels: torch.Tensor, user: int):
     return model(x, y, positions=document_positions(x, user),
                  mask=document_causal_mask(x, user))[1]
 
-# %% ../nbs/09_finetuning.ipynb #e29783df
+# %% ../nbs/09_finetuning.ipynb #1de2b7f7
 @dataclass
 class FinetuneConfig:
     "Choices of a fine-tuning run (SFT or DPO)."
@@ -176,7 +176,7 @@ class FinetuneConfig:
     lr: float = 3e-4
     warmup_steps: int = 20
     grad_clip: float = 1.0
-    beta: float = 0.1          # DPO: strength of the pull to the reference
+    beta: float = 0.5          # DPO: strength of the pull to the reference
     lora_rank: int = 0         # 0: fine-tune every parameter
     lora_alpha: float = 16.0
     precision: str = "auto"
@@ -306,7 +306,7 @@ def dpo(model: GPT, reference: GPT, tok, examples: list[dict],
                       "margin": (rw - rl).mean().item()}
     return finetune(model, next_loss, cfg)
 
-# %% ../nbs/09_finetuning.ipynb #b3bc7d8c
+# %% ../nbs/09_finetuning.ipynb #5def2142
 class LoRALinear(nn.Module):
     "A frozen linear layer plus a trainable low-rank update (eq-lora)."
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
@@ -337,6 +337,7 @@ def add_lora(model: GPT, rank: int, alpha: float, old_vocab: int,
     emb = model.tok_emb.weight.requires_grad_(True)
     keep = torch.zeros_like(emb[:, :1]); keep[old_vocab:] = 1
     emb.register_hook(lambda g: g * keep)      # only the new rows learn
+    model.frozen_rows = old_vocab
     return model
 
 def merge_lora(model: GPT) -> GPT:
@@ -348,7 +349,9 @@ def merge_lora(model: GPT) -> GPT:
     return model
 
 def trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    "Parameters that training changes (a LoRA model: only new embedding rows)."
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return n - getattr(model, "frozen_rows", 0) * model.cfg.d_model
 
 # %% ../nbs/09_finetuning.ipynb #04094063
 def save_finetuned(model: GPT, tok, run_dir: str | Path, info: dict) -> Path:
