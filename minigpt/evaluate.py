@@ -153,7 +153,7 @@ def load_choice_items(path: str | Path) -> list[dict]:
         items.append(it)
     return items
 
-# %% ../nbs/08_evaluation.ipynb #2c1ed53a
+# %% ../nbs/08_evaluation.ipynb #8d4405d4
 try:
     from lm_eval.api.model import LM as _HarnessLM
     from lm_eval.api.registry import register_model as _register_model
@@ -208,7 +208,9 @@ class MinigptLM(_HarnessLM):
                                 allow_special=True))
         return out
 
-if _register_model is not None: _register_model("minigpt")(MinigptLM)
+if _register_model is not None:
+    try: _register_model("minigpt")(MinigptLM)
+    except ValueError: pass   # registered already in this process (a rerun)
 
 # %% ../nbs/08_evaluation.ipynb #c13a63f4
 def harness_task(folder: str | Path, name: str, items: list[dict]) -> Path:
