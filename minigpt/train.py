@@ -37,7 +37,7 @@ def bits_per_byte(loss: float, bytes_per_token: float) -> float:
     "Cross-entropy in nats per token -> bits per byte of text."
     return loss / math.log(2) / bytes_per_token
 
-# %% ../nbs/06_pretraining.ipynb #bb376864
+# %% ../nbs/06_pretraining.ipynb #c995899c
 @dataclass
 class TrainConfig:
     "Choices of the training loop."
@@ -45,7 +45,7 @@ class TrainConfig:
     grad_accum: int = 1              # micro-batches per optimizer step
     seq_len: int | None = None       # None: the model's context window
     max_steps: int = 2000
-    max_time: float | None = None    # seconds; stop (and save) when reached
+    max_time: float | None = None    # seconds per invocation, then save, stop
     lr: float = 1e-3
     min_lr_ratio: float = 0.1        # the cosine ends at lr * min_lr_ratio
     warmup_steps: int = 100
@@ -350,7 +350,7 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
     opts = StateDictOptions(full_state_dict=is_sharded(model))
     set_optimizer_state_dict(model, optimizer, state, options=opts)
 
-# %% ../nbs/06_pretraining.ipynb #2fb2056c
+# %% ../nbs/06_pretraining.ipynb #1bd59d76
 def _prepare_run(run: Path, data, model_cfg: GPTConfig, cfg: TrainConfig,
                  resume: bool, budget: dict | None = None, world: int = 1):
     "Create the run directory, or check that the one we resume matches."
@@ -516,7 +516,8 @@ def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
     except ValueError: pass          # not the main thread: no signal handling
     bar = tqdm(total=cfg.max_steps, initial=progress["step"], unit="step",
                disable=not (progress_bar and main), dynamic_ncols=True)
-    start, last, reason = time.perf_counter() - progress["seconds"], {}, None
+    session = time.perf_counter()                 # max_time counts from here
+    start, last, reason = session - progress["seconds"], {}, None
     if progress["step"] >= cfg.max_steps: reason = "max_steps"   # nothing to do
     t.model.train()
     metrics = open(t.run / "metrics.jsonl", "a") if main else None
@@ -537,8 +538,8 @@ def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
             reason = ("max_steps" if progress["step"] >= cfg.max_steps else
                       "stop_at" if progress["step"] == stop_at else
                       stop.get("reason") or
-                      ("max_time" if cfg.max_time and
-                       progress["seconds"] >= cfg.max_time else None))
+                      ("max_time" if cfg.max_time and time.perf_counter()
+                       - session >= cfg.max_time else None))
             reason = shared_reason(reason, t.world_size)
             if progress["step"] % cfg.eval_every == 0 or reason:
                 last |= evaluate_and_save(t, ctx, bytes_per_token)

@@ -73,3 +73,14 @@ def test_bad_requests_are_one_line(data, tmp_path):
     assert r.returncode == 1 and "no run to resume" in r.stderr
     r = minigpt("train", "--data", data, "--out", tmp_path / "r", "--set", "bogus=1")
     assert r.returncode == 1 and "unknown GPTConfig fields: ['bogus']" in r.stderr
+
+
+def test_max_time_is_per_session_and_resume_continues(data, tmp_path):
+    run = tmp_path / "run"
+    r = minigpt("train", "--data", data, "--out", run, "--max-steps", 100000,
+                "--max-time", 2, "--eval-every", 100000, *SMALL)
+    assert r.returncode == 0 and "stopped by max_time" in r.stdout, r.stderr
+    first = metrics(run)[-1]["step"]
+    r = minigpt("train", "--data", data, "--out", run, "--resume", "--max-time", 2)
+    assert r.returncode == 0 and "stopped by max_time" in r.stdout, r.stderr
+    assert metrics(run)[-1]["step"] > first + 1     # a second session of training
