@@ -47,12 +47,12 @@ pdf: $(STAMP)
 	$(BIN)/python book/build.py
 
 # From a fresh clone to generated text: prepare the default corpus, train the CPU preset for
-# 400 steps, at most four minutes (or reuse the run in runs/cpu), then stream a continuation.
+# three minutes (or reuse the run in runs/cpu), then stream a continuation of a prompt.
 demo: $(STAMP)
 	test -f data/shakespeare/meta.json || $(BIN)/minigpt prepare --corpus shakespeare \
 		--vocab-size 4096 --out data/shakespeare
 	test -f runs/cpu/state.pt || $(BIN)/minigpt train --data data/shakespeare --preset cpu \
-		--out runs/cpu --max-steps 400 --warmup-steps 40 --max-time 240
+		--out runs/cpu --max-time 180
 	$(BIN)/minigpt generate --run runs/cpu --prompt "ROMEO:" --max-new-tokens 200 --seed 0
 
 clean:
