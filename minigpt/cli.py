@@ -351,7 +351,7 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {value:.4f}")
     return 0
 
-# %% ../nbs/11_cli.ipynb #dd506f20
+# %% ../nbs/11_cli.ipynb #a3c5968d
 def add_tasks_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for the files")
     parser.add_argument("--examples", type=int, default=4000)
@@ -362,13 +362,13 @@ def add_tasks_arguments(parser: argparse.ArgumentParser) -> None:
          add_tasks_arguments)
 def tasks_command(args: argparse.Namespace) -> int:
     from minigpt.data import load_shakespeare, run_pipeline
-    from minigpt.finetune import save_examples, task_examples
+    from minigpt.evaluate import save_jsonl
+    from minigpt.finetune import task_examples
     split, out = run_pipeline(load_shakespeare()), Path(args.out)
     for name, docs, n, seed in (("sft", split.train, args.examples, args.seed),
                                 ("heldout", split.val, args.heldout,
                                  args.seed + 1)):
-        path = save_examples(task_examples(docs, n, seed),
-                             out / f"{name}.jsonl")
+        path = save_jsonl(task_examples(docs, n, seed), out / f"{name}.jsonl")
         print(f"{n} examples -> {path}")
     return 0
 
