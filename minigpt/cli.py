@@ -22,7 +22,7 @@ __all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'bui
            'prepare_command', 'add_train_arguments', 'parse_overrides', 'train_command', 'add_generate_arguments',
            'generate_command', 'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command',
            'add_finetune_arguments', 'add_sft_arguments', 'add_dpo_arguments', 'sft_command', 'dpo_command',
-           'add_chat_arguments', 'chat_command']
+           'add_chat_arguments', 'chat_command', 'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -481,4 +481,29 @@ def chat_command(args: argparse.Namespace) -> int:
             print(piece, end="", flush=True); reply += piece
         print()
         history += f"{reply}{END}"
+    return 0
+
+# %% ../nbs/11_cli.ipynb #0b8eb724
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", required=True,
+                        help="a preset (gpt2, llama-7b, ...) or a size: 1B")
+    parser.add_argument("--tokens", help="training tokens, e.g. 2T "
+                        "(default: 20 per parameter)")
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--gpu", default="h100", help="v100, a100, h100, "
+                        "h200 or mi300x")
+    parser.add_argument("--mfu", type=float, default=0.4,
+                        help="model FLOP utilisation (default 0.4)")
+    parser.add_argument("--precision", default="mixed",
+                        help="mixed (default), fp32 or bf16")
+    parser.add_argument("--micro-batch", type=int, default=1,
+                        help="sequences per GPU per forward pass")
+
+@command("plan", "compute, time and memory of a training run, on paper",
+         add_plan_arguments)
+def plan_command(args: argparse.Namespace) -> int:
+    from minigpt.scale import make_plan, plan_report
+    plan = make_plan(args.params, args.tokens, args.gpus, args.gpu, args.mfu,
+                     args.precision, args.micro_batch)
+    print(plan_report(plan))
     return 0
