@@ -114,3 +114,16 @@ def test_prepare_shakespeare_round_trips(tmp_path):
         text = data.tokenizer.decode(getattr(data, split).tolist())
         assert text.split(ENDOFTEXT)[1:] == [d.text for d in docs]
     assert not list(out.glob("*.tmp"))
+
+
+def test_plan_reproduces_llama2_7b():
+    # Llama 2 7B: 2T tokens, 184,320 A100 GPU-hours (Touvron et al. 2023, Table 2)
+    r = run("plan", "--params", "7B", "--tokens", "2T", "--gpu", "a100")
+    assert r.returncode == 0, r.stderr
+    hours = float(r.stdout.split("time")[1].split("GPU-hours")[0].replace(",", ""))
+    assert abs(hours / 184_320 - 1) < 0.03
+    # without --tokens: the compute-optimal 20 tokens per parameter
+    r = run("plan", "--params", "7B")
+    assert r.returncode == 0 and "tokens    140B (20 per parameter" in r.stdout
+    r = run("plan", "--params", "seven")
+    assert r.returncode == 1 and "name a preset" in r.stderr and "Traceback" not in r.stderr
