@@ -278,6 +278,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.scale.train_data_parallel': ('scaling.html#train_data_parallel', 'minigpt/scale.py'),
                                'minigpt.scale.train_pipeline': ('scaling.html#train_pipeline', 'minigpt/scale.py'),
                                'minigpt.scale.train_single': ('scaling.html#train_single', 'minigpt/scale.py'),
+                               'minigpt.scale.train_tensor_parallel': ('scaling.html#train_tensor_parallel', 'minigpt/scale.py'),
                                'minigpt.scale.training_flops': ('scaling.html#training_flops', 'minigpt/scale.py')},
             'minigpt.tokenizer': { 'minigpt.tokenizer.BPETokenizer': ('tokenizer.html#bpetokenizer', 'minigpt/tokenizer.py'),
                                    'minigpt.tokenizer.BPETokenizer.__init__': ( 'tokenizer.html#bpetokenizer.__init__',

@@ -24,7 +24,7 @@ __all__ = ['FORMATS', 'TOKENS_PER_PARAM', 'STATE_BYTES', 'PARTS', 'SHARDED', 'GP
            'training_flops', 'optimal_tokens', 'gpu_hours', 'parse_count', 'human', 'count_params', 'llama_shape',
            'resolve_model', 'state_memory', 'activation_bytes', 'GPU', 'Plan', 'make_plan', 'plan_report', 'free_port',
            'launch', 'demo_batches', 'demo_model', 'held_bytes', 'optimizer_bytes', 'train_single', 'my_rows',
-           'full_state', 'train_data_parallel', 'GPTStage', 'lm_loss', 'train_pipeline']
+           'full_state', 'train_data_parallel', 'GPTStage', 'lm_loss', 'train_pipeline', 'train_tensor_parallel']
 
 # %% ../nbs/10_scaling.ipynb #b8e653a4
 FORMATS = {"FP32": torch.float32, "TF32": None, "FP16": torch.float16,
@@ -373,4 +373,26 @@ def train_pipeline(rank: int, world: int, cfg: GPTConfig, data,
         if part.last: losses.append(torch.stack(micro).mean().item())
     return dict(losses=losses, weights=part.state_dict(),
                 params=held_bytes(part.parameters()),
+                optimizer=optimizer_bytes(opt))
+
+# %% ../nbs/10_scaling.ipynb #c3b05e60
+def train_tensor_parallel(rank: int, world: int, cfg: GPTConfig, data,
+                          lr: float = 1e-2) -> dict:
+    "Tensor parallel: each block's feed-forward matrices split across ranks."
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel, RowwiseParallel, parallelize_module)
+    mesh = init_device_mesh("cpu", (world,))
+    model = demo_model(cfg)
+    for block in model.blocks:               # eq-tensor-parallel
+        parallelize_module(block.mlp, mesh, {"fc": ColwiseParallel(),
+                                             "proj": RowwiseParallel()})
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for x, y in zip(*data):                  # every rank: the whole batch
+        _, loss = model(x, y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    return dict(losses=losses, weights=full_state(model),
+                params=held_bytes(model.parameters()),
                 optimizer=optimizer_bytes(opt))
