@@ -173,6 +173,26 @@ local function auto_width_table(tbl)
   return tbl
 end
 
+-- "Chapter [@sec-data]": the template already writes "Chapter 1" for a reference to a
+-- chapter (and "Section 1.2" for a section), so drop the word typed before the reference.
+local SPELLED = { Chapter = true, Chapters = true, Appendix = true, Section = true, Sections = true }
+
+local function drop_spelled_word(inlines)
+  local i = 1
+  while i <= #inlines - 2 do
+    local word, gap, ref = inlines[i], inlines[i + 1], inlines[i + 2]
+    local open, name = "", nil
+    if word.t == "Str" then open, name = word.text:match("^(%(?)(%a+)$") end
+    if name and SPELLED[name] and (gap.t == "Space" or gap.t == "SoftBreak")
+        and ref.t == "Cite" and ref.citations[1].id:match("^sec%-") then
+      inlines:remove(i); inlines:remove(i)
+      if open ~= "" then inlines:insert(i, pandoc.Str(open)); i = i + 1 end
+    end
+    i = i + 1
+  end
+  return inlines
+end
+
 local function header(el)
   if not el.identifier:match("^sec%-") then el.identifier = "" end
   return el
@@ -182,6 +202,7 @@ return {
   { Div = function(el)
       if el.classes:includes("cell") and el.classes:includes("code") then return code_cell(el) end
     end },
+  { Inlines = drop_spelled_word },
   { Div = function(el)
       if el.classes:includes("cell") then return el.content end -- unwrap markdown cells
     end,

@@ -325,6 +325,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                             'minigpt/train.py'),
                                'minigpt.train.TrainConfig.from_dict': ('pretraining.html#trainconfig.from_dict', 'minigpt/train.py'),
                                'minigpt.train.Trainer': ('pretraining.html#trainer', 'minigpt/train.py'),
+                               'minigpt.train._divergence_advice': ('pretraining.html#_divergence_advice', 'minigpt/train.py'),
                                'minigpt.train._loop': ('pretraining.html#_loop', 'minigpt/train.py'),
                                'minigpt.train._prepare_run': ('pretraining.html#_prepare_run', 'minigpt/train.py'),
                                'minigpt.train.atomic_write': ('pretraining.html#atomic_write', 'minigpt/train.py'),

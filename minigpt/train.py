@@ -350,7 +350,7 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
     opts = StateDictOptions(full_state_dict=is_sharded(model))
     set_optimizer_state_dict(model, optimizer, state, options=opts)
 
-# %% ../nbs/06_pretraining.ipynb #1bd59d76
+# %% ../nbs/06_pretraining.ipynb #9bed0696
 def _prepare_run(run: Path, data, model_cfg: GPTConfig, cfg: TrainConfig,
                  resume: bool, budget: dict | None = None, world: int = 1):
     "Create the run directory, or check that the one we resume matches."
@@ -363,6 +363,11 @@ def _prepare_run(run: Path, data, model_cfg: GPTConfig, cfg: TrainConfig,
             raise ValueError(f"{run} was trained by {saved['world_size']} "
                              f"processes; resume it with the same number, "
                              f"not {world}")
+        fingerprint = data.meta["tokenizer_fingerprint"]
+        if saved.get("tokenizer_fingerprint") != fingerprint:
+            raise ValueError(f"{data.path} was prepared with another tokenizer "
+                             f"than {run} was trained with; resume on the "
+                             f"data the run started on ({saved['data']})")
         return GPTConfig.from_dict(saved["model"]), TrainConfig.from_dict(
             saved["train"] | (budget or {}))
     if (run / "state.pt").exists():
@@ -438,6 +443,14 @@ def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
         t.progress = state["progress"]
     return t
 
+def _divergence_advice(t: Trainer) -> str:
+    "What to do about a non-finite loss or gradient, and what is safe."
+    hint = "Lower --lr or raise --warmup-steps"
+    if t.precision == "fp16": hint += ", or train in bf16"
+    saved = ("the last checkpoint, saved before this step, is unchanged"
+             if (t.run / "state.pt").exists() else "no checkpoint was saved")
+    return f"{hint}; {saved}"
+
 def train_step(t: Trainer, step_model, ctx) -> dict:
     "One optimizer step: accumulate, unscale, clip, update; its numbers."
     step, cfg = t.progress["step"], t.cfg
@@ -452,13 +465,15 @@ def train_step(t: Trainer, step_model, ctx) -> dict:
         loss_sum += loss.item() / cfg.grad_accum
     loss_sum = mean_over_ranks(loss_sum, t.world_size, t.device)
     if not math.isfinite(loss_sum):
-        raise FloatingPointError(
-            f"the loss is {loss_sum} at step {step}: training diverged. "
-            "Lower --lr, raise --warmup-steps or use bf16; the last "
-            "checkpoint was saved before this step")
+        raise FloatingPointError(f"the loss is {loss_sum} at step {step}: "
+                                 f"training diverged. {_divergence_advice(t)}")
     t.scaler.unscale_(t.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
     if hasattr(norm, "full_tensor"): norm = norm.full_tensor()  # FSDP: DTensor
+    if not math.isfinite(norm) and not t.scaler.is_enabled():  # fp16: skipped
+        raise FloatingPointError(f"the gradient norm is {float(norm)} at step "
+                                 f"{step} (the loss is finite). "
+                                 f"{_divergence_advice(t)}")
     t.scaler.step(t.optimizer); t.scaler.update()
     t.optimizer.zero_grad(set_to_none=True)
     return {"step": step + 1, "loss": loss_sum, "lr": lr,

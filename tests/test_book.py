@@ -160,6 +160,17 @@ def test_chapter_list_comes_from_quarto_yml(tmp_path):
     assert not chs[0].numbered and all(c.numbered for c in chs[1:])  # the preface is unnumbered
 
 
+def test_a_spelled_out_word_before_a_reference_is_not_doubled(tmp_path):
+    # the template writes "Chapter 1" / "Section 1.1" itself: "Chapter [@sec-a]" must not
+    # come out as "Chapter Chapter 1"
+    cfg = make_book(tmp_path, [md("# A chapter {#sec-a}\n\nAs in Chapter [@sec-a] "
+                                  "(Chapter [@sec-a]) and Section [@sec-b].\n\n## B {#sec-b}\n")])
+    book.build(cfg, tmp_path / "b.pdf")
+    text = re.sub(r"\s+", " ", pdf_text(tmp_path / "b.pdf")[1])
+    assert "As in Chapter 1 (Chapter 1) and Section 1.1." in text, text
+    assert "Chapter Chapter" not in text and "Section Section" not in text
+
+
 def test_appendices_are_lettered(tmp_path):
     make_book(tmp_path, [md("# Main chapter\n\nText.")])
     nb = nbformat.v4.new_notebook()
