@@ -483,13 +483,14 @@ def chat_command(args: argparse.Namespace) -> int:
         history += f"{reply}{END}"
     return 0
 
-# %% ../nbs/11_cli.ipynb #0b8eb724
+# %% ../nbs/11_cli.ipynb #8c9528e9
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", required=True,
                         help="a preset (gpt2, llama-7b, ...) or a size: 1B")
     parser.add_argument("--tokens", help="training tokens, e.g. 2T "
                         "(default: 20 per parameter)")
-    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--gpus", type=int, default=8,
+                        help="how many GPUs (default 8)")
     parser.add_argument("--gpu", default="h100", help="v100, a100, h100, "
                         "h200 or mi300x")
     parser.add_argument("--mfu", type=float, default=0.4,

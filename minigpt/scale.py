@@ -166,7 +166,7 @@ GPUS = {"v100": GPU("NVIDIA V100 32GB (fp16)", 125e12, 32e9),
         "h200": GPU("NVIDIA H200 141GB", 989e12, 141e9),
         "mi300x": GPU("AMD MI300X 192GB", 1307e12, 192e9)}
 
-# %% ../nbs/10_scaling.ipynb #7799690e
+# %% ../nbs/10_scaling.ipynb #d4de3eb6
 @dataclass
 class Plan:
     "A training run on paper: model, data, hardware; compute, time, memory."
@@ -205,6 +205,8 @@ def make_plan(params: str | GPTConfig = "1B", tokens: str | float | None = None,
         raise ValueError(f"--gpu {gpu!r}: use one of {', '.join(GPUS)}")
     if not 0 < mfu <= 1: raise ValueError(f"--mfu {mfu}: use (0, 1], e.g. 0.4")
     if gpus < 1: raise ValueError(f"--gpus {gpus}: use 1 or more")
+    if micro_batch < 1:
+        raise ValueError(f"--micro-batch {micro_batch}: use 1 or more")
     d = optimal_tokens(n) if tokens is None else parse_count(tokens)
     state_memory(n, precision)   # checks the precision's name
     return Plan(name, cfg, n, d, GPUS[gpu], gpus, mfu, precision, micro_batch)
