@@ -274,6 +274,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.scale.parse_count': ('scaling.html#parse_count', 'minigpt/scale.py'),
                                'minigpt.scale.plan_report': ('scaling.html#plan_report', 'minigpt/scale.py'),
                                'minigpt.scale.resolve_model': ('scaling.html#resolve_model', 'minigpt/scale.py'),
+                               'minigpt.scale.run_result': ('scaling.html#run_result', 'minigpt/scale.py'),
                                'minigpt.scale.state_memory': ('scaling.html#state_memory', 'minigpt/scale.py'),
                                'minigpt.scale.train_data_parallel': ('scaling.html#train_data_parallel', 'minigpt/scale.py'),
                                'minigpt.scale.train_pipeline': ('scaling.html#train_pipeline', 'minigpt/scale.py'),

@@ -23,8 +23,9 @@ from .train import mean_over_ranks, wrap_model
 __all__ = ['FORMATS', 'TOKENS_PER_PARAM', 'STATE_BYTES', 'PARTS', 'SHARDED', 'GPUS', 'DEMO', 'binary_format', 'number_formats',
            'training_flops', 'optimal_tokens', 'gpu_hours', 'parse_count', 'human', 'count_params', 'llama_shape',
            'resolve_model', 'state_memory', 'activation_bytes', 'GPU', 'Plan', 'make_plan', 'plan_report', 'free_port',
-           'launch', 'demo_batches', 'demo_model', 'held_bytes', 'optimizer_bytes', 'train_single', 'my_rows',
-           'full_state', 'train_data_parallel', 'GPTStage', 'lm_loss', 'train_pipeline', 'train_tensor_parallel']
+           'launch', 'demo_batches', 'demo_model', 'held_bytes', 'optimizer_bytes', 'run_result', 'train_single',
+           'my_rows', 'full_state', 'train_data_parallel', 'GPTStage', 'lm_loss', 'train_pipeline',
+           'train_tensor_parallel']
 
 # %% ../nbs/10_scaling.ipynb #b8e653a4
 FORMATS = {"FP32": torch.float32, "TF32": None, "FP16": torch.float16,
@@ -263,7 +264,7 @@ def launch(fn, world: int, *args) -> list:
         return [torch.load(os.path.join(out, f"{r}.pt"), weights_only=False)
                 for r in range(world)]
 
-# %% ../nbs/10_scaling.ipynb #bdd9b2fb
+# %% ../nbs/10_scaling.ipynb #55b41070
 DEMO = GPTConfig(vocab_size=64, block_size=16, n_layer=4, n_head=2,
                  d_model=32, tie_weights=False)
 
@@ -288,7 +289,14 @@ def optimizer_bytes(opt: torch.optim.Optimizer) -> int:
     return held_bytes(v for s in opt.state.values() for v in s.values()
                       if torch.is_tensor(v) and v.dim() > 0)
 
-# %% ../nbs/10_scaling.ipynb #1ddce4f4
+def run_result(losses: list, weights: dict, model: nn.Module,
+               opt: torch.optim.Optimizer) -> dict:
+    "What every demo returns: its losses, its weights and the bytes it held."
+    return dict(losses=losses, weights=weights,
+                params=held_bytes(model.parameters()),
+                optimizer=optimizer_bytes(opt))
+
+# %% ../nbs/10_scaling.ipynb #14b1b34e
 def train_single(cfg: GPTConfig, data, lr: float = 1e-2) -> dict:
     "The reference: one process, the whole batch."
     model = demo_model(cfg)
@@ -298,11 +306,9 @@ def train_single(cfg: GPTConfig, data, lr: float = 1e-2) -> dict:
         _, loss = model(x, y)
         opt.zero_grad(); loss.backward(); opt.step()
         losses.append(loss.item())
-    return dict(losses=losses, weights=model.state_dict(),
-                params=held_bytes(model.parameters()),
-                optimizer=optimizer_bytes(opt))
+    return run_result(losses, model.state_dict(), model, opt)
 
-# %% ../nbs/10_scaling.ipynb #ad04deef
+# %% ../nbs/10_scaling.ipynb #a722bf3e
 def my_rows(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     "This rank's share of a global batch (B, ...): B / W consecutive rows."
     return t.chunk(world)[rank]
@@ -324,9 +330,7 @@ def train_data_parallel(rank: int, world: int, parallel: str,
         _, loss = model(my_rows(x, rank, world), my_rows(y, rank, world))
         opt.zero_grad(); loss.backward(); opt.step()  # gradients averaged
         losses.append(mean_over_ranks(loss.item(), world, "cpu"))
-    return dict(losses=losses, weights=full_state(model),
-                params=held_bytes(model.parameters()),
-                optimizer=optimizer_bytes(opt))
+    return run_result(losses, full_state(model), model, opt)
 
 # %% ../nbs/10_scaling.ipynb #33515389
 class GPTStage(nn.Module):
@@ -354,7 +358,7 @@ class GPTStage(nn.Module):
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
-# %% ../nbs/10_scaling.ipynb #bd46ebf8
+# %% ../nbs/10_scaling.ipynb #ef644015
 def train_pipeline(rank: int, world: int, cfg: GPTConfig, data,
                    lr: float = 1e-2, n_micro: int = 4) -> dict:
     "Pipeline parallel: rank r holds L/W blocks; micro-batches flow through."
@@ -373,11 +377,9 @@ def train_pipeline(rank: int, world: int, cfg: GPTConfig, data,
         else: schedule.step()
         opt.step()
         if part.last: losses.append(torch.stack(micro).mean().item())
-    return dict(losses=losses, weights=part.state_dict(),
-                params=held_bytes(part.parameters()),
-                optimizer=optimizer_bytes(opt))
+    return run_result(losses, part.state_dict(), part, opt)
 
-# %% ../nbs/10_scaling.ipynb #c3b05e60
+# %% ../nbs/10_scaling.ipynb #153b405f
 def train_tensor_parallel(rank: int, world: int, cfg: GPTConfig, data,
                           lr: float = 1e-2) -> dict:
     "Tensor parallel: each block's feed-forward matrices split across ranks."
@@ -395,6 +397,4 @@ def train_tensor_parallel(rank: int, world: int, cfg: GPTConfig, data,
         _, loss = model(x, y)
         opt.zero_grad(); loss.backward(); opt.step()
         losses.append(loss.item())
-    return dict(losses=losses, weights=full_state(model),
-                params=held_bytes(model.parameters()),
-                optimizer=optimizer_bytes(opt))
+    return run_result(losses, full_state(model), model, opt)

@@ -470,14 +470,15 @@ def train_step(t: Trainer, step_model, ctx) -> dict:
     t.scaler.unscale_(t.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
     if hasattr(norm, "full_tensor"): norm = norm.full_tensor()  # FSDP: DTensor
+    norm = float(norm)
     if not math.isfinite(norm) and not t.scaler.is_enabled():  # fp16: skipped
-        raise FloatingPointError(f"the gradient norm is {float(norm)} at step "
+        raise FloatingPointError(f"the gradient norm is {norm} at step "
                                  f"{step} (the loss is finite). "
                                  f"{_divergence_advice(t)}")
     t.scaler.step(t.optimizer); t.scaler.update()
     t.optimizer.zero_grad(set_to_none=True)
     return {"step": step + 1, "loss": loss_sum, "lr": lr,
-            "grad_norm": float(norm)}
+            "grad_norm": norm}
 
 def evaluate_and_save(t: Trainer, ctx, bytes_per_token: float) -> dict:
     "Validation numbers; best weights; a checkpoint of the whole state."
