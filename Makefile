@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install export sync-check test execute pdf demo clean
+.PHONY: install export sync-check test test-no-bf16 execute pdf demo clean
 
 install: $(STAMP)
 
@@ -39,6 +39,12 @@ test: $(STAMP)
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/python -m pytest -q
 
+# The same tests as on a CPU without bf16 units (most laptops), whatever this CPU has.
+test-no-bf16: $(STAMP)
+	$(BIN)/nbdev-export
+	MINIGPT_CPU_BF16=0 $(BIN)/nbdev-test --n-workers 2 --timing
+	MINIGPT_CPU_BF16=0 $(BIN)/python -m pytest -q
+
 execute: $(STAMP)
 	$(BIN)/nbdev-export
 	$(BIN)/python tools/execute_nbs.py
@@ -47,12 +53,14 @@ pdf: $(STAMP)
 	$(BIN)/python book/build.py
 
 # From a fresh clone to generated text: prepare the default corpus, train the CPU preset for
-# three minutes (or reuse the run in runs/cpu), then stream a continuation of a prompt.
+# three minutes with the schedule fitted to them (or reuse the run in runs/cpu), print the
+# validation bits per byte, then stream a continuation of a prompt.
+DEMO_TIME ?= 180
 demo: $(STAMP)
 	test -f data/shakespeare/meta.json || $(BIN)/minigpt prepare --corpus shakespeare \
 		--vocab-size 4096 --out data/shakespeare
 	test -f runs/cpu/state.pt || $(BIN)/minigpt train --data data/shakespeare --preset cpu \
-		--out runs/cpu --max-time 180
+		--out runs/cpu --max-time $(DEMO_TIME) --fit-max-time
 	$(BIN)/minigpt generate --run runs/cpu --prompt "ROMEO:" --max-new-tokens 200 --seed 0
 
 clean:

@@ -90,7 +90,8 @@ def sinusoidal_positions(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
 # %% ../nbs/04_attention.ipynb #37e2d81f
 def rope_angles(d_head: int, positions: torch.Tensor, base: float = 10000.0):
     "cos and sin of the RoPE angles m·θ_i at `positions` (...): (..., d)."
-    theta = base ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)
+    i = torch.arange(0, d_head, 2, dtype=torch.float32, device=positions.device)
+    theta = base ** (-i / d_head)                           # (d_head/2,)
     angles = positions.float()[..., None] * theta          # (..., d_head/2)
     angles = torch.cat([angles, angles], dim=-1)            # (..., d_head)
     return angles.cos(), angles.sin()

@@ -17,12 +17,13 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'main', 'add_data_arguments',
-           'print_table', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments',
-           'prepare_command', 'add_train_arguments', 'parse_overrides', 'train_command', 'add_generate_arguments',
-           'generate_command', 'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command',
-           'add_finetune_arguments', 'add_sft_arguments', 'add_dpo_arguments', 'sft_command', 'dpo_command',
-           'add_chat_arguments', 'chat_command', 'add_plan_arguments', 'plan_command']
+__all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'main', 'add_clean_arguments',
+           'clean_config', 'add_data_arguments', 'print_table', 'print_cleaning', 'print_split_note', 'data_command',
+           'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments', 'prepare_command',
+           'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides', 'train_command',
+           'add_generate_arguments', 'generate_command', 'add_eval_arguments', 'eval_command', 'add_tasks_arguments',
+           'tasks_command', 'add_finetune_arguments', 'add_sft_arguments', 'add_dpo_arguments', 'sft_command',
+           'dpo_command', 'add_chat_arguments', 'chat_command', 'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -61,6 +62,10 @@ def system_info() -> dict[str, str]:
         info["mps"] = "available"
     else:
         info["cuda"] = "not available: training runs on the CPU"
+    from minigpt.train import choose_precision, cpu_has_bf16, resolve_device
+    info["cpu bf16"] = "yes" if cpu_has_bf16() else "no (fp32 on the CPU)"
+    device = resolve_device()
+    info["runs on"] = f"{device}, {choose_precision(device)} (auto)"
     return info
 
 @command("info", "show versions and the devices PyTorch can use")
@@ -102,6 +107,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 # %% ../nbs/11_cli.ipynb #4768ea30
+def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
+    "Options for the thresholds of the cleaning rules (`CleanConfig`)."
+    rules = parser.add_argument_group(
+        "cleaning rules", "thresholds of minigpt.data.CleanConfig")
+    rules.add_argument("--min-chars", type=int,
+                       help="drop documents shorter than this (default 200)")
+    rules.add_argument("--max-chars", type=int,
+                       help="drop documents longer than this (default 1000000)")
+    rules.add_argument("--min-letters", type=float,
+                       help="drop documents with a smaller share of letters "
+                            "among non-space characters (default 0.6)")
+    rules.add_argument("--max-repeated-lines", type=float,
+                       help="drop documents with a larger share of repeated "
+                            "lines (default 0.3)")
+
+def clean_config(args: argparse.Namespace):
+    "The `CleanConfig` with the cleaning options that were given."
+    from minigpt.data import CleanConfig
+    given = {f.name: getattr(args, f.name, None)
+             for f in dataclasses.fields(CleanConfig)}
+    return CleanConfig(**{k: v for k, v in given.items() if v is not None})
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION",
                                     required=True)
@@ -112,6 +139,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                             ".jsonl file or folder (default: shakespeare)")
     stats.add_argument("--threshold", type=float, default=0.7,
                        help="similarity of near-duplicates (default 0.7)")
+    add_clean_arguments(stats)
 
 def print_table(rows: list[dict]) -> None:
     "Rows of dicts as an aligned text table."
@@ -128,6 +156,20 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
                         for i, (v, w) in enumerate(zip(row, widths))))
 
+def print_cleaning(rules: list) -> None:
+    "Each cleaning rule that changed or removed something, with its counts."
+    active = [s for s in rules if s.docs_changed or s.docs_removed]
+    if not active: print("cleaning: no rule changed or removed anything")
+    for s in active:
+        print(f"cleaning: {s.rule}: {s.docs_changed:,} changed, "
+              f"{s.docs_removed:,} removed, {s.chars_removed:,} characters")
+
+def print_split_note(split: str) -> None:
+    "Say so when the validation split fell back to positions."
+    if split == "by position":
+        print("validation: the end of the text, split by position (too few "
+              "documents for a split by document)")
+
 @command("data", "corpus statistics: documents, characters, duplicates",
          add_data_arguments)
 def data_command(args: argparse.Namespace) -> int:
@@ -135,15 +177,18 @@ def data_command(args: argparse.Namespace) -> int:
     if not 0 < args.threshold <= 1:
         raise ValueError(f"--threshold must be in (0, 1], not {args.threshold}")
     corpus = load_corpus(args.corpus)
-    result = run_pipeline(corpus, threshold=args.threshold)
-    print(f"corpus: {corpus.name}")
+    result = run_pipeline(corpus, clean_config(args), threshold=args.threshold)
+    print(f"corpus: {corpus.name} ({corpus.docs[0].id} ... "
+          f"{corpus.docs[-1].id})")
     print_table(result.rows)
     for what, why in corpus.skipped[:10]: print(f"skipped {what}: {why}")
     if len(corpus.skipped) > 10: print(f"... {len(corpus.skipped) - 10} more")
+    print_cleaning(result.rules)
     print(f"exact duplicates: {len(result.exact_copies)}; "
           f"near-duplicate pairs: {len(result.near.pairs)} "
           f"(LSH candidates {result.near.candidates}, "
           f"threshold {args.threshold})")
+    print_split_note(result.split)
     return 0
 
 # %% ../nbs/11_cli.ipynb #f331f573
@@ -193,8 +238,10 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="use this tokenizer file instead")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="encoding processes (default: one per core)")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of the text for validation (default 0.1)")
     parser.add_argument("--seed", type=int, default=0)
+    add_clean_arguments(parser)
 
 @command("prepare", "clean, deduplicate, tokenize and write token shards",
          add_prepare_arguments)
@@ -202,16 +249,33 @@ def prepare_command(args: argparse.Namespace) -> int:
     from minigpt.loader import prepare
     meta = prepare(args.corpus, args.out, vocab_size=args.vocab_size,
                    tokenizer=args.tokenizer, workers=args.workers,
-                   val_fraction=args.val_fraction, seed=args.seed)
+                   val_fraction=args.val_fraction, seed=args.seed,
+                   clean=clean_config(args))
     for split, s in meta["splits"].items():
         print(f"{split}: {s['documents']:,} documents, {s['tokens']:,} tokens "
               f"-> {Path(args.out) / s['file']}")
+    print_split_note(meta["split"])
     print(f"tokenizer: {meta['vocab_size']} tokens "
           f"(fingerprint {meta['tokenizer_fingerprint'][:12]}); "
           f"{meta['seconds']} s")
     return 0
 
 # %% ../nbs/11_cli.ipynb #8fce3a67
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    "--device and --precision, for every command that runs a model."
+    parser.add_argument("--device", help="auto (default: cuda, then mps, then "
+                        "cpu), cpu, cuda, cuda:N or mps; or MINIGPT_DEVICE")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="default auto: bf16 where the device has it, else "
+                        "fp32 (fp16 on old GPUs); or MINIGPT_PRECISION")
+
+def device_context(args: argparse.Namespace):
+    "(device, autocast context) that --device and --precision ask for."
+    from minigpt.train import autocast, choose_precision, resolve_device
+    device = resolve_device(args.device)
+    return device, autocast(device, choose_precision(device,
+                                                     args.precision or "auto"))
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="folder made by prepare")
     parser.add_argument("--out", required=True, help="the run directory")
@@ -222,7 +286,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--max-time", type=float,
                         help="seconds, then save and stop")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--fit-max-time", action="store_true", default=None,
+                        help="fit the schedule (max_steps, warm-up) to "
+                        "--max-time, estimated from the first steps")
+    add_device_arguments(parser)
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the model (pays on GPUs)")
     parser.add_argument("--parallel", choices=["ddp", "fsdp"],
                         help="with several processes (torchrun): ddp or fsdp")
     for name in ("batch-size", "grad-accum", "seq-len", "warmup-steps",
@@ -252,15 +321,17 @@ def train_command(args: argparse.Namespace) -> int:
                {f.name for f in dataclasses.fields(TrainConfig)}}
     if args.resume:     # the saved configuration, with a new budget if given
         budget = {k: v for k, v in options.items()
-                  if k in ("max_steps", "max_time")}
-        result = train(args.data, args.out, resume=True, budget=budget)
+                  if k in ("max_steps", "max_time", "fit_max_time", "compile")}
+        result = train(args.data, args.out, resume=True, budget=budget,
+                       device=args.device)
     else:               # the model's vocabulary is the data's, unless --set
         meta, overrides = Path(args.data) / "meta.json", {}
         if meta.exists():
             overrides["vocab_size"] = json.loads(meta.read_text())["vocab_size"]
         overrides |= parse_overrides(args.set)
         model_cfg = GPTConfig.preset(args.preset, **overrides)
-        result = train(args.data, args.out, model_cfg, TrainConfig(**options))
+        result = train(args.data, args.out, model_cfg, TrainConfig(**options),
+                       device=args.device)
     if int(os.environ.get("RANK", 0)) > 0: return 0   # rank 0 reports
     val = (f"validation loss {result['val_loss']:.3f}, {result['val_bpb']:.3f} "
            "bits per byte" if "val_loss" in result else "nothing left to do")
@@ -289,13 +360,15 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         default="best", help="best or latest weights")
     parser.add_argument("--no-stream", action="store_true",
                         help="print the text once it is complete")
+    add_device_arguments(parser)
 
 @command("generate", "continue a prompt with a trained model",
          add_generate_arguments)
 def generate_command(args: argparse.Namespace) -> int:
     from minigpt.generate import (SamplingConfig, encode_prompt, generate,
                                   load_run, stream)
-    model, tok = load_run(args.run, args.weights)
+    device, ctx = device_context(args)
+    model, tok = load_run(args.run, args.weights, device)
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k,
                          args.top_p, args.repetition_penalty, tuple(args.stop),
                          seed=args.seed)
@@ -305,13 +378,14 @@ def generate_command(args: argparse.Namespace) -> int:
         print(f"note: the prompt has {n} tokens; the model sees the last "
               f"{block}", file=sys.stderr)
     print(args.prompt, end="", flush=True)
-    if args.no_stream:
-        print(generate(model, tok, args.prompt, cfg,
-                       allow_special=args.allow_special), end="")
-    else:
-        for piece in stream(model, tok, args.prompt, cfg,
-                            allow_special=args.allow_special):
-            print(piece, end="", flush=True)
+    with ctx:
+        if args.no_stream:
+            print(generate(model, tok, args.prompt, cfg,
+                           allow_special=args.allow_special), end="")
+        else:
+            for piece in stream(model, tok, args.prompt, cfg,
+                                allow_special=args.allow_special):
+                print(piece, end="", flush=True)
     print()
     return 0
 
@@ -329,23 +403,29 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int,
                         help="at most this many examples per harness task")
     parser.add_argument("--batch-size", type=int, default=16)
+    add_device_arguments(parser)
 
 @command("eval", "measure a run: perplexity, a benchmark, the harness",
          add_eval_arguments)
 def eval_command(args: argparse.Namespace) -> int:
     from minigpt import evaluate as ev
+    device, ctx = device_context(args)
+    with ctx: return _evaluate(ev, args, device)
+
+def _evaluate(ev, args, device) -> int:
     if args.harness:
         if ev._register_model is None:
             raise ValueError("lm-evaluation-harness is not installed: "
                              "pip install 'minigpt[eval]'")
-        lm = ev.MinigptLM(run=args.run, batch_size=args.batch_size)
+        lm = ev.MinigptLM(run=args.run, batch_size=args.batch_size,
+                          device=device)
         results = ev.run_harness(lm, args.harness.split(","),
                                  args.include_path, args.limit)
         from lm_eval.utils import make_table
         print(make_table(results))
         return 0
     tasks = ev.TASKS if args.task == "all" else tuple(args.task.split(","))
-    result = ev.evaluate_run(args.run, tasks, args.items)
+    result = ev.evaluate_run(args.run, tasks, args.items, device=device)
     width = max(len(k) for k in result)
     for name, value in result.items():
         print(f"{name:<{width}}  {value:.4f}")
@@ -381,13 +461,14 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
+    add_device_arguments(parser)
 
 def _finetune_setup(args):
     "Model, tokenizer, examples and held-out examples of sft/dpo."
     from minigpt.finetune import load_examples, load_for_finetuning
     if Path(args.out).exists() and any(Path(args.out).iterdir()):
         raise FileExistsError(f"{args.out} is not empty; choose another --out")
-    model, tok = load_for_finetuning(args.run)
+    model, tok = load_for_finetuning(args.run, args.device)
     heldout = Path(args.heldout or Path(args.data).with_name("heldout.jsonl"))
     held = load_examples(heldout) if heldout.exists() else []
     return model, tok, held
@@ -418,7 +499,8 @@ def sft_command(args: argparse.Namespace) -> int:
     model, tok, held = _finetune_setup(args)
     examples = load_examples(args.data)
     options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr),
-               ("batch_size", args.batch_size)) if v is not None}
+               ("batch_size", args.batch_size),
+               ("precision", args.precision)) if v is not None}
     if args.lora: options = {"lr": 2e-3, "lora_rank": args.lora_rank} | options
     cfg = FinetuneConfig(**options)
     print(f"before: {_accuracies(model, tok, held)}", flush=True)
@@ -442,7 +524,8 @@ def dpo_command(args: argparse.Namespace) -> int:
     model, tok, held = _finetune_setup(args)
     examples = preference_examples(args.data)
     options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr),
-               ("batch_size", args.batch_size)) if v is not None}
+               ("batch_size", args.batch_size),
+               ("precision", args.precision)) if v is not None}
     cfg = FinetuneConfig(**({"steps": 150, "lr": 1e-5, "batch_size": 16,
                              "beta": args.beta} | options))
     print(f"before: {_accuracies(model, tok, held)}", flush=True)
@@ -459,13 +542,15 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int)
+    add_device_arguments(parser)
 
 @command("chat", "talk to a fine-tuned run (an empty line or Ctrl-D ends)",
          add_chat_arguments)
 def chat_command(args: argparse.Namespace) -> int:
     from minigpt.finetune import ASSISTANT, END, USER, load_for_finetuning
     from minigpt.generate import SamplingConfig, stream
-    model, tok = load_for_finetuning(args.run)
+    device, ctx = device_context(args)
+    model, tok = load_for_finetuning(args.run, device)
     model.eval()
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, stop=(END,),
                          seed=args.seed)
@@ -477,8 +562,9 @@ def chat_command(args: argparse.Namespace) -> int:
         history += f"{USER}{line}{ASSISTANT}"
         print("model> ", end="", flush=True)
         reply = ""
-        for piece in stream(model, tok, history, cfg, allow_special=True):
-            print(piece, end="", flush=True); reply += piece
+        with ctx:
+            for piece in stream(model, tok, history, cfg, allow_special=True):
+                print(piece, end="", flush=True); reply += piece
         print()
         history += f"{reply}{END}"
     return 0

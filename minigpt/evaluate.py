@@ -173,7 +173,8 @@ except ImportError:          # the optional extra is not installed
 @torch.no_grad()
 def rolling_loglikelihood(model, ids: list[int], eot: int) -> float:
     "Log-likelihood of a whole token list, in windows of the context length."
-    stream = torch.tensor([eot] + ids)
+    device = next(model.parameters()).device
+    stream = torch.tensor([eot] + ids, device=device)
     block, total = model.cfg.block_size, 0.0
     for s in range(0, len(ids), block):
         x = stream[s:s + block][None]                 # (1, <= block)
@@ -186,12 +187,13 @@ class MinigptLM(_HarnessLM):
     "A minigpt run as an lm-evaluation-harness model (registered: minigpt)."
     def __init__(self, run: str | None = None, model=None, tokenizer=None,
                  batch_size: int | str = 16, weights: str = "best",
-                 max_gen_toks: int | str = 128, **kwargs):
+                 max_gen_toks: int | str = 128, device: str | None = None,
+                 **kwargs):
         if _register_model is None:
             raise ImportError("lm-evaluation-harness is not installed: "
                               "pip install 'minigpt[eval]'")
         super().__init__()
-        if model is None: model, tokenizer = load_run(run, weights)
+        if model is None: model, tokenizer = load_run(run, weights, device)
         self.model, self.tok = model.eval(), tokenizer
         self.batch_size, self.max_gen_toks = int(batch_size), int(max_gen_toks)
 
@@ -273,13 +275,13 @@ def repetition_rate(text: str, n: int = 4) -> float:
 TASKS = ("perplexity", "choice")
 
 def evaluate_run(run_dir: str | Path, tasks=TASKS, n_items: int = 200,
-                 max_batches: int | None = None) -> dict:
+                 max_batches: int | None = None, device=None) -> dict:
     "The chosen measurements of a run on the validation split of its data."
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(unknown)}; use "
                          f"{', '.join(TASKS)} or all")
-    model, tok = load_run(run_dir)
+    model, tok = load_run(run_dir, device=device)
     config = json.loads((Path(run_dir) / "config.json").read_text())
     data, out = open_data(config["data"]), {}
     if "perplexity" in tasks:

@@ -100,7 +100,7 @@ def add_chat_tokens(tok: BPETokenizer) -> BPETokenizer:
 def resize_vocab(model: GPT, vocab_size: int) -> GPT:
     "A copy of `model` with `vocab_size` tokens; new rows start at the mean."
     cfg = GPTConfig.from_dict(model.cfg.to_dict() | {"vocab_size": vocab_size})
-    new = GPT(cfg)
+    new = GPT(cfg).to(model.tok_emb.weight.device)
     state = model.state_dict()
     emb = state["tok_emb.weight"]
     extra = emb.mean(0, keepdim=True).expand(vocab_size - len(emb), -1)
@@ -145,7 +145,8 @@ def pack_examples(encoded: list[tuple[list, list]], block_size: int,
 
 def sft_loss(model: GPT, ids: torch.Tensor, labels: torch.Tensor, user: int):
     "Next-token loss on the response tokens of packed rows (B, T + 1)."
-    x, y = ids[:, :-1], labels[:, 1:]
+    device = model.tok_emb.weight.device
+    x, y = ids[:, :-1].to(device), labels[:, 1:].to(device)
     return model(x, y, positions=document_positions(x, user),
                  mask=document_causal_mask(x, user))[1]
 
@@ -173,7 +174,9 @@ def finetune(model: nn.Module, next_loss, cfg: FinetuneConfig,
     schedule = TrainConfig(lr=cfg.lr, max_steps=cfg.steps,
                            warmup_steps=cfg.warmup_steps)
     device = next(model.parameters()).device
-    ctx = autocast(device, choose_precision(device, cfg.precision))
+    precision = choose_precision(device, cfg.precision)
+    ctx = autocast(device, precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     rows, model = [], model.train()
     for step in range(cfg.steps):
         for g in opt.param_groups: g["lr"] = learning_rate(step, schedule)
@@ -181,9 +184,10 @@ def finetune(model: nn.Module, next_loss, cfg: FinetuneConfig,
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss.item()} at step "
                                      f"{step}; lower the learning rate")
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)                  # fp16 only; else it does nothing
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step(); opt.zero_grad(set_to_none=True)
+        scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             rows.append({"step": step + 1, "loss": loss.item(), **info})
     return rows
@@ -294,8 +298,9 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
         self.base, self.scale = base.requires_grad_(False), alpha / rank
-        self.A = nn.Parameter(torch.empty(rank, base.in_features))
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+        w = base.weight                       # A and B live where W does
+        self.A = nn.Parameter(w.new_empty(rank, base.in_features))
+        self.B = nn.Parameter(w.new_zeros(base.out_features, rank))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -347,9 +352,9 @@ def save_finetuned(model: GPT, tok, run_dir: str | Path, info: dict) -> Path:
     save_weights(model, run / "best.safetensors")
     return run
 
-def load_for_finetuning(run_dir: str | Path):
+def load_for_finetuning(run_dir: str | Path, device=None):
     "(model, tokenizer) of a run, with the chat tokens added if missing."
-    model, tok = load_run(run_dir)
+    model, tok = load_run(run_dir, device=device)
     chat_tok = add_chat_tokens(tok)
     if chat_tok.vocab_size > model.cfg.vocab_size:
         model = resize_vocab(model, chat_tok.vocab_size)

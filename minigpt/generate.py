@@ -20,17 +20,18 @@ from .attention import apply_rope, repeat_kv, rope_angles
 from .loader import prepare
 from .model import GPT, GPTConfig
 from .tokenizer import ENDOFTEXT, PAD, load_tokenizer
-from .train import TrainConfig, load_weights, train
+from .train import TrainConfig, load_weights, resolve_device, train
 
 # %% auto #0
 __all__ = ['load_run', 'prepare_or_reuse', 'train_or_reuse', 'top_k_filter', 'top_p_filter', 'apply_repetition_penalty',
-           'SamplingConfig', 'next_token', 'positions_of', 'attention_mask', 'KVCache', 'cached_attention',
-           'forward_cached', 'window_start', 'decode_steps', 'encode_prompt', 'stream', 'generate', 'Int8Linear',
-           'quantize_int8']
+           'SamplingConfig', 'sampling_generator', 'next_token', 'positions_of', 'attention_mask', 'KVCache',
+           'cached_attention', 'forward_cached', 'window_start', 'decode_steps', 'encode_prompt', 'stream', 'generate',
+           'Int8Linear', 'quantize_int8']
 
 # %% ../nbs/07_generation.ipynb #f02d1e1b
-def load_run(run_dir: str | Path, weights: str = "best"):
-    "(model, tokenizer) of a run directory; a clear error if it is incomplete."
+def load_run(run_dir: str | Path, weights: str = "best", device=None):
+    """(model, tokenizer) of a run directory, the model on `device` (None: the
+    best one present, or $MINIGPT_DEVICE); a clear error if it is incomplete."""
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run directory; train one with "
@@ -46,7 +47,7 @@ def load_run(run_dir: str | Path, weights: str = "best"):
     cfg = GPTConfig.from_dict(json.loads(files[0].read_text())["model"])
     model = GPT(cfg)
     load_weights(model, files[2])
-    return model.eval(), load_tokenizer(files[1])
+    return model.to(resolve_device(device)).eval(), load_tokenizer(files[1])
 
 @contextmanager
 def _locked(path: Path):
@@ -125,6 +126,13 @@ class SamplingConfig:
         for ok, message in checks:
             if not ok: raise ValueError(message)
         self.stop = tuple(self.stop)
+
+def sampling_generator(device, seed: int | None = None) -> torch.Generator:
+    "A random generator on `device` (where the draws happen), seeded if given."
+    gen = torch.Generator(device=device)
+    if seed is None: gen.seed()
+    else: gen.manual_seed(seed)
+    return gen
 
 def next_token(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
                gen: torch.Generator | None = None) -> torch.Tensor:
@@ -231,9 +239,7 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
     for b, r in enumerate(rows):
         ids[b, L - len(r):] = torch.tensor(r, dtype=torch.long)
         valid[b, L - len(r):] = True
-    gen = torch.Generator(device="cpu")
-    if cfg.seed is not None: gen.manual_seed(cfg.seed)
-    else: gen.seed()
+    gen = sampling_generator(device, cfg.seed)
     cache = KVCache(model.cfg, B, block, device) if use_cache else None
     start = None                                # nothing computed yet
     for _ in range(cfg.max_new_tokens):

@@ -23,8 +23,9 @@ from .model import GPT, GPTConfig, flops_per_token
 from .tokenizer import ENDOFTEXT, save_tokenizer
 
 # %% auto #0
-__all__ = ['perplexity', 'bits_per_byte', 'TrainConfig', 'learning_rate', 'parameter_groups_for_decay', 'make_optimizer',
-           'default_device', 'cpu_has_bf16', 'choose_precision', 'autocast', 'evaluate', 'text_bytes', 'peak_flops',
+__all__ = ['FIT_PROBE_STEPS', 'PRECISIONS', 'perplexity', 'bits_per_byte', 'TrainConfig', 'learning_rate', 'fit_steps',
+           'fitted_config', 'parameter_groups_for_decay', 'make_optimizer', 'default_device', 'resolve_device',
+           'cpu_has_bf16', 'check_precision', 'choose_precision', 'autocast', 'evaluate', 'text_bytes', 'peak_flops',
            'sample_text', 'atomic_write', 'file_digest', 'save_weights', 'load_weights', 'rng_state', 'set_rng_state',
            'save_checkpoint', 'load_state', 'dist_env', 'init_distributed', 'wrap_model', 'is_sharded', 'grad_sync',
            'mean_over_ranks', 'shared_reason', 'full_weights', 'optimizer_state', 'load_optimizer_state', 'Trainer',
@@ -46,6 +47,7 @@ class TrainConfig:
     seq_len: int | None = None       # None: the model's context window
     max_steps: int = 2000
     max_time: float | None = None    # seconds per invocation, then save, stop
+    fit_max_time: bool = False       # size max_steps so the schedule ends then
     lr: float = 1e-3
     min_lr_ratio: float = 0.1        # the cosine ends at lr * min_lr_ratio
     warmup_steps: int = 100
@@ -72,6 +74,9 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be at least 1")
+        if self.fit_max_time and not self.max_time:
+            raise ValueError("fit_max_time needs max_time: the seconds that "
+                             "the schedule is fitted to")
         if self.keep_every % self.eval_every:
             raise ValueError(f"keep_every={self.keep_every} must be a multiple "
                              f"of eval_every={self.eval_every}")
@@ -89,6 +94,22 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     span = max(1, cfg.max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * progress))
+
+# %% ../nbs/06_pretraining.ipynb #ff9c6bf5
+FIT_PROBE_STEPS = 10    # steps timed (after the first) to fit a schedule
+
+def fit_steps(step: int, seconds_per_step: float, seconds_left: float,
+              eval_every: int, seconds_per_eval: float) -> int:
+    "The total steps whose remaining ones, evaluations included, fit the time."
+    per_step = seconds_per_step + seconds_per_eval / eval_every
+    usable = 0.95 * seconds_left - seconds_per_eval   # a margin; the last eval
+    return step + max(1, int(usable / per_step))
+
+def fitted_config(cfg: TrainConfig, max_steps: int) -> TrainConfig:
+    "`cfg` with `max_steps`, its warm-up at most a tenth of them; fitted once."
+    warmup = min(cfg.warmup_steps, max(1, max_steps // 10))
+    return TrainConfig.from_dict(asdict(cfg) | dict(
+        max_steps=max_steps, warmup_steps=warmup, fit_max_time=False))
 
 # %% ../nbs/06_pretraining.ipynb #9d18ac17
 def parameter_groups_for_decay(model: torch.nn.Module, weight_decay: float):
@@ -109,23 +130,58 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device):
                              fused=fused, foreach=None if fused else True)
 
 # %% ../nbs/06_pretraining.ipynb #2284be38
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 def default_device() -> torch.device:
+    "The best device present: CUDA, then Apple's MPS, then the CPU."
     if torch.cuda.is_available(): return torch.device("cuda")
     if torch.backends.mps.is_available(): return torch.device("mps")
     return torch.device("cpu")
 
+def resolve_device(requested: str | torch.device | None = None) -> torch.device:
+    "`requested` (--device), else $MINIGPT_DEVICE, else the best one present."
+    name = str(requested or os.environ.get("MINIGPT_DEVICE") or "auto")
+    if name == "auto": return default_device()
+    try: device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda, cuda:N "
+                         "or mps") from None
+    present = {"cpu": True, "cuda": torch.cuda.is_available(),
+               "mps": torch.backends.mps.is_available()}
+    if not present.get(device.type, False):
+        raise ValueError(f"device {name!r} is not present on this machine; "
+                         "`minigpt info` lists the devices, auto picks one")
+    count = torch.cuda.device_count()
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise ValueError(f"device {name!r}: this machine has {count} CUDA "
+                         "device(s)")
+    return device
+
 def cpu_has_bf16() -> bool:
-    "Does this CPU have native bf16 arithmetic (AVX512-BF16 or AMX)?"
+    "Native bf16 arithmetic (AVX512-BF16 or AMX)? MINIGPT_CPU_BF16=0 says no."
+    if os.environ.get("MINIGPT_CPU_BF16") == "0": return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
 
+def check_precision(device: torch.device, precision: str) -> str:
+    "`precision` if `device` can train in it; else a ValueError saying why."
+    if precision not in PRECISIONS[1:]:
+        raise ValueError(f"precision {precision!r}: use one of "
+                         f"{', '.join(PRECISIONS)}")
+    if device.type == "cpu" and precision == "fp16":
+        raise ValueError("fp16 training needs a GPU; on a CPU use fp32 (or "
+                         "bf16 where the CPU has bf16 units)")
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16():
+        raise ValueError("this CPU has no bf16 units (no AVX512-BF16 or "
+                         "AMX): bf16 would be emulated, many times slower "
+                         "than fp32, and some kernels fail; use fp32 or auto")
+    return precision
+
 def choose_precision(device: torch.device, requested: str = "auto") -> str:
-    "fp32, bf16 or fp16 for `device`; `auto` picks the fastest safe one."
-    if requested != "auto":
-        if requested == "fp16" and device.type == "cpu":
-            raise ValueError("fp16 training needs a GPU; on a CPU use bf16 "
-                             "or fp32")
-        return requested
+    "`requested`, else $MINIGPT_PRECISION, else the fastest safe one."
+    if requested == "auto":
+        requested = os.environ.get("MINIGPT_PRECISION") or "auto"
+    if requested != "auto": return check_precision(device, requested)
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu" and cpu_has_bf16(): return "bf16"
@@ -133,7 +189,7 @@ def choose_precision(device: torch.device, requested: str = "auto") -> str:
 
 def autocast(device: torch.device, precision: str):
     "The autocast context for `precision` (a no-op for fp32)."
-    if precision == "fp32": return nullcontext()
+    if check_precision(device, precision) == "fp32": return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -194,12 +250,12 @@ def sample_text(model, tok, prompt: str = ENDOFTEXT, max_new_tokens: int = 100,
     "A continuation of `prompt`, by temperature sampling (no cache)."
     model.eval()
     device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)   # the model's
     ids = tok.encode(prompt, allowed_special="all")
     for _ in range(max_new_tokens):
         x = torch.tensor([ids[-model.cfg.block_size:]], device=device)
         logits, _ = model(x)
-        last = logits[0, -1, :tok.vocab_size].float().cpu()  # decodable ids
+        last = logits[0, -1, :tok.vocab_size].float()   # decodable ids
         probs = torch.softmax(last / temperature, dim=-1)
         ids.append(int(torch.multinomial(probs, 1, generator=gen)))
     model.train()
@@ -274,10 +330,10 @@ def dist_env() -> tuple[int, int, int]:
     return (int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)),
             int(env.get("WORLD_SIZE", 1)))
 
-def init_distributed() -> tuple[int, int, torch.device]:
+def init_distributed(device=None) -> tuple[int, int, torch.device]:
     "Join torchrun's process group (NCCL on GPUs, gloo on CPUs), if any."
     rank, local_rank, world = dist_env()
-    device = default_device()
+    device = resolve_device(device)
     if device.type == "cuda" and world > 1:       # one GPU per process
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -406,9 +462,9 @@ class Trainer:
     world_size: int = 1
 
 def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
-          budget=None) -> Trainer:
+          budget=None, device=None) -> Trainer:
     "Open the data, create or reopen the run, build model and optimizer."
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(device)
     run, data = Path(run_dir), open_data(data_dir)
     model_cfg, cfg = model_cfg or GPTConfig.preset("cpu"), cfg or TrainConfig()
     if rank == 0:
@@ -505,13 +561,31 @@ def evaluate_and_save(t: Trainer, ctx, bytes_per_token: float) -> dict:
 def train(data_dir: str | Path, run_dir: str | Path,
           model_cfg: GPTConfig | None = None, cfg: TrainConfig | None = None,
           resume: bool = False, stop_at: int | None = None,
-          progress_bar: bool = True, budget: dict | None = None) -> dict:
+          progress_bar: bool = True, budget: dict | None = None,
+          device: str | torch.device | None = None) -> dict:
     """Train (or resume) a GPT on prepared data; returns the final measurements.
-    `budget` ({'max_steps': ..., 'max_time': ...}) extends a resumed run."""
-    t = setup(data_dir, run_dir, model_cfg, cfg, resume, budget)
+    `budget` ({'max_steps': ..., 'max_time': ...}) extends a resumed run;
+    `device`: None for $MINIGPT_DEVICE or the best one present."""
+    t = setup(data_dir, run_dir, model_cfg, cfg, resume, budget, device)
     try: return _loop(t, stop_at, progress_bar)
     finally:
         if t.world_size > 1: dist.destroy_process_group()
+
+def _fit_schedule(t: Trainer, times: list[float], elapsed: float) -> None:
+    "Fit max_steps to the time left (all ranks agree); save it in config.json."
+    cfg, T = t.cfg, t.cfg.seq_len or t.model_cfg.block_size
+    per_step = mean_over_ranks(float(np.median(times)), t.world_size, t.device)
+    left = mean_over_ranks(cfg.max_time - elapsed, t.world_size, t.device)
+    windows = len(range(0, len(t.data.val) - 1, T)) // t.world_size
+    batches = math.ceil(windows / cfg.batch_size)
+    if cfg.eval_batches: batches = min(batches, cfg.eval_batches)
+    per_eval = per_step * batches / (3 * cfg.grad_accum)     # forward only
+    t.cfg = fitted_config(cfg, fit_steps(t.progress["step"], per_step, left,
+                                         cfg.eval_every, per_eval))
+    if t.rank == 0:
+        saved = json.loads((t.run / "config.json").read_text())
+        text = json.dumps(saved | {"train": asdict(t.cfg)}, indent=1)
+        atomic_write(t.run / "config.json", lambda tmp: tmp.write_text(text))
 
 def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
     from tqdm.auto import tqdm
@@ -537,11 +611,17 @@ def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
     if progress["step"] >= cfg.max_steps: reason = "max_steps"   # nothing to do
     t.model.train()
     metrics = open(t.run / "metrics.jsonl", "a") if main else None
+    probe = []                       # step times, to fit the schedule to time
     try:
         while reason is None:
             t0 = time.perf_counter()
             last = train_step(t, step_model, ctx)
             dt = time.perf_counter() - t0
+            if t.cfg.fit_max_time:
+                probe.append(dt)
+                if len(probe) == FIT_PROBE_STEPS + 1:
+                    _fit_schedule(t, probe[1:], time.perf_counter() - session)
+                    cfg, bar.total = t.cfg, t.cfg.max_steps
             progress.update(step=last["step"],
                             seconds=time.perf_counter() - start,
                             tokens=progress["tokens"] + tokens_per_step)
