@@ -84,3 +84,24 @@ def test_max_time_is_per_session_and_resume_continues(data, tmp_path):
     r = minigpt("train", "--data", data, "--out", run, "--resume", "--max-time", 2)
     assert r.returncode == 0 and "stopped by max_time" in r.stdout, r.stderr
     assert metrics(run)[-1]["step"] > first + 1     # a second session of training
+
+
+def test_fit_max_time_sizes_the_schedule_to_the_time(data, tmp_path):
+    "--fit-max-time: max_steps estimated from the first steps, saved, and the run ends then."
+    run = tmp_path / "run"
+    r = minigpt("train", "--data", data, "--out", run, "--max-time", 12, "--fit-max-time",
+                "--log-every", 1, *SMALL)
+    assert r.returncode == 0, r.stderr
+    train_cfg = json.loads((run / "config.json").read_text())["train"]
+    assert not train_cfg["fit_max_time"]                  # fitted once, for good
+    assert 11 < train_cfg["max_steps"] < 2000             # not the default length
+    assert train_cfg["warmup_steps"] <= train_cfg["max_steps"] // 10
+    rows = metrics(run)
+    last = rows[-1]
+    assert last["step"] >= 0.5 * train_cfg["max_steps"]   # most of the way, or all
+    if last["step"] == train_cfg["max_steps"]:             # the schedule ran out: at the floor
+        assert "stopped by max_steps" in r.stdout
+        assert last["lr"] < 0.11 * 1e-3
+    r = minigpt("train", "--data", data, "--out", run, "--max-time", 2, "--resume")
+    assert r.returncode == 0, r.stderr                     # resumes the fitted schedule
+    assert json.loads((run / "config.json").read_text())["train"] == train_cfg
