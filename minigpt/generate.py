@@ -157,8 +157,9 @@ def attention_mask(valid: torch.Tensor, n_new: int) -> torch.Tensor:
     S = valid.shape[1]
     causal = torch.ones(n_new, S, dtype=torch.bool,
                         device=valid.device).tril(diagonal=S - n_new)
-    self_ = torch.zeros_like(causal)
-    self_[torch.arange(n_new), torch.arange(S - n_new, S)] = True
+    self_ = torch.zeros_like(causal)                 # each query sees itself
+    rows = torch.arange(n_new, device=valid.device)
+    self_[rows, rows + S - n_new] = True
     return (causal & valid[:, None, :]) | self_
 
 # %% ../nbs/07_generation.ipynb #cf65fca8
