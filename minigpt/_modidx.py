@@ -359,6 +359,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.train.cpu_has_bf16': ('pretraining.html#cpu_has_bf16', 'minigpt/train.py'),
                                'minigpt.train.default_device': ('pretraining.html#default_device', 'minigpt/train.py'),
                                'minigpt.train.dist_env': ('pretraining.html#dist_env', 'minigpt/train.py'),
+                               'minigpt.train.eval_batch_count': ('pretraining.html#eval_batch_count', 'minigpt/train.py'),
                                'minigpt.train.evaluate': ('pretraining.html#evaluate', 'minigpt/train.py'),
                                'minigpt.train.evaluate_and_save': ('pretraining.html#evaluate_and_save', 'minigpt/train.py'),
                                'minigpt.train.file_digest': ('pretraining.html#file_digest', 'minigpt/train.py'),

@@ -25,11 +25,11 @@ from .tokenizer import ENDOFTEXT, save_tokenizer
 # %% auto #0
 __all__ = ['FIT_PROBE_STEPS', 'PRECISIONS', 'perplexity', 'bits_per_byte', 'TrainConfig', 'learning_rate', 'fit_steps',
            'fitted_config', 'parameter_groups_for_decay', 'make_optimizer', 'default_device', 'resolve_device',
-           'cpu_has_bf16', 'check_precision', 'choose_precision', 'autocast', 'evaluate', 'text_bytes', 'peak_flops',
-           'sample_text', 'atomic_write', 'file_digest', 'save_weights', 'load_weights', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'load_state', 'dist_env', 'init_distributed', 'wrap_model', 'is_sharded', 'grad_sync',
-           'mean_over_ranks', 'shared_reason', 'full_weights', 'optimizer_state', 'load_optimizer_state', 'Trainer',
-           'setup', 'train_step', 'evaluate_and_save', 'train']
+           'cpu_has_bf16', 'check_precision', 'choose_precision', 'autocast', 'eval_batch_count', 'evaluate',
+           'text_bytes', 'peak_flops', 'sample_text', 'atomic_write', 'file_digest', 'save_weights', 'load_weights',
+           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_state', 'dist_env', 'init_distributed', 'wrap_model',
+           'is_sharded', 'grad_sync', 'mean_over_ranks', 'shared_reason', 'full_weights', 'optimizer_state',
+           'load_optimizer_state', 'Trainer', 'setup', 'train_step', 'evaluate_and_save', 'train']
 
 # %% ../nbs/06_pretraining.ipynb #fbaac409
 def perplexity(loss: float) -> float: return math.exp(loss)
@@ -194,15 +194,21 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 # %% ../nbs/06_pretraining.ipynb #6a4cc1fd
+def eval_batch_count(n_tokens: int, batch_size: int, seq_len: int,
+                     max_batches: int | None = None, world_size: int = 1):
+    "How many batches `evaluate` runs on each rank (rank 0's count)."
+    windows = len(range(0, n_tokens - 1, seq_len))
+    n = math.ceil(math.ceil(windows / world_size) / batch_size)
+    return n if max_batches is None else min(n, max_batches)
+
 @torch.no_grad()
 def evaluate(model, tokens, batch_size: int, seq_len: int, ctx, device,
              max_batches: int | None = None, rank: int = 0,
              world_size: int = 1) -> float:
     "Mean next-token loss (nats) over the first `max_batches` batches."
     model.eval()
-    windows = len(range(0, len(tokens) - 1, seq_len))
-    n = math.ceil(math.ceil(windows / world_size) / batch_size)  # rank 0's
-    if max_batches is not None: n = min(n, max_batches)
+    n = eval_batch_count(len(tokens), batch_size, seq_len, max_batches,
+                         world_size)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, count
     batches = eval_batches(tokens, batch_size, seq_len, rank, world_size)
     for i in range(n):
@@ -576,9 +582,8 @@ def _fit_schedule(t: Trainer, times: list[float], elapsed: float) -> None:
     cfg, T = t.cfg, t.cfg.seq_len or t.model_cfg.block_size
     per_step = mean_over_ranks(float(np.median(times)), t.world_size, t.device)
     left = mean_over_ranks(cfg.max_time - elapsed, t.world_size, t.device)
-    windows = len(range(0, len(t.data.val) - 1, T)) // t.world_size
-    batches = math.ceil(windows / cfg.batch_size)
-    if cfg.eval_batches: batches = min(batches, cfg.eval_batches)
+    batches = eval_batch_count(len(t.data.val), cfg.batch_size, T,
+                               cfg.eval_batches, t.world_size)
     per_eval = per_step * batches / (3 * cfg.grad_accum)     # forward only
     t.cfg = fitted_config(cfg, fit_steps(t.progress["step"], per_step, left,
                                          cfg.eval_every, per_eval))
