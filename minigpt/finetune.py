@@ -25,10 +25,10 @@ from .train import (TrainConfig, atomic_write, autocast,
 
 # %% auto #0
 __all__ = ['FIELDS', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'load_examples', 'speeches', 'play_title', 'task_examples',
-           'add_chat_tokens', 'resize_vocab', 'chat_prompt', 'encode_example', 'pack_examples', 'sft_loss',
-           'FinetuneConfig', 'finetune', 'sft', 'answer_accuracy', 'option_pairs', 'choice_accuracy',
-           'response_logprobs', 'dpo_loss', 'preference_pairs', 'dpo', 'LoRALinear', 'add_lora', 'merge_lora',
-           'trainable', 'save_finetuned', 'load_for_finetuning', 'preference_examples']
+           'add_chat_tokens', 'resize_vocab', 'text_ids', 'role_ids', 'chat_ids', 'instruction_text', 'prompt_ids',
+           'encode_example', 'pack_examples', 'sft_loss', 'FinetuneConfig', 'finetune', 'sft', 'answer_accuracy',
+           'option_pairs', 'choice_accuracy', 'response_logprobs', 'dpo_loss', 'preference_pairs', 'dpo', 'LoRALinear',
+           'add_lora', 'merge_lora', 'trainable', 'save_finetuned', 'load_for_finetuning', 'preference_examples']
 
 # %% ../nbs/09_finetuning.ipynb #5035029e
 FIELDS = ("instruction", "input", "output")
@@ -110,16 +110,43 @@ def resize_vocab(model: GPT, vocab_size: int) -> GPT:
     new.load_state_dict(state)
     return new
 
-def chat_prompt(ex: dict) -> str:
-    "The user's turn and the opening of the assistant's, as text."
-    body = ex["instruction"] + (f"\n\n{ex['input']}" if ex.get("input") else "")
-    return f"{USER}{body}{ASSISTANT}"
+def text_ids(tok, text: str) -> list[int]:
+    "Token ids of `text` as text: a special-token string in it stays text."
+    return tok.encode(text, disallowed_special=())
+
+def role_ids(tok) -> tuple[int, int, int]:
+    "The ids of <|user|>, <|assistant|> and <|end|>; an error if missing."
+    missing = [s for s in CHAT_TOKENS if s not in tok.special_tokens]
+    if missing:
+        raise ValueError(f"the tokenizer has no {', '.join(missing)}; add "
+                         "the chat tokens with add_chat_tokens first")
+    return tuple(tok.special_tokens[s] for s in CHAT_TOKENS)
+
+def chat_ids(tok, turns: list[str]) -> list[int]:
+    """Ids of a conversation, turns alternating user, assistant, user, ...:
+    <|user|>turn<|assistant|>turn<|end|>...; an odd number of turns ends with
+    the opening of the assistant's. Only this code places the role tokens;
+    the turns are encoded as text."""
+    user, assistant, end = role_ids(tok)
+    ids = []
+    for k, turn in enumerate(turns):
+        ids += ([user] + text_ids(tok, turn) + [assistant] if k % 2 == 0
+                else text_ids(tok, turn) + [end])
+    return ids
+
+def instruction_text(ex: dict) -> str:
+    "The user's turn of an example: its instruction, then its input if any."
+    return ex["instruction"] + (f"\n\n{ex['input']}" if ex.get("input")
+                                else "")
+
+def prompt_ids(tok, ex: dict) -> list[int]:
+    "Ids of an example's user turn and of the opening of the assistant's."
+    return chat_ids(tok, [instruction_text(ex)])
 
 def encode_example(tok, ex: dict, block_size: int):
     "(ids, labels) of one example: labels are -100 except on the response."
-    prompt = tok.encode(chat_prompt(ex), allowed_special=set(CHAT_TOKENS))
-    response = tok.encode(ex["output"], disallowed_special=()) + [
-        tok.special_tokens[END]]
+    prompt = prompt_ids(tok, ex)
+    response = text_ids(tok, ex["output"]) + [tok.special_tokens[END]]
     if len(prompt) + len(response) > block_size:
         raise ValueError(f"an example of {len(prompt) + len(response)} tokens "
                          f"is longer than the context window of {block_size}; "
@@ -211,21 +238,18 @@ def answer_accuracy(model: GPT, tok, examples: list[dict],
     "Share of examples whose greedy answer is exactly the right one."
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0,
                          stop=(END,))
-    prompts = [chat_prompt(ex) for ex in examples]
+    prompts = [prompt_ids(tok, ex) for ex in examples]
     right = 0
     for i in range(0, len(prompts), 16):
-        answers = generate(model, tok, prompts[i:i + 16], cfg,
-                           allow_special=True)
+        answers = generate(model, tok, prompts[i:i + 16], cfg)
         right += sum(a.strip() == ex["output"] for a, ex in
                      zip(answers, examples[i:i + 16]))
     return right / len(examples)
 
 def option_pairs(tok, ex: dict):
     "(prompt ids, response ids) for each option of an example."
-    prompt = tok.encode(chat_prompt(ex), allowed_special=set(CHAT_TOKENS))
-    end = tok.special_tokens[END]
-    return [(prompt, tok.encode(o, disallowed_special=()) + [end])
-            for o in ex["options"]]
+    prompt, end = prompt_ids(tok, ex), tok.special_tokens[END]
+    return [(prompt, text_ids(tok, o) + [end]) for o in ex["options"]]
 
 def choice_accuracy(model: GPT, tok, examples: list[dict]) -> float:
     "Share of examples whose right option has the higher log-likelihood."

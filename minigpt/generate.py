@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import copy
 import json
+import operator
 from contextlib import contextmanager
 try: import fcntl          # file locks (Unix); elsewhere runs are not locked
 except ImportError: fcntl = None
@@ -20,15 +21,31 @@ from .attention import apply_rope, repeat_kv, rope_angles
 from .loader import prepare
 from .model import GPT, GPTConfig
 from .tokenizer import ENDOFTEXT, PAD, load_tokenizer
-from .train import TrainConfig, load_weights, resolve_device, train
+from .train import (TrainConfig, latest_checkpoint, load_weights,
+                           resolve_device, train)
 
 # %% auto #0
-__all__ = ['load_run', 'prepare_or_reuse', 'train_or_reuse', 'top_k_filter', 'top_p_filter', 'apply_repetition_penalty',
-           'SamplingConfig', 'sampling_generator', 'next_token', 'positions_of', 'attention_mask', 'KVCache',
-           'cached_attention', 'forward_cached', 'window_start', 'decode_steps', 'encode_prompt', 'stream', 'generate',
-           'Int8Linear', 'quantize_int8']
+__all__ = ['read_model_config', 'load_run', 'prepare_or_reuse', 'train_or_reuse', 'top_k_filter', 'top_p_filter',
+           'apply_repetition_penalty', 'SamplingConfig', 'sampling_generator', 'next_token', 'positions_of',
+           'attention_mask', 'KVCache', 'cached_attention', 'forward_cached', 'window_start', 'decode_steps',
+           'is_token_id', 'checked_ids', 'encode_prompt', 'is_one_prompt', 'stream', 'generate', 'Int8Linear',
+           'quantize_int8']
 
 # %% ../nbs/07_generation.ipynb #f02d1e1b
+def read_model_config(path: Path) -> GPTConfig:
+    "The model settings in a run's config.json; one clear line if unusable."
+    fix = "restore the file, or train the run again"
+    try: config = json.loads(path.read_text())
+    except ValueError as e:                    # not JSON, or not UTF-8
+        raise ValueError(f"{path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"),
+                                                      dict):
+        raise ValueError(f'{path} has no "model" settings; {fix}')
+    try: return GPTConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{path}: invalid "model" settings ({e}); '
+                         f"{fix}") from None
+
 def load_run(run_dir: str | Path, weights: str = "best", device=None):
     """(model, tokenizer) of a run directory, the model on `device` (None: the
     best one present, or $MINIGPT_DEVICE); a clear error if it is incomplete."""
@@ -44,8 +61,7 @@ def load_run(run_dir: str | Path, weights: str = "best", device=None):
         raise FileNotFoundError(f"{run} is not a complete run: "
                                 f"{', '.join(missing)} missing; train it with "
                                 "`minigpt train` (or --resume it) first")
-    cfg = GPTConfig.from_dict(json.loads(files[0].read_text())["model"])
-    model = GPT(cfg)
+    model = GPT(read_model_config(files[0]))
     load_weights(model, files[2])
     return model.to(resolve_device(device)).eval(), load_tokenizer(files[1])
 
@@ -71,7 +87,7 @@ def train_or_reuse(data_dir, run_dir, model_cfg: GPTConfig,
     "Train the run in `run_dir`; resume it if unfinished; reuse it if done."
     run = Path(run_dir)
     with _locked(run):
-        if not (run / "state.pt").exists():
+        if latest_checkpoint(run) is None:
             train(data_dir, run, model_cfg, cfg, progress_bar=False)
         else:
             rows = (run / "metrics.jsonl").read_text().splitlines()
@@ -268,8 +284,26 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
         yield nxt, z
 
 # %% ../nbs/07_generation.ipynb #1753f84d
-def encode_prompt(tok, prompt: str, allow_special: bool = False) -> list[int]:
-    "Token ids of `prompt`; empty -> [<|endoftext|>]; special tokens refused."
+def is_token_id(x) -> bool:
+    "An integer: a Python, NumPy or 0-d PyTorch one."
+    try: operator.index(x); return True
+    except TypeError: return False
+
+def checked_ids(tok, ids) -> list[int]:
+    "`ids` as a list of ints in the vocabulary; empty -> [<|endoftext|>]."
+    if not all(is_token_id(i) for i in ids):
+        raise ValueError("a prompt is a string or a list of token ids")
+    ids = [operator.index(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < tok.vocab_size]
+    if bad: raise ValueError(f"token id {bad[0]} is not in the vocabulary "
+                             f"(0..{tok.vocab_size - 1})")
+    return ids or [tok.special_tokens[ENDOFTEXT]]
+
+def encode_prompt(tok, prompt: str | list[int],
+                  allow_special: bool = False) -> list[int]:
+    """Token ids of `prompt`: a string (special tokens refused unless allowed)
+    or ids already, as a template builds them; empty -> [<|endoftext|>]."""
+    if not isinstance(prompt, str): return checked_ids(tok, prompt)
     if prompt == "": return [tok.special_tokens[ENDOFTEXT]]
     try:
         return tok.encode(prompt, allowed_special="all" if allow_special
@@ -288,7 +322,12 @@ def _banned(tok) -> tuple[int, ...]:
     "Tokens never generated: padding."
     return tuple(i for s, i in tok.special_tokens.items() if s == PAD)
 
-def stream(model: GPT, tok, prompt: str, cfg: SamplingConfig,
+def is_one_prompt(prompts) -> bool:
+    "A string or a list of token ids is one prompt; a list of them, a batch."
+    return isinstance(prompts, str) or (
+        len(prompts) > 0 and all(is_token_id(i) for i in prompts))
+
+def stream(model: GPT, tok, prompt: str | list[int], cfg: SamplingConfig,
            use_cache: bool = True, allow_special: bool = False):
     "Yield the continuation of `prompt` piece by piece, as it is generated."
     ids = encode_prompt(tok, prompt, allow_special)
@@ -306,10 +345,12 @@ def stream(model: GPT, tok, prompt: str, cfg: SamplingConfig,
             yield text[sent:len(text) - hold]; sent = len(text) - hold
     if len(text) > sent: yield text[sent:]
 
-def generate(model: GPT, tok, prompts: list[str] | str, cfg: SamplingConfig,
-             use_cache: bool = True, allow_special: bool = False):
-    "Continuations of one prompt (a string) or of a batch of prompts (a list)."
-    one = isinstance(prompts, str)
+def generate(model: GPT, tok, prompts: str | list[int] | list,
+             cfg: SamplingConfig, use_cache: bool = True,
+             allow_special: bool = False):
+    """Continuations of one prompt (a string or a list of ids) or of a batch
+    (a list of them)."""
+    one = is_one_prompt(prompts)
     rows = [encode_prompt(tok, p, allow_special)
             for p in ([prompts] if one else prompts)]
     eot = tok.special_tokens[ENDOFTEXT]

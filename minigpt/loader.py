@@ -17,15 +17,16 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .data import CleanConfig, load_corpus, run_pipeline
+from .data import CleanConfig, load_corpus, run_pipeline, temp_beside
 from .tokenizer import (ENDOFTEXT, BPETokenizer, fingerprint,
-                               load_tokenizer, save_tokenizer)
+                               load_tokenizer, merges_needed, save_tokenizer)
 
 # %% auto #0
-__all__ = ['MAGIC', 'SHARD_VERSION', 'HEADER_BYTES', 'META', 'PREPARED', 'IGNORE_INDEX', 'token_dtype', 'shard_header',
-           'read_header', 'ShardWriter', 'open_shard', 'encode_documents', 'check_splits', 'write_splits', 'publish',
-           'prepare', 'PreparedData', 'open_data', 'BatchSampler', 'eval_batches', 'TokenDataset', 'padding_waste',
-           'document_ids', 'document_positions', 'document_causal_mask']
+__all__ = ['MAGIC', 'SHARD_VERSION', 'HEADER_BYTES', 'META', 'PREPARED', 'META_FIELDS', 'SPLIT_FIELDS', 'IGNORE_INDEX',
+           'token_dtype', 'shard_header', 'read_header', 'ShardWriter', 'open_shard', 'encode_documents',
+           'check_splits', 'write_splits', 'publish', 'prepare', 'PreparedData', 'meta_error', 'meta_problem',
+           'read_meta', 'file_inside', 'open_data', 'check_ids', 'BatchSampler', 'eval_batches', 'TokenDataset',
+           'padding_waste', 'document_ids', 'document_positions', 'document_causal_mask']
 
 # %% ../nbs/03_loader.ipynb #bfc630da
 MAGIC = b"MGPTTOK\0"
@@ -64,8 +65,7 @@ class ShardWriter:
     "Append token arrays to a shard; `close` writes the header and renames."
     def __init__(self, path: Path, dtype: np.dtype):
         self.path, self.dtype, self.n = Path(path), np.dtype(dtype), 0
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.file = open(self.tmp, "wb")
+        self.file, self.tmp = temp_beside(self.path)
         self.file.write(b"\0" * HEADER_BYTES)        # placeholder
 
     def write(self, tokens: np.ndarray) -> None:
@@ -83,11 +83,14 @@ class ShardWriter:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
 
-def open_shard(path: Path) -> np.memmap:
-    "The tokens of a shard, memory-mapped (read on demand, never loaded whole)."
+def open_shard(path: Path, vocab_size: int | None = None) -> np.memmap:
+    """The tokens of a shard, memory-mapped (read on demand, never loaded
+    whole); given `vocab_size`, the batches cut from it check their ids."""
     dtype, n = read_header(path)
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES,
-                     shape=(n,))
+    tokens = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES,
+                       shape=(n,))
+    tokens.vocab_size = vocab_size     # read by `check_ids`
+    return tokens
 
 # %% ../nbs/03_loader.ipynb #6dbe422c
 _worker: dict = {}
@@ -180,8 +183,9 @@ def prepare(corpus: str, out: str | Path, vocab_size: int = 4096,
     if tok and ENDOFTEXT not in tok.special_tokens:
         raise ValueError(f"the tokenizer has no {ENDOFTEXT} token to separate "
                          "documents")
-    result = run_pipeline(load_corpus(corpus), clean,
-                          val_fraction=val_fraction, seed=seed)
+    if tok is None: merges_needed(vocab_size)    # a nonsense size fails now
+    source = load_corpus(corpus)
+    result = run_pipeline(source, clean, val_fraction=val_fraction, seed=seed)
     check_splits(result.train, result.val, corpus)
     tok = tok or BPETokenizer.train([d.text for d in result.train], vocab_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +200,7 @@ def prepare(corpus: str, out: str | Path, vocab_size: int = 4096,
                 "eot_token": tok.special_tokens[ENDOFTEXT], "splits": splits,
                 "split": result.split, "cleaning": asdict(clean),
                 "pipeline": result.rows,
+                "skipped": [f"{w}: {r}" for w, r in source.skipped[:100]],
                 "dedup": {"exact_copies": len(result.exact_copies),
                           "near_duplicate_pairs": len(result.near.pairs)},
                 "seconds": round(time.perf_counter() - start, 1)}
@@ -215,33 +220,89 @@ class PreparedData:
     train: np.memmap
     val: np.memmap
 
-def open_data(path: str | Path, tokenizer=None) -> PreparedData:
-    "Open a folder written by `prepare`; check it against `tokenizer` if given."
+META_FIELDS = {"tokenizer": str, "tokenizer_fingerprint": str,
+               "vocab_size": int, "splits": dict}
+SPLIT_FIELDS = {"file": str, "tokens": int}
+
+def meta_error(path: Path, why: str) -> ValueError:
+    "One line about a bad meta.json: the file, what is wrong, what to do."
+    return ValueError(f"{path / META}: {why}; prepare the folder again with "
+                      f"`minigpt prepare --out {path}`")
+
+def meta_problem(meta) -> str | None:
+    "What a meta.json lacks that `open_data` needs; None if nothing."
+    if not isinstance(meta, dict): return "not a JSON object"
+    for key, kind in META_FIELDS.items():
+        if not isinstance(meta.get(key), kind):
+            return f"no {key!r} ({kind.__name__})"
+    for split in ("train", "val"):
+        info = meta["splits"].get(split)
+        for key, kind in SPLIT_FIELDS.items():
+            if not (isinstance(info, dict) and isinstance(info.get(key), kind)):
+                return f"no splits.{split}.{key} ({kind.__name__})"
+    return None
+
+def read_meta(path: str | Path) -> dict:
+    "The meta.json of a prepared folder, with the fields `open_data` needs."
     path = Path(path)
     if not (path / META).exists():
         raise FileNotFoundError(f"{path}: no {META}; prepare it with `minigpt "
                                 f"prepare --out {path}`")
-    meta = json.loads((path / META).read_text())
-    own = load_tokenizer(path / meta["tokenizer"])
+    try: meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise meta_error(path, f"not valid JSON ({e})") from None
+    if problem := meta_problem(meta): raise meta_error(path, problem)
+    return meta
+
+def file_inside(path: Path, name: str, what: str) -> Path:
+    "`path / name`, if that stays inside `path` (links resolved); else refuse."
+    inner = Path(name)
+    if (inner.is_absolute() or ".." in inner.parts or not inner.parts
+            or not (path / inner).resolve().is_relative_to(path.resolve())):
+        raise meta_error(path, f"its {what} {name!r} is not a file inside "
+                         f"{path}, and a prepared folder uses only its own")
+    return path / inner
+
+def open_data(path: str | Path, tokenizer=None) -> PreparedData:
+    "Open a folder written by `prepare`; check it against `tokenizer` if given."
+    path = Path(path)
+    meta = read_meta(path)
+    tok_path = file_inside(path, meta["tokenizer"], "tokenizer")
+    own = load_tokenizer(tok_path)
     if fingerprint(own) != meta["tokenizer_fingerprint"]:
-        raise ValueError(f"{path / meta['tokenizer']} is not the tokenizer "
-                         "these shards were made with; prepare the data again")
+        raise ValueError(f"{tok_path} is not the tokenizer these shards were "
+                         "made with; prepare the data again")
+    if meta["vocab_size"] != own.vocab_size:
+        raise meta_error(path, f"vocab_size {meta['vocab_size']:,} is not "
+                         f"that of its tokenizer, {own.vocab_size:,}")
     if tokenizer is not None and fingerprint(tokenizer) != fingerprint(own):
         raise ValueError(
             f"{path} was prepared with another tokenizer (fingerprint "
             f"{meta['tokenizer_fingerprint'][:12]}, yours "
-            f"{fingerprint(tokenizer)[:12]}). Use {path / meta['tokenizer']}, "
+            f"{fingerprint(tokenizer)[:12]}). Use {tok_path}, "
             "or prepare the data again with --tokenizer YOUR_FILE")
     splits = {}
     for split in ("train", "val"):
         info = meta["splits"][split]
-        splits[split] = open_shard(path / info["file"])
+        shard = file_inside(path, info["file"], f"{split} shard")
+        splits[split] = open_shard(shard, own.vocab_size)
         if len(splits[split]) != info["tokens"]:
-            raise ValueError(f"{path / info['file']}: {len(splits[split]):,} "
+            raise ValueError(f"{shard}: {len(splits[split]):,} "
                              f"tokens, {META} says {info['tokens']:,}")
     return PreparedData(path, meta, own, splits["train"], splits["val"])
 
 # %% ../nbs/03_loader.ipynb #5bcaf201
+def check_ids(ids: np.ndarray, tokens) -> None:
+    "Refuse ids at or above the `vocab_size` of `tokens`, if it has one."
+    vocab = getattr(tokens, "vocab_size", None)
+    if vocab is None or ids.size == 0: return
+    if (top := int(ids.max())) >= vocab:
+        raise ValueError(
+            f"{getattr(tokens, 'filename', 'the token stream')}: token id "
+            f"{top:,} in a batch, but the vocabulary has {vocab:,} ids; the "
+            "shard is damaged or was made with another tokenizer: run "
+            "`minigpt prepare` again")
+
 class BatchSampler:
     "Random (x, y) windows; rank r's rows r*B..(r+1)*B-1 of a global batch."
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int,
@@ -261,6 +322,7 @@ class BatchSampler:
                                    size=self.B * self.world_size)
         starts = starts[self.rank * self.B:(self.rank + 1) * self.B]
         rows = np.stack([self.tokens[s:s + self.T + 1] for s in starts])
+        check_ids(rows, self.tokens)      # before an id reaches the model
         rows = torch.from_numpy(rows.astype(np.int64))
         return rows[:, :-1], rows[:, 1:]
 
@@ -280,8 +342,9 @@ def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int,
         x = torch.zeros(len(group), seq_len, dtype=torch.int64)
         y = torch.full((len(group), seq_len), IGNORE_INDEX, dtype=torch.int64)
         for row, s in enumerate(group):
-            window = tokens[s:s + seq_len + 1].astype(np.int64)
-            window = torch.from_numpy(window)
+            window = tokens[s:s + seq_len + 1]
+            check_ids(window, tokens)
+            window = torch.from_numpy(window.astype(np.int64))
             n = len(window) - 1
             x[row, :n], y[row, :n] = window[:-1], window[1:]
         yield x, y
@@ -296,8 +359,9 @@ class TokenDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         if not 0 <= i < len(self): raise IndexError(i)
-        w = torch.from_numpy(self.tokens[i * self.T:(i + 1) * self.T + 1]
-                             .astype(np.int64))
+        w = self.tokens[i * self.T:(i + 1) * self.T + 1]
+        check_ids(w, self.tokens)
+        w = torch.from_numpy(w.astype(np.int64))
         return w[:-1], w[1:]
 
 # %% ../nbs/03_loader.ipynb #40b05de7

@@ -6,17 +6,21 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import numbers
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
 
 import regex
 
+from .data import temp_beside
+
 # %% auto #0
-__all__ = ['ENDOFTEXT', 'PAD', 'SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'check_special',
-           'split_special', 'CharTokenizer', 'get_stats', 'merge', 'chunk_counts', 'best_pair', 'train_bpe_naive',
-           'train_bpe', 'bpe_encode_chunk', 'BPETokenizer', 'to_tiktoken', 'from_tiktoken', 'tokenizer_state',
-           'fingerprint', 'save_tokenizer', 'load_tokenizer']
+__all__ = ['ENDOFTEXT', 'PAD', 'SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS',
+           'check_special', 'split_special', 'CharTokenizer', 'get_stats', 'merge', 'chunk_counts', 'best_pair',
+           'train_bpe_naive', 'train_bpe', 'bpe_encode_chunk', 'merges_needed', 'BPETokenizer', 'to_tiktoken',
+           'from_tiktoken', 'tokenizer_state', 'fingerprint', 'save_tokenizer', 'load_tokenizer']
 
 # %% ../nbs/02_tokenizer.ipynb #c14d6ab8
 ENDOFTEXT = "<|endoftext|>"
@@ -180,6 +184,16 @@ def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     return [ranks[p] for p in parts]
 
 # %% ../nbs/02_tokenizer.ipynb #6026626e
+def merges_needed(vocab_size, specials=SPECIAL_TOKENS) -> int:
+    "Merges for a vocabulary of `vocab_size`; `ValueError` if it is nonsense."
+    need = 256 + len(specials)
+    whole = isinstance(vocab_size, numbers.Integral)   # bool is one too
+    if isinstance(vocab_size, bool) or not whole or vocab_size < need:
+        raise ValueError(
+            f"--vocab-size {vocab_size}: vocab_size must be at least {need} "
+            f"(256 bytes and {len(specials)} special tokens), a whole number")
+    return int(vocab_size) - need
+
 class BPETokenizer:
     "Byte-level BPE: ranks (token bytes -> id), split pattern, special tokens."
     kind = "bpe"
@@ -210,13 +224,15 @@ class BPETokenizer:
     def train(cls, texts, vocab_size: int, pattern=GPT4_PATTERN,
               specials=SPECIAL_TOKENS) -> BPETokenizer:
         "Learn `vocab_size - 256 - len(specials)` merges from `texts`."
-        n_merges = vocab_size - 256 - len(specials)
-        if n_merges < 0:
-            need = 256 + len(specials)
-            raise ValueError(f"vocab_size must be at least {need}: "
-                             "256 bytes and the special tokens")
-        return cls.from_merges(train_bpe(texts, n_merges, pattern), pattern,
-                               specials)
+        n_merges = merges_needed(vocab_size, specials)
+        merges = train_bpe(texts, n_merges, pattern)
+        if len(merges) < n_merges:     # every chunk became a single token
+            most = 256 + len(merges) + len(specials)
+            raise ValueError(
+                f"--vocab-size {vocab_size:,} is more than this text can "
+                f"give: its merges run out at {most:,} tokens; ask for "
+                f"--vocab-size {most} or less, or give more text")
+        return cls.from_merges(merges, pattern, specials)
 
     @property
     def vocab_size(self) -> int: return max(self.vocab) + 1
@@ -295,10 +311,16 @@ def save_tokenizer(tok, path: str | Path) -> Path:
             tok.vocab[i].decode("utf-8", errors="backslashreplace")
             for i in range(256, 256 + len(tok.merges))]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, ensure_ascii=False, indent=1))
-    tmp.replace(path)
+    f, tmp = temp_beside(path)
+    try:
+        with f: f.write(json.dumps(state, ensure_ascii=False, indent=1)
+                        .encode("utf-8"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
     return path
+
+SAFE_PATTERNS = {GPT2_PATTERN: "GPT-2", GPT4_PATTERN: "GPT-4"}
 
 def load_tokenizer(path: str | Path):
     "A tokenizer saved by `save_tokenizer`; `ValueError` for anything else."
@@ -317,6 +339,12 @@ def load_tokenizer(path: str | Path):
     if state.get("version") != VERSION:
         raise bad(f"version {state.get('version')}; this minigpt reads "
                   f"{VERSION}")
+    pattern = state.get("pattern")   # only ours: see below
+    if state.get("kind") == "bpe" and not (isinstance(pattern, str)
+                                           and pattern in SAFE_PATTERNS):
+        raise ValueError(f"{path}: its split pattern is not one that minigpt "
+                         "ships (GPT-2, GPT-4), and an unknown pattern can "
+                         "make encoding hang; train the tokenizer with minigpt")
     try:
         specials = list(state["special_tokens"])
         if state["kind"] == "char":
@@ -324,11 +352,12 @@ def load_tokenizer(path: str | Path):
         elif state["kind"] == "bpe":
             merges = [tuple(p) for p in state["merges"]]
             for idx, (a, b) in enumerate(merges, 256):
-                if not (0 <= a < idx and 0 <= b < idx):
+                if not all(isinstance(t, int) and 0 <= t < idx for t in (a, b)):
                     raise ValueError(f"merge {idx} uses a later token")
             tok = BPETokenizer.from_merges(merges, state["pattern"], specials)
         else: raise ValueError(f"unknown kind {state['kind']!r}")
-    except (KeyError, TypeError, ValueError, regex.error) as e:
+    except KeyError as e: raise bad(f"no {e.args[0]!r} entry") from None
+    except (TypeError, ValueError, regex.error) as e:
         raise bad(f"{type(e).__name__}: {e}") from None
     if tok.special_tokens != state["special_tokens"]:
         raise bad("special token ids do not match the vocabulary")

@@ -3,11 +3,15 @@
 # %% ../nbs/06_pretraining.ipynb #45ef8a49
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import signal
+import socket
+import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -18,18 +22,23 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .data import temp_beside
 from .loader import BatchSampler, eval_batches, open_data
 from .model import GPT, GPTConfig, flops_per_token
 from .tokenizer import ENDOFTEXT, save_tokenizer
 
 # %% auto #0
-__all__ = ['FIT_PROBE_STEPS', 'PRECISIONS', 'perplexity', 'bits_per_byte', 'TrainConfig', 'learning_rate', 'fit_steps',
-           'fitted_config', 'parameter_groups_for_decay', 'make_optimizer', 'default_device', 'resolve_device',
-           'cpu_has_bf16', 'check_precision', 'choose_precision', 'autocast', 'eval_batch_count', 'evaluate',
-           'text_bytes', 'peak_flops', 'sample_text', 'atomic_write', 'file_digest', 'save_weights', 'load_weights',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_state', 'dist_env', 'init_distributed', 'wrap_model',
-           'is_sharded', 'grad_sync', 'mean_over_ranks', 'shared_reason', 'full_weights', 'optimizer_state',
-           'load_optimizer_state', 'Trainer', 'setup', 'train_step', 'evaluate_and_save', 'train']
+__all__ = ['FIT_PROBE_STEPS', 'PRECISIONS', 'CHECKPOINTS', 'WEIGHTS', 'STATE', 'MANIFEST', 'LOCK', 'FIXED_ON_RESUME',
+           'perplexity', 'bits_per_byte', 'TrainConfig', 'learning_rate', 'fit_steps', 'fitted_config',
+           'parameter_groups_for_decay', 'make_optimizer', 'default_device', 'resolve_device', 'cpu_has_bf16',
+           'check_precision', 'choose_precision', 'autocast', 'eval_batch_count', 'evaluate', 'text_bytes',
+           'peak_flops', 'sample_text', 'fsync_path', 'atomic_write', 'file_digest', 'weights_digest', 'save_weights',
+           'load_weights', 'all_finite', 'rng_state', 'set_rng_state', 'checkpoint_folders', 'latest_checkpoint',
+           'discard', 'link_file', 'save_checkpoint', 'is_kept', 'publish_weights', 'read_manifest', 'fallback_advice',
+           'verify_checkpoint', 'state_tensors', 'load_state', 'lock_holder', 'run_lock', 'check_out_dir', 'read_json',
+           'resumed_config', 'trim_metrics', 'dist_env', 'init_distributed', 'wrap_model', 'is_sharded', 'grad_sync',
+           'mean_over_ranks', 'shared_reason', 'full_weights', 'optimizer_state', 'load_optimizer_state',
+           'record_resume', 'resume_checkpoint', 'Trainer', 'setup', 'train_step', 'evaluate_and_save', 'train']
 
 # %% ../nbs/06_pretraining.ipynb #fbaac409
 def perplexity(loss: float) -> float: return math.exp(loss)
@@ -66,20 +75,50 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision={self.precision!r}: use auto, fp32, "
-                             "bf16 or fp16")
-        if self.parallel not in ("ddp", "fsdp"):
-            raise ValueError(f"parallel={self.parallel!r}: use ddp or fsdp")
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be at least 1")
-        if self.fit_max_time and not self.max_time:
-            raise ValueError("fit_max_time needs max_time: the seconds that "
-                             "the schedule is fitted to")
-        if self.keep_every % self.eval_every:
-            raise ValueError(f"keep_every={self.keep_every} must be a multiple "
-                             f"of eval_every={self.eval_every}")
+        for name, valid, rule in self.rules():   # in order: a later test
+            if not valid():                        # relies on earlier ones
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name}={getattr(self, name)!r} ({flag}): "
+                                 f"{rule}")
+
+    def rules(self) -> list[tuple]:
+        "(field, a test of its value, the rule) for every field."
+        def whole(name, least):
+            return (name, lambda: type(getattr(self, name)) is int
+                    and getattr(self, name) >= least,
+                    f"must be a whole number >= {least}")
+        def number(name, lo, hi, rule):
+            v = getattr(self, name)
+            return (name, lambda: type(v) in (int, float) and lo <= v < hi,
+                    rule)
+        f32_max = float(torch.finfo(torch.float32).max)   # beyond it: inf
+        optional = lambda name, least: (name, lambda: getattr(self, name)
+                                        is None or whole(name, least)[1](),
+                                        f"must be >= {least}, or None")
+        return [
+            *[whole(n, 1) for n in ("batch_size", "grad_accum", "max_steps",
+                                    "eval_every", "log_every")],
+            *[whole(n, 0) for n in ("warmup_steps", "keep_every",
+                                    "sample_every", "seed")],
+            optional("seq_len", 1), optional("eval_batches", 1),
+            ("keep_every", lambda: self.keep_every % self.eval_every == 0,
+             f"must be a multiple of eval_every={self.eval_every}"),
+            number("lr", 1e-30, f32_max,
+                   "must be a positive number below 3.4e38 (float32's max)"),
+            number("min_lr_ratio", 0, 1.000001, "must be between 0 and 1"),
+            number("weight_decay", 0, math.inf, "must be >= 0"),
+            number("beta1", 0, 1, "must be in [0, 1)"),
+            number("beta2", 0, 1, "must be in [0, 1)"),
+            number("grad_clip", 1e-30, math.inf, "must be > 0"),
+            ("max_time", lambda: self.max_time is None or number(
+                "max_time", 1e-9, math.inf, "")[1](), "must be > 0 seconds"),
+            ("fit_max_time", lambda: not self.fit_max_time or self.max_time,
+             "needs max_time: the seconds that the schedule is fitted to"),
+            ("precision", lambda: self.precision in ("auto", "fp32", "bf16",
+                                                     "fp16"),
+             "use auto, fp32, bf16 or fp16"),
+            ("parallel", lambda: self.parallel in ("ddp", "fsdp"),
+             "use ddp or fsdp")]
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -268,28 +307,68 @@ def sample_text(model, tok, prompt: str = ENDOFTEXT, max_new_tokens: int = 100,
     return tok.decode(ids).replace(ENDOFTEXT, "\n")
 
 # %% ../nbs/06_pretraining.ipynb #2a93ff8a
+def fsync_path(path: Path) -> None:
+    "Ask the OS to put `path` (a file or a folder) on the disk now."
+    try: fd = os.open(path, os.O_RDONLY)
+    except OSError: return          # folders cannot be opened on Windows
+    try: os.fsync(fd)
+    except OSError: pass            # nor synced on some file systems
+    finally: os.close(fd)
+
 def atomic_write(path: Path, write) -> None:
-    "Call write(tmp_path), then rename tmp_path to `path`."
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    "Call write(tmp) on a new file beside `path`, then rename it to `path`."
+    f, tmp = temp_beside(path)     # a new name: a planted link is not used
+    f.close()
+    try:
+        write(tmp); fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
 
 def file_digest(path: Path) -> str:
-    import hashlib
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    "SHA-256 of a file, read in chunks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20): h.update(chunk)
+    return h.hexdigest()
+
+def weights_digest(model) -> str:
+    "SHA-256 of a model's state: every tensor's name, dtype, shape and bytes."
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.detach().reshape(-1).view(torch.uint8).cpu().numpy())
+    return h.hexdigest()
 
 def save_weights(model, path: Path) -> None:
+    "Safetensors weights that carry their own digest, written atomically."
     from safetensors.torch import save_model
-    atomic_write(Path(path), lambda tmp: save_model(model, str(tmp)))
+    meta = {"format": "pt", "sha256": weights_digest(model)}
+    atomic_write(Path(path), lambda tmp: save_model(model, str(tmp), meta))
 
 def load_weights(model, path: Path) -> None:
-    "Load safetensors weights into `model`; a clear error if they do not fit."
+    "Load weights into `model`: shapes, digest and values checked, or an error."
+    from safetensors import safe_open
     from safetensors.torch import load_model
-    try: load_model(model, str(path))
+    redo = "the file is damaged or from another model; use another checkpoint"
+    try:
+        with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
+        load_model(model, str(path))
     except Exception as e:
         raise ValueError(f"{path}: cannot load these weights "
-                         f"({type(e).__name__}: {e}); the file is damaged or "
-                         "from another model") from None
+                         f"({type(e).__name__}: {e}); {redo}") from None
+    if "sha256" in meta and meta["sha256"] != weights_digest(model):
+        raise ValueError(f"{path}: the weights do not match the digest saved "
+                         f"with them; {redo}")
+    if not all_finite(model.parameters()):
+        raise ValueError(f"{path}: the weights hold NaN or infinite values; "
+                         "the file is damaged or saved by a diverged run")
+
+def all_finite(tensors) -> bool:
+    "Are all values of all `tensors` finite? (FSDP: this rank's shards.)"
+    flags = [torch.isfinite(getattr(t, "_local_tensor", t)).all()
+             for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 def rng_state() -> dict:
     "Python's, NumPy's and PyTorch's random states, as `weights_only` types."
@@ -304,30 +383,227 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys, pos, has_gauss, gauss))
     random.setstate(state["python"]); torch.set_rng_state(state["torch"])
 
+# %% ../nbs/06_pretraining.ipynb #2b403582
+CHECKPOINTS = "checkpoints"     # RUN/checkpoints/step-000200/, one per save
+WEIGHTS, STATE, MANIFEST = "model.safetensors", "state.pt", "manifest.json"
+
+def checkpoint_folders(run: Path) -> list[Path]:
+    "The published checkpoint folders of `run`, oldest first."
+    folder = Path(run) / CHECKPOINTS
+    found = folder.glob("step-*") if folder.is_dir() else []
+    steps = [(int(p.name[5:]), p) for p in found if p.name[5:].isdigit()]
+    return [p for _, p in sorted(steps)]
+
+def latest_checkpoint(run: Path) -> Path | None:
+    "The newest checkpoint folder of `run`, or None if it has none."
+    folders = checkpoint_folders(run)
+    return folders[-1] if folders else None
+
+def discard(path: Path) -> None:
+    "Delete a folder: renamed away first, so no half-deleted one is left."
+    trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=path.parent))
+    os.rename(path, trash / path.name)
+    shutil.rmtree(trash)
+
+def link_file(src: Path, dst: Path) -> None:
+    "Make `dst` the file `src` (a hard link, else a copy), atomically."
+    if dst.exists() and os.path.samefile(src, dst): return   # it is already
+    def write(tmp: Path):
+        tmp.unlink()                     # os.link makes the name itself
+        try: os.link(src, tmp)
+        except OSError: shutil.copyfile(src, tmp)
+    atomic_write(dst, write)
+
 def save_checkpoint(run: Path, model, optimizer_state: dict, scaler, sampler,
-                    progress):
-    "Weights, then the training state that names them; both atomic."
-    save_weights(model, run / "model.safetensors")
+                    progress: dict, best: bool = False,
+                    keep: bool = False) -> Path:
+    """Weights, training state and a manifest of their hashes in a new folder,
+    published by one rename: a crash at any moment leaves whole checkpoints."""
+    folder = Path(run) / CHECKPOINTS
+    folder.mkdir(exist_ok=True)
+    for tmp in folder.glob(".*"):          # left by a crash in a save
+        if tmp.is_dir() and not tmp.is_symlink(): shutil.rmtree(tmp)
+        else: tmp.unlink()
+    step = progress["step"]
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=folder))
+    save_weights(model, tmp / WEIGHTS)
     state = {"optimizer": optimizer_state, "scaler": scaler.state_dict(),
              "sampler": sampler.state_dict(), "rng": rng_state(),
-             "progress": progress, "weights_sha256": file_digest(
-                 run / "model.safetensors")}
-    atomic_write(run / "state.pt", lambda tmp: torch.save(state, tmp))
+             "progress": progress}
+    atomic_write(tmp / STATE, lambda f: torch.save(state, f))
+    manifest = {"step": step, "best": best, "keep": keep,
+                "sha256": {n: file_digest(tmp / n) for n in (WEIGHTS, STATE)}}
+    atomic_write(tmp / MANIFEST,
+                 lambda f: f.write_text(json.dumps(manifest, indent=1)))
+    fsync_path(tmp)
+    final = folder / f"step-{step:06d}"
+    if final.exists(): discard(final)
+    os.rename(tmp, final)                  # the checkpoint exists from here
+    fsync_path(folder)
+    publish_weights(run, final, manifest)
+    for old in checkpoint_folders(run)[:-1]:   # keep the newest and the kept
+        if not is_kept(old): discard(old)
+    return final
 
-def load_state(run: Path) -> dict:
-    "The training state of a run; errors that say what is wrong."
-    path = run / "state.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{run}: no state.pt to resume from; start a "
-                                "new run without --resume")
+def is_kept(checkpoint: Path) -> bool:
+    "Was `checkpoint` saved to be kept (keep_every)? Unreadable: keep it."
+    try: return json.loads((checkpoint / MANIFEST).read_text())["keep"]
+    except (OSError, ValueError, KeyError, TypeError): return True
+
+def publish_weights(run: Path, checkpoint: Path, manifest: dict) -> None:
+    "RUN/model.safetensors (and best.safetensors) are the checkpoint's weights."
+    link_file(checkpoint / WEIGHTS, Path(run) / WEIGHTS)
+    if manifest["best"]:
+        link_file(checkpoint / WEIGHTS, Path(run) / "best.safetensors")
+
+# %% ../nbs/06_pretraining.ipynb #c7626ecf
+def read_manifest(checkpoint: Path) -> dict:
+    "A checkpoint's manifest: its step and the hashes of its files."
+    path = checkpoint / MANIFEST
+    try: manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}); "
+                         f"{fallback_advice(checkpoint)}") from None
+    if not isinstance(manifest, dict) or "sha256" not in manifest:
+        raise ValueError(f"{path}: not a checkpoint manifest; "
+                         f"{fallback_advice(checkpoint)}")
+    return manifest
+
+def fallback_advice(checkpoint: Path) -> str:
+    "What to do when `checkpoint` is damaged: the checkpoint before it."
+    folders = checkpoint_folders(checkpoint.parent.parent)
+    older = folders[:folders.index(checkpoint)] if checkpoint in folders else []
+    if older: return f"delete {checkpoint} to resume from {older[-1].name}"
+    return "no earlier checkpoint is kept: start the run again"
+
+def verify_checkpoint(checkpoint: Path) -> dict:
+    "The manifest of `checkpoint`, once each of its files matches its hash."
+    manifest = read_manifest(checkpoint)
+    for name in (WEIGHTS, STATE):
+        path = checkpoint / name
+        if not path.is_file() or (file_digest(path)
+                                  != manifest["sha256"].get(name)):
+            raise ValueError(f"{path} is missing or damaged (it does not "
+                             f"match {MANIFEST}); "
+                             f"{fallback_advice(checkpoint)}")
+    return manifest
+
+def state_tensors(obj):
+    "Every tensor inside nested dictionaries and lists."
+    if isinstance(obj, torch.Tensor): yield obj
+    elif isinstance(obj, dict): yield from state_tensors(list(obj.values()))
+    elif isinstance(obj, (list, tuple)):
+        for v in obj: yield from state_tensors(v)
+
+def load_state(checkpoint: Path, model) -> dict:
+    "The training state of a checkpoint, checked against `model`."
+    path = checkpoint / STATE
     try: state = torch.load(path, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: the training state is damaged ({e}); start "
-                         "again or restore it from a copy") from None
-    if state.get("weights_sha256") != file_digest(run / "model.safetensors"):
-        raise ValueError(f"{run}/model.safetensors does not belong to {path}: "
-                         "the weights were replaced or damaged")
+        raise ValueError(f"{path}: the training state is damaged "
+                         f"({type(e).__name__}); "
+                         f"{fallback_advice(checkpoint)}") from None
+    shapes = {n: p.shape for n, p in model.named_parameters(
+        remove_duplicate=False)}
+    moments = state["optimizer"]["state"]
+    if any(s["exp_avg"].shape != shapes.get(n) for n, s in moments.items()):
+        raise ValueError(f"{path}: the optimizer state does not fit the "
+                         f"model; {fallback_advice(checkpoint)}")
+    if not all_finite(state_tensors(moments)):
+        raise ValueError(f"{path}: the optimizer state holds NaN or "
+                         f"infinite values; {fallback_advice(checkpoint)}")
     return state
+
+# %% ../nbs/06_pretraining.ipynb #268411eb
+LOCK = ".lock"     # RUN/.lock: the pid of the process that trains the run
+
+def lock_holder(path: Path) -> int | None:
+    "The pid in a lock file if that process is alive here, else None."
+    try: info = json.loads(path.read_text())
+    except (OSError, ValueError):        # being written, or garbled:
+        young = time.time() - path.stat().st_mtime < 10  # held if just made
+        return -1 if young else None
+    if info.get("host") != socket.gethostname(): return info.get("pid", -1)
+    if os.name == "nt": return info.get("pid", -1)   # os.kill would kill it
+    try: os.kill(info["pid"], 0)                     # signal 0: a probe
+    except ProcessLookupError: return None           # gone: a stale lock
+    except (PermissionError, KeyError, TypeError): pass
+    return info.get("pid", -1)
+
+@contextmanager
+def run_lock(run: Path):
+    "Hold RUN/.lock while training: one writer per run; stale locks are taken."
+    path = Path(run) / LOCK
+    for _ in range(2):
+        try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = lock_holder(path)
+            if pid is not None:
+                raise FileExistsError(
+                    f"{run} is being trained by another process (pid {pid}, "
+                    f"{path}); wait for it, stop it, or choose another "
+                    "--out") from None
+            path.unlink(missing_ok=True)             # stale: its holder died
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        break
+    else:
+        raise FileExistsError(f"{path}: cannot take the lock; try again")
+    try: yield
+    finally: path.unlink(missing_ok=True)
+
+def check_out_dir(run: Path, resume: bool) -> None:
+    "--out must be a run to resume, or a new, empty or earlier run folder."
+    if resume and not (run / "config.json").exists():
+        raise FileNotFoundError(f"{run}: no run to resume (no config.json); "
+                                "start one without --resume")
+    if resume or not run.exists(): return
+    if not run.is_dir():
+        raise FileExistsError(f"--out {run} is a file; choose a folder")
+    if latest_checkpoint(run):
+        raise FileExistsError(f"{run} already holds a run; pass --resume to "
+                              "continue it or choose another --out")
+    others = [p.name for p in run.iterdir() if p.name != LOCK]
+    if others and not (run / "config.json").exists():
+        raise FileExistsError(
+            f"--out {run} is not empty and not a run (no config.json: "
+            f"{', '.join(sorted(others)[:3])}...); choose a new folder")
+
+def read_json(path: Path, keys: tuple[str, ...] = (), fix: str = "") -> dict:
+    "A JSON file that must hold `keys`; one line naming the file if not."
+    try: data = json.loads(Path(path).read_text())
+    except FileNotFoundError: raise
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); {fix}") from None
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(map(repr, missing))}; {fix}")
+    return data
+
+FIXED_ON_RESUME = ("batch_size", "grad_accum", "seq_len", "seed", "parallel")
+
+def resumed_config(saved: TrainConfig, changes: dict) -> TrainConfig:
+    "The saved configuration with `changes`; those that cannot change refused."
+    for name in FIXED_ON_RESUME:
+        if name in changes and changes[name] != getattr(saved, name):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} cannot change when a run resumes (it was "
+                f"{getattr(saved, name)!r}): the order of the data depends "
+                "on it; start a new run to change it")
+    return TrainConfig.from_dict(asdict(saved) | changes)
+
+def trim_metrics(run: Path, step: int) -> None:
+    "Drop the metrics logged after `step`: the resumed run logs them again."
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists(): return
+    def logged_step(row: str):
+        try: return json.loads(row).get("step")
+        except ValueError: return None          # a line cut short by a crash
+    rows = [r for r in path.read_text().splitlines(keepends=True)
+            if (s := logged_step(r)) is not None and s <= step]
+    atomic_write(path, lambda tmp: tmp.write_text("".join(rows)))
 
 # %% ../nbs/06_pretraining.ipynb #fe8bfd84
 def dist_env() -> tuple[int, int, int]:
@@ -414,13 +690,11 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
 
 # %% ../nbs/06_pretraining.ipynb #9bed0696
 def _prepare_run(run: Path, data, model_cfg: GPTConfig, cfg: TrainConfig,
-                 resume: bool, budget: dict | None = None, world: int = 1):
-    "Create the run directory, or check that the one we resume matches."
+                 resume: bool, changes: dict | None = None, world: int = 1):
+    "Create the run directory, or check the one we resume and apply `changes`."
     if resume:
-        if not (run / "config.json").exists():
-            raise FileNotFoundError(f"{run}: no run to resume (no config.json)"
-                                    "; start one without --resume")
-        saved = json.loads((run / "config.json").read_text())
+        fix = "restore it from a copy, or start a new run"
+        saved = read_json(run / "config.json", ("model", "train"), fix)
         if saved.get("world_size", 1) != world:   # the global batch is B * W
             raise ValueError(f"{run} was trained by {saved['world_size']} "
                              f"processes; resume it with the same number, "
@@ -430,24 +704,49 @@ def _prepare_run(run: Path, data, model_cfg: GPTConfig, cfg: TrainConfig,
             raise ValueError(f"{data.path} was prepared with another tokenizer "
                              f"than {run} was trained with; resume on the "
                              f"data the run started on ({saved['data']})")
-        return GPTConfig.from_dict(saved["model"]), TrainConfig.from_dict(
-            saved["train"] | (budget or {}))
-    if (run / "state.pt").exists():
-        raise FileExistsError(f"{run} already holds a run; pass --resume to "
-                              "continue it or choose another --out")
+        cfg = resumed_config(TrainConfig.from_dict(saved["train"]),
+                             changes or {})
+        return GPTConfig.from_dict(saved["model"]), cfg
     if model_cfg.vocab_size < data.meta["vocab_size"]:
         raise ValueError(f"the model's vocab_size {model_cfg.vocab_size} is "
                          "smaller than the tokenizer's "
                          f"{data.meta['vocab_size']}")
+    if (cfg.seq_len or 0) > model_cfg.block_size:
+        raise ValueError(f"--seq-len {cfg.seq_len} is longer than the model's "
+                         f"context window ({model_cfg.block_size}); use at "
+                         "most that")
     run.mkdir(parents=True, exist_ok=True)
     config = {"model": model_cfg.to_dict(), "train": asdict(cfg),
-              "world_size": world, "data": str(data.path),
+              "world_size": world, "data": str(Path(data.path).resolve()),
               "tokenizer_fingerprint":
               data.meta["tokenizer_fingerprint"]}
     text = json.dumps(config, indent=1)
     atomic_write(run / "config.json", lambda tmp: tmp.write_text(text))
     save_tokenizer(data.tokenizer, run / "tokenizer.json")
     return model_cfg, cfg
+
+def record_resume(run: Path, cfg: TrainConfig, step: int) -> None:
+    "Save a resumed run's configuration; its changes, and from which step."
+    saved = json.loads((run / "config.json").read_text())
+    old = TrainConfig.from_dict(saved["train"])
+    changed = {k: [v, getattr(cfg, k)] for k, v in asdict(old).items()
+               if getattr(cfg, k) != v}
+    if not changed: return
+    saved["train"] = asdict(cfg)
+    saved["resumes"] = saved.get("resumes", []) + [
+        {"step": step, "changed": changed}]
+    text = json.dumps(saved, indent=1)
+    atomic_write(run / "config.json", lambda tmp: tmp.write_text(text))
+
+def resume_checkpoint(run: Path) -> Path:
+    "The checkpoint a resumed run starts from: the newest one."
+    checkpoint = latest_checkpoint(run)
+    if checkpoint is None:
+        old = (" (its state.pt is from an older minigpt)"
+               if (run / "state.pt").exists() else "")
+        raise FileNotFoundError(f"{run}: no checkpoint to resume from{old}; "
+                                "start the run again without --resume")
+    return checkpoint
 
 @dataclass
 class Trainer:
@@ -468,26 +767,32 @@ class Trainer:
     world_size: int = 1
 
 def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
-          budget=None, device=None) -> Trainer:
+          changes=None, device=None) -> Trainer:
     "Open the data, create or reopen the run, build model and optimizer."
     rank, world, device = init_distributed(device)
     run, data = Path(run_dir), open_data(data_dir)
     model_cfg, cfg = model_cfg or GPTConfig.preset("cpu"), cfg or TrainConfig()
     if rank == 0:
-        model_cfg, cfg = _prepare_run(run, data, model_cfg, cfg, resume, budget,
-                                      world)
+        model_cfg, cfg = _prepare_run(run, data, model_cfg, cfg, resume,
+                                      changes, world)
     if world > 1:
         dist.barrier()           # rank 0 has written config.json: read it
         if rank > 0:
             model_cfg, cfg = _prepare_run(run, data, model_cfg, cfg, True,
-                                          budget, world)
+                                          changes, world)
     precision = choose_precision(device, cfg.precision)
     if device.type == "cuda": torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(cfg.seed); random.seed(cfg.seed); np.random.seed(cfg.seed)
     model = GPT(model_cfg).to(device)
-    if resume:
-        state = load_state(run)
-        load_weights(model, run / "model.safetensors")
+    if resume:                  # the newest checkpoint, every file checked
+        checkpoint = resume_checkpoint(run)
+        manifest = verify_checkpoint(checkpoint)
+        load_weights(model, checkpoint / WEIGHTS)
+        state = load_state(checkpoint, model)
+        if rank == 0:           # all checked: now change the run directory
+            publish_weights(run, checkpoint, manifest)   # if a crash cut it
+            trim_metrics(run, manifest["step"])
+            record_resume(run, cfg, manifest["step"])
     step_model = wrap_model(model, cfg.parallel, world, device)
     T = cfg.seq_len or model_cfg.block_size
     t = Trainer(run, data, model_cfg, cfg, device, precision, model, step_model,
@@ -507,11 +812,13 @@ def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
 
 def _divergence_advice(t: Trainer) -> str:
     "What to do about a non-finite loss or gradient, and what is safe."
-    hint = "Lower --lr or raise --warmup-steps"
-    if t.precision == "fp16": hint += ", or train in bf16"
-    saved = ("the last checkpoint, saved before this step, is unchanged"
-             if (t.run / "state.pt").exists() else "no checkpoint was saved")
-    return f"{hint}; {saved}"
+    fix = "a lower --lr or more --warmup-steps"
+    if t.precision == "fp16": fix += ", or --precision bf16"
+    checkpoint = latest_checkpoint(t.run)
+    if checkpoint is None:
+        return f"No checkpoint was saved; start again with {fix}"
+    return (f"The last good checkpoint, {checkpoint.name}, is unchanged; "
+            f"continue from it with --resume and {fix}")
 
 def train_step(t: Trainer, step_model, ctx) -> dict:
     "One optimizer step: accumulate, unscale, clip, update; its numbers."
@@ -543,23 +850,23 @@ def train_step(t: Trainer, step_model, ctx) -> dict:
             "grad_norm": norm}
 
 def evaluate_and_save(t: Trainer, ctx, bytes_per_token: float) -> dict:
-    "Validation numbers; best weights; a checkpoint of the whole state."
-    T = t.cfg.seq_len or t.model_cfg.block_size
+    "Validation numbers, then a checkpoint, if nothing in it is NaN or inf."
+    T, step = t.cfg.seq_len or t.model_cfg.block_size, t.progress["step"]
     val = evaluate(t.model, t.data.val, t.cfg.batch_size, T, ctx, t.device,
                    t.cfg.eval_batches, t.rank, t.world_size)
+    finite = float(all_finite(t.model.parameters()) and math.isfinite(val))
+    if mean_over_ranks(finite, t.world_size, t.device) < 1:   # any rank
+        raise FloatingPointError(
+            f"at step {step} the weights or the validation loss ({val:.4g}) "
+            f"are not finite: training diverged. {_divergence_advice(t)}")
     weights = full_weights(t.model, t.model_cfg, t.rank)  # None if rank > 0
     opt_state = optimizer_state(t.model, t.optimizer)
     best = val < t.progress["best_val"]
     if best: t.progress["best_val"] = val
-    step = t.progress["step"]
     if t.rank == 0:
-        if best: save_weights(weights, t.run / "best.safetensors")
-        if t.cfg.keep_every and step % t.cfg.keep_every == 0:
-            (t.run / "checkpoints").mkdir(exist_ok=True)
-            save_weights(weights, t.run / "checkpoints" /
-                         f"step-{step:06d}.safetensors")
+        keep = bool(t.cfg.keep_every) and step % t.cfg.keep_every == 0
         save_checkpoint(t.run, weights, opt_state, t.scaler, t.sampler,
-                        t.progress)
+                        t.progress, best, keep)
     if t.world_size > 1: dist.barrier()   # saved before anyone goes on
     return {"val_loss": val, "val_ppl": perplexity(val),
             "val_bpb": bits_per_byte(val, bytes_per_token)}
@@ -567,15 +874,21 @@ def evaluate_and_save(t: Trainer, ctx, bytes_per_token: float) -> dict:
 def train(data_dir: str | Path, run_dir: str | Path,
           model_cfg: GPTConfig | None = None, cfg: TrainConfig | None = None,
           resume: bool = False, stop_at: int | None = None,
-          progress_bar: bool = True, budget: dict | None = None,
+          progress_bar: bool = True, changes: dict | None = None,
           device: str | torch.device | None = None) -> dict:
     """Train (or resume) a GPT on prepared data; returns the final measurements.
-    `budget` ({'max_steps': ..., 'max_time': ...}) extends a resumed run;
-    `device`: None for $MINIGPT_DEVICE or the best one present."""
-    t = setup(data_dir, run_dir, model_cfg, cfg, resume, budget, device)
-    try: return _loop(t, stop_at, progress_bar)
-    finally:
-        if t.world_size > 1: dist.destroy_process_group()
+    `changes`: TrainConfig fields a resumed run changes (recorded in its
+    config.json), e.g. {'max_steps': ..., 'lr': ...}; `device`: None for
+    $MINIGPT_DEVICE or the best one present."""
+    run, main = Path(run_dir), dist_env()[0] == 0
+    if main:
+        check_out_dir(run, resume)
+        run.mkdir(parents=True, exist_ok=True)
+    with run_lock(run) if main else nullcontext():   # one writer per run
+        t = setup(data_dir, run, model_cfg, cfg, resume, changes, device)
+        try: return _loop(t, stop_at, progress_bar)
+        finally:
+            if t.world_size > 1: dist.destroy_process_group()
 
 def _fit_schedule(t: Trainer, times: list[float], elapsed: float) -> None:
     "Fit max_steps to the time left (all ranks agree); save it in config.json."
@@ -603,7 +916,9 @@ def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
     peak = peak_flops(t.device, t.precision) * t.world_size
     tokens_per_step = cfg.batch_size * cfg.grad_accum * T * t.world_size
     stop = {}
-    def on_signal(signum, frame): stop["reason"] = signal.Signals(signum).name
+    def on_signal(signum, frame):       # save at the end of this step
+        stop["reason"] = signal.Signals(signum).name
+        signal.signal(signum, handlers[signum])   # a second one: at once
     handlers = {}
     try:
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -650,8 +965,9 @@ def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
                               "time": progress["seconds"]}
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
-            if reason or (cfg.sample_every
-                          and progress["step"] % cfg.sample_every == 0):
+            sample_now = (cfg.sample_every
+                          and progress["step"] % cfg.sample_every == 0)
+            if (reason and not stop) or sample_now:  # none when interrupted
                 if main or is_sharded(t.model):  # sharded: all ranks compute
                     text = sample_text(t.model, t.data.tokenizer)
                 if main:

@@ -270,7 +270,8 @@ def test_train_bf16(base_run):
     assert result["step"] == 60 and result["reason"] == "max_steps"
     assert result["val_loss"] < math.log(VOCAB) - 0.5        # it learned something
     assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1
-    for name in ("config.json", "model.safetensors", "best.safetensors", "state.pt"):
+    for name in ("config.json", "model.safetensors", "best.safetensors",
+                 "checkpoints/step-000060/state.pt"):
         assert (run / name).exists(), name
 
 
@@ -284,7 +285,8 @@ def test_train_fp16_with_grad_scaler(data, tmp_path):
     assert result["precision"] == "fp16" and result["device"].startswith("cuda")
     assert_on_device(peak["bytes"], "train in fp16")
     assert math.isfinite(result["loss"]) and math.isfinite(result["val_loss"])
-    scaler = torch.load(run / "state.pt", weights_only=True)["scaler"]
+    scaler = torch.load(run / "checkpoints/step-000020/state.pt",
+                        weights_only=True)["scaler"]
     assert scaler, "the saved GradScaler state is empty: the scaler was disabled"
     assert scaler["scale"] > 0 and math.isfinite(scaler["scale"])
 

@@ -37,13 +37,14 @@ def test_train_then_resume_with_a_new_budget(data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "stopped by max_steps at step 6" in r.stdout
     for name in ("config.json", "tokenizer.json", "model.safetensors", "best.safetensors",
-                 "state.pt", "metrics.jsonl", "samples.txt"):
+                 "checkpoints/step-000006/state.pt", "metrics.jsonl", "samples.txt"):
         assert (run / name).exists(), name
     r = minigpt("train", "--data", data, "--out", run, "--resume", "--max-steps", 9)
     assert r.returncode == 0, r.stderr
     assert "at step 9" in r.stdout
     steps = [m["step"] for m in metrics(run)]
     assert steps == sorted(steps) and steps[-1] == 9   # continued, not restarted
+    assert not (run / ".lock").exists()                 # released at the end
 
 
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
@@ -57,13 +58,37 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
     time.sleep(1.0)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err
+    assert p.returncode == 130, err          # 128 + SIGINT, as a shell reports it
     assert "stopped by SIGINT" in out
     state_step = metrics(run)[-1]["step"]
-    assert (run / "state.pt").exists() and 0 < state_step < 100000
+    saved = run / "checkpoints" / f"step-{state_step:06d}" / "state.pt"
+    assert saved.exists() and 0 < state_step < 100000
+    assert not (run / "samples.txt").exists()     # no sample on the way out
     r = minigpt("train", "--data", data, "--out", run, "--resume",
                 "--max-steps", state_step + 2)
     assert r.returncode == 0 and f"at step {state_step + 2}" in r.stdout
+
+
+def test_a_second_ctrl_c_stops_at_once(data, tmp_path):
+    "The first Ctrl-C asks for a save; a second one during it ends the process."
+    run = tmp_path / "run"
+    p = subprocess.Popen([str(BIN), "train", "--data", str(data), "--out", str(run),
+                          "--max-steps", "100000", "--eval-every", "100000",
+                          "--log-every", "1", *SMALL, "--batch-size", "32",
+                          "--seq-len", "128"],     # an evaluation of seconds
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)            # the save evaluates, then writes
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)            # during it: out, nothing saved
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in err, (out, err)
+    assert "Traceback" not in err
+    assert not (run / "checkpoints").exists() or not list(
+        (run / "checkpoints").glob("step-*"))
+    assert not (run / ".lock").exists()     # released on the way out
 
 
 def test_bad_requests_are_one_line(data, tmp_path):
@@ -104,4 +129,41 @@ def test_fit_max_time_sizes_the_schedule_to_the_time(data, tmp_path):
         assert last["lr"] < 0.11 * 1e-3
     r = minigpt("train", "--data", data, "--out", run, "--max-time", 2, "--resume")
     assert r.returncode == 0, r.stderr                     # resumes the fitted schedule
-    assert json.loads((run / "config.json").read_text())["train"] == train_cfg
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"] == train_cfg | {"max_time": 2}  # only the time changed,
+    assert config["resumes"][-1]["changed"] == {"max_time": [12, 2]}   # as recorded
+
+
+def test_two_trainings_of_one_run_the_second_is_refused(data, tmp_path):
+    "A second `train` on a run that a live process trains stops; the first goes on."
+    run = tmp_path / "run"
+    first = subprocess.Popen([str(BIN), "train", "--data", str(data), "--out", str(run),
+                              "--max-steps", "100000", "--eval-every", "100000", *SMALL],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / ".lock").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    config = (run / "config.json").read_text()
+    for extra in ([], ["--resume"]):
+        r = minigpt("train", "--data", data, "--out", run, *extra, "--seed", 7, *SMALL)
+        assert r.returncode == 1 and "being trained by another process" in r.stderr, r.stderr
+    assert (run / "config.json").read_text() == config      # the second wrote nothing
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and "stopped by SIGINT" in out, err
+    steps = [m["step"] for m in metrics(run)]
+    assert steps == sorted(set(steps))                       # one writer's metrics
+    assert not (run / ".lock").exists()
+
+
+def test_a_run_finds_its_data_from_any_folder(data, tmp_path):
+    "The data folder is stored as an absolute path: eval works from elsewhere."
+    run = tmp_path / "run"
+    r = subprocess.run([str(BIN), "train", "--data", data.name, "--out", str(run),
+                        "--max-steps", "2", "--eval-every", "2", *SMALL],
+                       cwd=data.parent, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "config.json").read_text())["data"] == str(data.resolve())
+    r = minigpt("eval", "--run", run, "--task", "perplexity", "--device", "cpu",
+                cwd=tmp_path)
+    assert r.returncode == 0 and "perplexity" in r.stdout, r.stderr
