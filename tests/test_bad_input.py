@@ -206,3 +206,23 @@ def test_planted_links_at_temporary_names_are_not_followed(made, tmp_path):
     assert main(["train", "--data", str(made / "data"), "--out", str(run),
                  "--resume", "--max-steps", "4"]) == 0
     assert victim.read_text() == "precious"
+
+
+def test_a_diverged_run_resumes_from_its_last_good_checkpoint(made, tmp_path,
+                                                             capsys):
+    "--lr 1e30 diverges and saves nothing; --resume --lr 1e-3 goes on from it."
+    run, data = tmp_path / "run", str(made / "data")
+    shutil.copytree(made / "run", run)
+    good = snapshot(run / "checkpoints")
+    capsys.readouterr()
+    assert main(["train", "--data", data, "--out", str(run), "--resume",
+                 "--lr", "1e30", "--max-steps", "6"]) == 1
+    err = capsys.readouterr().err
+    assert "The last good checkpoint, step-000002, is unchanged" in err
+    assert snapshot(run / "checkpoints") == good
+    assert main(["train", "--data", data, "--out", str(run), "--resume",
+                 "--lr", "1e-3"]) == 0
+    assert "stopped by max_steps at step 6" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert [c["changed"] for c in config["resumes"]] == [
+        {"lr": [1e-3, 1e30], "max_steps": [2, 6]}, {"lr": [1e30, 1e-3]}]

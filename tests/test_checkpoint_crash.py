@@ -16,7 +16,7 @@ import pytest
 # matters for a power cut, not for a killed process)
 OPERATIONS = ("mkdir", "open", "replace", "rename", "link", "unlink", "rmdir")
 CRASHED = 17                  # the exit status of a child killed on purpose
-TRAIN = dict(batch_size=2, max_steps=6, warmup_steps=2, eval_every=2,
+TRAIN = dict(batch_size=2, max_steps=4, warmup_steps=2, eval_every=2,
              eval_batches=1, keep_every=0, log_every=1, precision="fp32")
 MODEL = dict(n_layer=1, d_model=32, n_head=2, block_size=32, dropout=0.1)
 
