@@ -61,7 +61,7 @@ DEMO_TIME ?= 180
 demo: $(STAMP)
 	test -f data/shakespeare/meta.json || $(BIN)/minigpt prepare --corpus shakespeare \
 		--vocab-size 4096 --out data/shakespeare
-	test -f runs/cpu/state.pt || $(BIN)/minigpt train --data data/shakespeare --preset cpu \
+	test -f runs/cpu/best.safetensors || $(BIN)/minigpt train --data data/shakespeare --preset cpu \
 		--set d_model=128 --set block_size=128 --batch-size 8 --lr 3e-3 \
 		--out runs/cpu --max-time $(DEMO_TIME) --fit-max-time
 	$(BIN)/minigpt generate --run runs/cpu --prompt "ROMEO:" --max-new-tokens 200 --seed 0
