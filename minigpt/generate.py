@@ -22,7 +22,7 @@ from .loader import prepare
 from .model import GPT, GPTConfig
 from .tokenizer import ENDOFTEXT, PAD, load_tokenizer
 from .train import (TrainConfig, latest_checkpoint, load_weights,
-                           resolve_device, train)
+                           read_json, resolve_device, train)
 
 # %% auto #0
 __all__ = ['read_model_config', 'load_run', 'prepare_or_reuse', 'train_or_reuse', 'top_k_filter', 'top_p_filter',
@@ -35,14 +35,9 @@ __all__ = ['read_model_config', 'load_run', 'prepare_or_reuse', 'train_or_reuse'
 def read_model_config(path: Path) -> GPTConfig:
     "The model settings in a run's config.json; one clear line if unusable."
     fix = "restore the file, or train the run again"
-    try: config = json.loads(path.read_text())
-    except ValueError as e:                    # not JSON, or not UTF-8
-        raise ValueError(f"{path} is not valid JSON ({e}); {fix}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model"),
-                                                      dict):
-        raise ValueError(f'{path} has no "model" settings; {fix}')
+    config = read_json(path, ("model",), fix)
     try: return GPTConfig.from_dict(config["model"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError) as e:
         raise ValueError(f'{path}: invalid "model" settings ({e}); '
                          f"{fix}") from None
 

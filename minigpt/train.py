@@ -464,7 +464,8 @@ def read_manifest(checkpoint: Path) -> dict:
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable ({type(e).__name__}); "
                          f"{fallback_advice(checkpoint)}") from None
-    if not isinstance(manifest, dict) or "sha256" not in manifest:
+    if not (isinstance(manifest, dict)
+            and isinstance(manifest.get("sha256"), dict)):
         raise ValueError(f"{path}: not a checkpoint manifest; "
                          f"{fallback_advice(checkpoint)}")
     return manifest
@@ -505,8 +506,12 @@ def load_state(checkpoint: Path, model) -> dict:
                          f"{fallback_advice(checkpoint)}") from None
     shapes = {n: p.shape for n, p in model.named_parameters(
         remove_duplicate=False)}
-    moments = state["optimizer"]["state"]
-    if any(s["exp_avg"].shape != shapes.get(n) for n, s in moments.items()):
+    try:
+        moments = state["optimizer"]["state"]
+        fits = all(s["exp_avg"].shape == shapes.get(n)
+                   for n, s in moments.items())
+    except (KeyError, TypeError, AttributeError): fits = False
+    if not fits:
         raise ValueError(f"{path}: the optimizer state does not fit the "
                          f"model; {fallback_advice(checkpoint)}")
     if not all_finite(state_tensors(moments)):
