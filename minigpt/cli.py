@@ -371,9 +371,11 @@ def generate_command(args: argparse.Namespace) -> int:
                                   load_run, stream)
     device, ctx = device_context(args)
     model, tok = load_run(args.run, args.weights, device)
-    cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k,
-                         args.top_p, args.repetition_penalty, tuple(args.stop),
-                         seed=args.seed)
+    cfg = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, stop=tuple(args.stop),
+        seed=args.seed)
     n, block = len(encode_prompt(tok, args.prompt, args.allow_special)), \
         model.cfg.block_size
     if n > block:
@@ -554,7 +556,8 @@ def chat_command(args: argparse.Namespace) -> int:
     device, ctx = device_context(args)
     model, tok = load_for_finetuning(args.run, device)
     model.eval()
-    cfg = SamplingConfig(args.max_new_tokens, args.temperature, stop=(END,),
+    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, stop=(END,),
                          seed=args.seed)
     turns = []          # the user's lines and the model's replies, as text
     while True:

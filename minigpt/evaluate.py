@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import math
 import random
-from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -14,13 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import atomic_write
 from .generate import SamplingConfig, generate, load_run
 from .loader import open_data
-from .model import GPT
 from .tokenizer import ENDOFTEXT
-from .train import (WEIGHTS, atomic_write, bits_per_byte,
-                           checkpoint_folders, evaluate, is_kept, perplexity,
-                           read_manifest, text_bytes)
+from .train import (WEIGHTS, bits_per_byte, checkpoint_folders,
+                           evaluate, is_kept, perplexity, read_manifest,
+                           text_bytes)
 
 # %% auto #0
 __all__ = ['TASKS', 'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'speech_lines', 'next_line_items',

@@ -7,7 +7,7 @@ import copy
 import json
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +15,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .evaluate import load_jsonl, save_jsonl, score_continuations
+from .data import atomic_write
+from .evaluate import load_jsonl, score_continuations
 from .generate import SamplingConfig, generate, load_run
-from .loader import document_causal_mask, document_positions
+from .loader import (IGNORE_INDEX, document_causal_mask,
+                            document_positions)
 from .model import GPT, GPTConfig
-from .tokenizer import BPETokenizer, ENDOFTEXT, PAD, save_tokenizer
-from .train import (TrainConfig, atomic_write, autocast,
+from .tokenizer import BPETokenizer, PAD, save_tokenizer
+from .train import (TrainConfig, autocast,
                            choose_precision, learning_rate, save_weights)
 
 # %% auto #0
@@ -144,14 +146,14 @@ def prompt_ids(tok, ex: dict) -> list[int]:
     return chat_ids(tok, [instruction_text(ex)])
 
 def encode_example(tok, ex: dict, block_size: int):
-    "(ids, labels) of one example: labels are -100 except on the response."
+    "(ids, labels) of one example: labels are ignored except on the response."
     prompt = prompt_ids(tok, ex)
     response = text_ids(tok, ex["output"]) + [tok.special_tokens[END]]
     if len(prompt) + len(response) > block_size:
         raise ValueError(f"an example of {len(prompt) + len(response)} tokens "
                          f"is longer than the context window of {block_size}; "
                          "shorten its instruction or input")
-    return prompt + response, [-100] * len(prompt) + response
+    return prompt + response, [IGNORE_INDEX] * len(prompt) + response
 
 # %% ../nbs/09_finetuning.ipynb #6846007c
 def pack_examples(encoded: list[tuple[list, list]], block_size: int,
@@ -165,7 +167,7 @@ def pack_examples(encoded: list[tuple[list, list]], block_size: int,
     if row_ids: rows.append((row_ids, row_labels))
     n = block_size + 1
     ids = torch.full((len(rows), n), pad, dtype=torch.long)
-    labels = torch.full((len(rows), n), -100, dtype=torch.long)
+    labels = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
     for r, (a, b) in enumerate(rows):
         ids[r, :len(a)], labels[r, :len(b)] = torch.tensor(a), torch.tensor(b)
     return ids, labels
@@ -267,7 +269,7 @@ def response_logprobs(model: GPT, pairs) -> torch.Tensor:
     rows = [p + r for p, r in pairs]
     L = max(len(r) for r in rows)
     x = torch.zeros(len(rows), L - 1, dtype=torch.long)
-    y = torch.full((len(rows), L - 1), -100, dtype=torch.long)
+    y = torch.full((len(rows), L - 1), IGNORE_INDEX, dtype=torch.long)
     for b, ((p, r), row) in enumerate(zip(pairs, rows)):
         x[b, :len(row) - 1] = torch.tensor(row[:-1])
         y[b, len(p) - 1:len(row) - 1] = torch.tensor(r)    # response targets
@@ -275,7 +277,7 @@ def response_logprobs(model: GPT, pairs) -> torch.Tensor:
     x, y = x.to(device), y.to(device)
     logp = F.log_softmax(model(x)[0].float(), dim=-1)
     picked = logp.gather(-1, y.clamp(min=0)[..., None])[..., 0]
-    return (picked * (y != -100)).sum(-1)
+    return (picked * (y != IGNORE_INDEX)).sum(-1)
 
 def dpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float):
     "(loss, chosen rewards, rejected rewards) of eq-dpo; inputs (B,)."

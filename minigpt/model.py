@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .loader import IGNORE_INDEX
 from .attention import (CausalSelfAttention, rope_angles,
                                sinusoidal_positions)
 
@@ -204,7 +205,8 @@ class GPT(nn.Module):
         logits = self.lm_head(self.norm_f(x))                     # (B, T, V)
         if targets is None: return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)),
-                               targets.reshape(-1), ignore_index=-100)
+                               targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
         return logits, loss
 
 # %% ../nbs/05_model.ipynb #ddd4c801
@@ -227,7 +229,8 @@ class RNNLanguageModel(nn.Module):
         logits = self.head(h)
         if targets is None: return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)),
-                                       targets.reshape(-1), ignore_index=-100)
+                                       targets.reshape(-1),
+                                       ignore_index=IGNORE_INDEX)
 
 # %% ../nbs/05_model.ipynb #b36af193
 def parameter_groups(model: nn.Module) -> dict[str, int]:

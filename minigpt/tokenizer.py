@@ -7,14 +7,13 @@ import hashlib
 import heapq
 import json
 import numbers
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
 
 import regex
 
-from .data import temp_beside
+from .data import atomic_write
 
 # %% auto #0
 __all__ = ['ENDOFTEXT', 'PAD', 'SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS',
@@ -311,13 +310,8 @@ def save_tokenizer(tok, path: str | Path) -> Path:
             tok.vocab[i].decode("utf-8", errors="backslashreplace")
             for i in range(256, 256 + len(tok.merges))]
     path.parent.mkdir(parents=True, exist_ok=True)
-    f, tmp = temp_beside(path)
-    try:
-        with f: f.write(json.dumps(state, ensure_ascii=False, indent=1)
-                        .encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
+    text = json.dumps(state, ensure_ascii=False, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
     return path
 
 SAFE_PATTERNS = {GPT2_PATTERN: "GPT-2", GPT4_PATTERN: "GPT-4"}

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .data import temp_beside
-from .loader import BatchSampler, eval_batches, open_data
+from .data import atomic_write, fsync_path
+from .loader import IGNORE_INDEX, BatchSampler, eval_batches, open_data
 from .model import GPT, GPTConfig, flops_per_token
 from .tokenizer import ENDOFTEXT, save_tokenizer
 
@@ -32,13 +32,13 @@ __all__ = ['FIT_PROBE_STEPS', 'PRECISIONS', 'CHECKPOINTS', 'WEIGHTS', 'STATE', '
            'perplexity', 'bits_per_byte', 'TrainConfig', 'learning_rate', 'fit_steps', 'fitted_config',
            'parameter_groups_for_decay', 'make_optimizer', 'default_device', 'resolve_device', 'cpu_has_bf16',
            'check_precision', 'choose_precision', 'autocast', 'eval_batch_count', 'evaluate', 'text_bytes',
-           'peak_flops', 'sample_text', 'fsync_path', 'atomic_write', 'file_digest', 'weights_digest', 'save_weights',
-           'load_weights', 'all_finite', 'rng_state', 'set_rng_state', 'checkpoint_folders', 'latest_checkpoint',
-           'discard', 'link_file', 'save_checkpoint', 'is_kept', 'publish_weights', 'read_manifest', 'fallback_advice',
-           'verify_checkpoint', 'state_tensors', 'load_state', 'lock_holder', 'run_lock', 'check_out_dir', 'read_json',
-           'resumed_config', 'trim_metrics', 'dist_env', 'init_distributed', 'wrap_model', 'is_sharded', 'grad_sync',
-           'mean_over_ranks', 'shared_reason', 'full_weights', 'optimizer_state', 'load_optimizer_state',
-           'record_resume', 'resume_checkpoint', 'Trainer', 'setup', 'train_step', 'evaluate_and_save', 'train']
+           'peak_flops', 'sample_text', 'file_digest', 'weights_digest', 'save_weights', 'load_weights', 'all_finite',
+           'rng_state', 'set_rng_state', 'checkpoint_folders', 'latest_checkpoint', 'discard', 'link_file',
+           'save_checkpoint', 'is_kept', 'publish_weights', 'read_manifest', 'fallback_advice', 'verify_checkpoint',
+           'state_tensors', 'load_state', 'lock_holder', 'run_lock', 'check_out_dir', 'read_json', 'resumed_config',
+           'trim_metrics', 'dist_env', 'init_distributed', 'wrap_model', 'is_sharded', 'grad_sync', 'mean_over_ranks',
+           'shared_reason', 'full_weights', 'optimizer_state', 'load_optimizer_state', 'record_resume',
+           'resume_checkpoint', 'Trainer', 'setup', 'train_step', 'evaluate_and_save', 'train']
 
 # %% ../nbs/06_pretraining.ipynb #fbaac409
 def perplexity(loss: float) -> float: return math.exp(loss)
@@ -258,9 +258,10 @@ def evaluate(model, tokens, batch_size: int, seq_len: int, ctx, device,
         x, y = x.to(device), y.to(device)
         with ctx: logits, _ = model(x)
         logits = logits.float().view(-1, logits.size(-1))
-        loss = F.cross_entropy(logits, y.view(-1), ignore_index=-100,
+        loss = F.cross_entropy(logits, y.view(-1), ignore_index=IGNORE_INDEX,
                                reduction="sum")
-        sums += torch.stack([loss.double(), (y != -100).sum().double()])
+        sums += torch.stack([loss.double(),
+                            (y != IGNORE_INDEX).sum().double()])
     if world_size > 1: dist.all_reduce(sums)
     model.train()
     return (sums[0] / sums[1]).item()
@@ -307,24 +308,6 @@ def sample_text(model, tok, prompt: str = ENDOFTEXT, max_new_tokens: int = 100,
     return tok.decode(ids).replace(ENDOFTEXT, "\n")
 
 # %% ../nbs/06_pretraining.ipynb #2a93ff8a
-def fsync_path(path: Path) -> None:
-    "Ask the OS to put `path` (a file or a folder) on the disk now."
-    try: fd = os.open(path, os.O_RDONLY)
-    except OSError: return          # folders cannot be opened on Windows
-    try: os.fsync(fd)
-    except OSError: pass            # nor synced on some file systems
-    finally: os.close(fd)
-
-def atomic_write(path: Path, write) -> None:
-    "Call write(tmp) on a new file beside `path`, then rename it to `path`."
-    f, tmp = temp_beside(path)     # a new name: a planted link is not used
-    f.close()
-    try:
-        write(tmp); fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-
 def file_digest(path: Path) -> str:
     "SHA-256 of a file, read in chunks."
     h = hashlib.sha256()
