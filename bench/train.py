@@ -103,7 +103,7 @@ def speed(args) -> None:
 
 def quality(args) -> None:
     from minigpt.loader import open_data, prepare
-    from minigpt.train import (TrainConfig, bits_per_byte, evaluate, load_weights,
+    from minigpt.train import (TrainConfig, bits_per_byte, load_weights, validation_loss,
                                text_bytes, train)
     data = Path(args.data)
     if not (data / "meta.json").exists():
@@ -119,7 +119,8 @@ def quality(args) -> None:
     load_weights(model, run / "best.safetensors")
     device = torch.device(result["device"])
     model = model.to(device)
-    val = evaluate(model, d.val, 16, 256, autocast(device, result["precision"]), device)
+    val = validation_loss(model, d.val, 16, 256, autocast(device, result["precision"]),
+                          device)
     bpb = bits_per_byte(val, text_bytes(d.val, d.tokenizer) / len(d.val))
     print(f"\nquality per time: CPU preset, {result['step']} steps "
           f"({result['tokens']:,} tokens) in {result['seconds']:.0f} s, {result['precision']}")

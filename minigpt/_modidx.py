@@ -382,7 +382,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.train.discard': ('pretraining.html#discard', 'minigpt/train.py'),
                                'minigpt.train.dist_env': ('pretraining.html#dist_env', 'minigpt/train.py'),
                                'minigpt.train.eval_batch_count': ('pretraining.html#eval_batch_count', 'minigpt/train.py'),
-                               'minigpt.train.evaluate': ('pretraining.html#evaluate', 'minigpt/train.py'),
                                'minigpt.train.evaluate_and_save': ('pretraining.html#evaluate_and_save', 'minigpt/train.py'),
                                'minigpt.train.fallback_advice': ('pretraining.html#fallback_advice', 'minigpt/train.py'),
                                'minigpt.train.file_digest': ('pretraining.html#file_digest', 'minigpt/train.py'),
@@ -427,6 +426,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.train.train': ('pretraining.html#train', 'minigpt/train.py'),
                                'minigpt.train.train_step': ('pretraining.html#train_step', 'minigpt/train.py'),
                                'minigpt.train.trim_metrics': ('pretraining.html#trim_metrics', 'minigpt/train.py'),
+                               'minigpt.train.validation_loss': ('pretraining.html#validation_loss', 'minigpt/train.py'),
                                'minigpt.train.verify_checkpoint': ('pretraining.html#verify_checkpoint', 'minigpt/train.py'),
                                'minigpt.train.weights_digest': ('pretraining.html#weights_digest', 'minigpt/train.py'),
                                'minigpt.train.wrap_model': ('pretraining.html#wrap_model', 'minigpt/train.py')}}}

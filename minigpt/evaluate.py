@@ -17,8 +17,8 @@ from .generate import SamplingConfig, generate, load_run
 from .loader import open_data
 from .tokenizer import ENDOFTEXT
 from .train import (WEIGHTS, bits_per_byte, checkpoint_folders,
-                           evaluate, is_kept, perplexity, read_manifest,
-                           text_bytes)
+                           is_kept, perplexity, read_manifest, text_bytes,
+                           validation_loss)
 
 # %% auto #0
 __all__ = ['TASKS', 'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'speech_lines', 'next_line_items',
@@ -31,8 +31,8 @@ def split_metrics(model, tokens: np.ndarray, tok, batch_size: int = 16,
     "Loss (nats/token), perplexity and bits per byte of `model` on `tokens`."
     device = next(model.parameters()).device
     T = seq_len or model.cfg.block_size
-    loss = evaluate(model, tokens, batch_size, T, nullcontext(), device,
-                    max_batches)
+    loss = validation_loss(model, tokens, batch_size, T, nullcontext(),
+                           device, max_batches)
     per_token = text_bytes(tokens, tok) / len(tokens)
     return {"loss": loss, "perplexity": perplexity(loss),
             "bits_per_byte": bits_per_byte(loss, per_token)}

@@ -31,7 +31,7 @@ from .tokenizer import ENDOFTEXT, save_tokenizer
 __all__ = ['FIT_PROBE_STEPS', 'PRECISIONS', 'CHECKPOINTS', 'WEIGHTS', 'STATE', 'MANIFEST', 'LOCK', 'FIXED_ON_RESUME',
            'perplexity', 'bits_per_byte', 'TrainConfig', 'learning_rate', 'fit_steps', 'fitted_config',
            'parameter_groups_for_decay', 'make_optimizer', 'default_device', 'resolve_device', 'cpu_has_bf16',
-           'check_precision', 'choose_precision', 'autocast', 'eval_batch_count', 'evaluate', 'text_bytes',
+           'check_precision', 'choose_precision', 'autocast', 'eval_batch_count', 'validation_loss', 'text_bytes',
            'peak_flops', 'sample_text', 'file_digest', 'weights_digest', 'save_weights', 'load_weights', 'all_finite',
            'rng_state', 'set_rng_state', 'checkpoint_folders', 'latest_checkpoint', 'discard', 'link_file',
            'save_checkpoint', 'is_kept', 'publish_weights', 'read_manifest', 'fallback_advice', 'verify_checkpoint',
@@ -235,15 +235,15 @@ def autocast(device: torch.device, precision: str):
 # %% ../nbs/06_pretraining.ipynb #6a4cc1fd
 def eval_batch_count(n_tokens: int, batch_size: int, seq_len: int,
                      max_batches: int | None = None, world_size: int = 1):
-    "How many batches `evaluate` runs on each rank (rank 0's count)."
+    "How many batches `validation_loss` runs on each rank (rank 0's)."
     windows = len(range(0, n_tokens - 1, seq_len))
     n = math.ceil(math.ceil(windows / world_size) / batch_size)
     return n if max_batches is None else min(n, max_batches)
 
 @torch.no_grad()
-def evaluate(model, tokens, batch_size: int, seq_len: int, ctx, device,
-             max_batches: int | None = None, rank: int = 0,
-             world_size: int = 1) -> float:
+def validation_loss(model, tokens, batch_size: int, seq_len: int, ctx,
+                    device, max_batches: int | None = None, rank: int = 0,
+                    world_size: int = 1) -> float:
     "Mean next-token loss (nats) over the first `max_batches` batches."
     model.eval()
     n = eval_batch_count(len(tokens), batch_size, seq_len, max_batches,
@@ -840,8 +840,8 @@ def train_step(t: Trainer, step_model, ctx) -> dict:
 def evaluate_and_save(t: Trainer, ctx, bytes_per_token: float) -> dict:
     "Validation numbers, then a checkpoint, if nothing in it is NaN or inf."
     T, step = t.cfg.seq_len or t.model_cfg.block_size, t.progress["step"]
-    val = evaluate(t.model, t.data.val, t.cfg.batch_size, T, ctx, t.device,
-                   t.cfg.eval_batches, t.rank, t.world_size)
+    val = validation_loss(t.model, t.data.val, t.cfg.batch_size, T, ctx,
+                          t.device, t.cfg.eval_batches, t.rank, t.world_size)
     finite = float(all_finite(t.model.parameters()) and math.isfinite(val))
     if mean_over_ranks(finite, t.world_size, t.device) < 1:   # any rank
         raise FloatingPointError(
