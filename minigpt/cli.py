@@ -446,13 +446,14 @@ def add_tasks_arguments(parser: argparse.ArgumentParser) -> None:
          add_tasks_arguments)
 def tasks_command(args: argparse.Namespace) -> int:
     from minigpt.data import load_shakespeare, run_pipeline
-    from minigpt.evaluate import save_jsonl
+    from minigpt.evaluate import write_records
     from minigpt.finetune import task_examples
     split, out = run_pipeline(load_shakespeare()), Path(args.out)
     for name, docs, n, seed in (("sft", split.train, args.examples, args.seed),
                                 ("heldout", split.val, args.heldout,
                                  args.seed + 1)):
-        path = save_jsonl(task_examples(docs, n, seed), out / f"{name}.jsonl")
+        examples = task_examples(docs, n, seed)
+        path = write_records(examples, out / f"{name}.jsonl")
         print(f"{n} examples -> {path}")
     return 0
 

@@ -22,8 +22,9 @@ from .train import (WEIGHTS, bits_per_byte, checkpoint_folders,
 
 # %% auto #0
 __all__ = ['TASKS', 'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'speech_lines', 'next_line_items',
-           'split_texts', 'choice_accuracy', 'save_jsonl', 'load_jsonl', 'load_choice_items', 'rolling_loglikelihood',
-           'MinigptLM', 'harness_task', 'run_harness', 'distinct_n', 'repetition_rate', 'evaluate_run']
+           'split_texts', 'choice_accuracy', 'write_records', 'read_records', 'load_choice_items',
+           'rolling_loglikelihood', 'MinigptLM', 'harness_task', 'run_harness', 'distinct_n', 'repetition_rate',
+           'evaluate_run']
 
 # %% ../nbs/08_evaluation.ipynb #ba4f0950
 def split_metrics(model, tokens: np.ndarray, tok, batch_size: int = 16,
@@ -128,14 +129,14 @@ def choice_accuracy(model, tok, items: list[dict], batch_size: int = 16):
         acc_norm += int(np.argmax(lls / chars) == it["label"])
     return {"acc": acc / len(items), "acc_norm": acc_norm / len(items)}
 
-def save_jsonl(records: list[dict], path: str | Path) -> Path:
+def write_records(records: list[dict], path: str | Path) -> Path:
     "Write one JSON object per line, atomically."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r) + "\n" for r in records)
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 
-def load_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
+def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
     "The records of a JSON Lines file; a clear error names a bad line."
     records = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
@@ -154,7 +155,7 @@ def load_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
 
 def load_choice_items(path: str | Path) -> list[dict]:
     "Multiple-choice items from JSON Lines; a clear error for a bad record."
-    items = load_jsonl(path, ("context", "choices", "label"))
+    items = read_records(path, ("context", "choices", "label"))
     for n, it in enumerate(items, 1):
         if not 0 <= it["label"] < len(it["choices"]):
             raise ValueError(f"{path}, record {n}: label {it['label']} is not"
@@ -226,7 +227,7 @@ if _register_model is not None:
 def harness_task(folder: str | Path, name: str, items: list[dict]) -> Path:
     "Write a multiple-choice lm_eval task (YAML + JSON Lines) into `folder`."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    data = save_jsonl(items, folder / f"{name}.jsonl")
+    data = write_records(items, folder / f"{name}.jsonl")
     yaml = "\n".join([
         f"task: {name}", "dataset_path: json",
         "dataset_kwargs:", "  data_files:", f"    test: {data.resolve()}",

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import atomic_write
-from .evaluate import load_jsonl, score_continuations
+from .evaluate import read_records, score_continuations
 from .generate import SamplingConfig, generate, load_run
 from .loader import (IGNORE_INDEX, document_causal_mask,
                             document_positions)
@@ -36,8 +36,8 @@ __all__ = ['FIELDS', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'load_examples',
 FIELDS = ("instruction", "input", "output")
 
 def load_examples(path: str | Path, fields=FIELDS) -> list[dict]:
-    "Instruction examples: `load_jsonl` of Chapter 8 with these fields."
-    return load_jsonl(path, fields)
+    "Instruction examples: `read_records` of Chapter 8 with these fields."
+    return read_records(path, fields)
 
 # %% ../nbs/09_finetuning.ipynb #4a35c24a
 def speeches(text: str) -> list[tuple[str, str]]:
