@@ -83,35 +83,36 @@ class TrainConfig:
 
     def rules(self) -> list[tuple]:
         "(field, a test of its value, the rule) for every field."
-        def whole(name, least):
-            return (name, lambda: type(getattr(self, name)) is int
-                    and getattr(self, name) >= least,
-                    f"must be a whole number >= {least}")
-        def number(name, lo, hi, rule):
-            v = getattr(self, name)
-            return (name, lambda: type(v) in (int, float) and lo <= v < hi,
-                    rule)
+        whole = lambda v, least: type(v) is int and v >= least
+        number = lambda v, lo, hi=math.inf: type(v) in (int, float) and \
+            lo <= v < hi
         f32_max = float(torch.finfo(torch.float32).max)   # beyond it: inf
-        optional = lambda name, least: (name, lambda: getattr(self, name)
-                                        is None or whole(name, least)[1](),
-                                        f"must be >= {least}, or None")
         return [
-            *[whole(n, 1) for n in ("batch_size", "grad_accum", "max_steps",
-                                    "eval_every", "log_every")],
-            *[whole(n, 0) for n in ("warmup_steps", "keep_every",
-                                    "sample_every", "seed")],
-            optional("seq_len", 1), optional("eval_batches", 1),
+            *[(n, lambda n=n: whole(getattr(self, n), 1),
+               "must be a whole number >= 1")
+              for n in ("batch_size", "grad_accum", "max_steps", "eval_every",
+                        "log_every")],
+            *[(n, lambda n=n: whole(getattr(self, n), 0),
+               "must be a whole number >= 0")
+              for n in ("warmup_steps", "keep_every", "sample_every", "seed")],
+            ("seq_len", lambda: self.seq_len is None or whole(self.seq_len, 1),
+             "must be >= 1, or None"),
+            ("eval_batches", lambda: self.eval_batches is None
+             or whole(self.eval_batches, 1), "must be >= 1, or None"),
             ("keep_every", lambda: self.keep_every % self.eval_every == 0,
              f"must be a multiple of eval_every={self.eval_every}"),
-            number("lr", 1e-30, f32_max,
-                   "must be a positive number below 3.4e38 (float32's max)"),
-            number("min_lr_ratio", 0, 1.000001, "must be between 0 and 1"),
-            number("weight_decay", 0, math.inf, "must be >= 0"),
-            number("beta1", 0, 1, "must be in [0, 1)"),
-            number("beta2", 0, 1, "must be in [0, 1)"),
-            number("grad_clip", 1e-30, math.inf, "must be > 0"),
-            ("max_time", lambda: self.max_time is None or number(
-                "max_time", 1e-9, math.inf, "")[1](), "must be > 0 seconds"),
+            ("lr", lambda: number(self.lr, 1e-30, f32_max),
+             "must be a positive number below 3.4e38 (float32's max)"),
+            ("min_lr_ratio", lambda: number(self.min_lr_ratio, 0, 1.000001),
+             "must be between 0 and 1"),
+            ("weight_decay", lambda: number(self.weight_decay, 0),
+             "must be >= 0"),
+            ("beta1", lambda: number(self.beta1, 0, 1), "must be in [0, 1)"),
+            ("beta2", lambda: number(self.beta2, 0, 1), "must be in [0, 1)"),
+            ("grad_clip", lambda: number(self.grad_clip, 1e-30),
+             "must be > 0"),
+            ("max_time", lambda: self.max_time is None
+             or number(self.max_time, 1e-9), "must be > 0 seconds"),
             ("fit_max_time", lambda: not self.fit_max_time or self.max_time,
              "needs max_time: the seconds that the schedule is fitted to"),
             ("precision", lambda: self.precision in ("auto", "fp32", "bf16",
