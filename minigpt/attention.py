@@ -27,9 +27,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return (out, weights) if return_weights else out
 
 # %% ../nbs/04_attention.ipynb #20930b6e
-def causal_mask(T: int, device=None) -> torch.Tensor:
-    "(T, T) boolean mask, True on and below the diagonal: i attends to j <= i."
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+def causal_mask(T: int, S: int | None = None, device=None) -> torch.Tensor:
+    """(T, S) boolean mask of T queries, the last T of S positions, over S keys
+    (S = T by default): True where query i may attend to key j, j <= i + S - T."""
+    S = T if S is None else S
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
 
 # %% ../nbs/04_attention.ipynb #0b284b42
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -58,22 +60,31 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache=None,
+                layer: int = 0) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). With a `cache` (sec-gen-cache), x holds the
+        new positions only; their keys join the cached ones of `layer`."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([C, self.d_kv, self.d_kv], dim=-1)
         q = q.view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B,h,T,dh)
         k = k.view(B, T, self.n_kv_head, -1).transpose(1, 2)      # (B,hkv,T,dh)
         v = v.view(B, T, self.n_kv_head, -1).transpose(1, 2)
         if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None: k, v = cache.update(layer, k, v)   # (B,hkv,S,dh)
         rep = self.n_head // self.n_kv_head
         k, v = repeat_kv(k, rep), repeat_kv(v, rep)
         p = self.dropout if self.training else 0.0
         if mask is not None and mask.dim() == 3: mask = mask[:, None]   # heads
+        S = k.shape[2]                  # keys: the cached ones and the new
+        # always causal; a mask (documents, padding) hides more keys still
+        fused_causal = self.use_sdpa and mask is None and S == T
+        if not fused_causal and T > 1:  # a single query sees every key
+            causal = causal_mask(T, S, x.device)
+            mask = causal if mask is None else mask & causal
         if self.use_sdpa:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=fused_causal)
         else:
-            if mask is None: mask = causal_mask(T, x.device)
             y = attention(q, k, v, mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)          # concatenate the heads
         return self.resid_dropout(self.proj(y))

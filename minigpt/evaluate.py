@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data import atomic_write
 from .generate import SamplingConfig, generate, load_run
 from .loader import open_data
+from .model import token_logprobs
 from .tokenizer import ENDOFTEXT
 from .train import (WEIGHTS, bits_per_byte, checkpoint_folders,
                            is_kept, perplexity, read_manifest, text_bytes,
@@ -68,13 +68,14 @@ def score_continuations(model, pairs: list[tuple[list[int], list[int]]],
         L = max(len(r) for r in rows) - 1
         x = torch.zeros(len(rows), L, dtype=torch.long)
         for b, r in enumerate(rows): x[b, :len(r) - 1] = torch.tensor(r[:-1])
-        logp = F.log_softmax(model(x.to(device))[0].float(), dim=-1)
+        logits = model(x.to(device))[0].float()                # (B, L, V)
         for b, ((c, a), r) in enumerate(zip(group, rows)):
             m, end = len(a), len(r) - 1           # a: the last m targets
             target = torch.tensor(r[end - m + 1:end + 1], device=device)
-            lp = logp[b, end - m:end]                            # (m, V)
-            out.append((lp.gather(-1, target[:, None]).sum().item(),
-                        bool((lp.argmax(-1) == target).all())))
+            z = logits[b, end - m:end]                              # (m, V)
+            lp = token_logprobs(z[None], target[None])              # (1, m)
+            out.append((lp.sum().item(),
+                        bool((z.argmax(-1) == target).all())))
     return out
 
 # %% ../nbs/08_evaluation.ipynb #b2946c86
@@ -178,8 +179,8 @@ def rolling_loglikelihood(model, ids: list[int], eot: int) -> float:
     for s in range(0, len(ids), block):
         x = stream[s:s + block][None]                 # (1, <= block)
         y = stream[s + 1:s + block + 1][None]
-        logp = F.log_softmax(model(x[:, :y.shape[1]])[0].float(), -1)
-        total += logp.gather(-1, y[..., None]).sum().item()
+        logits = model(x[:, :y.shape[1]])[0]
+        total += token_logprobs(logits, y).sum().item()
     return total
 
 class MinigptLM(_HarnessLM):

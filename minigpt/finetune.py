@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from .data import atomic_write
 from .evaluate import read_records, score_continuations
 from .generate import SamplingConfig, generate, load_run
-from .loader import (IGNORE_INDEX, document_causal_mask,
+from .loader import (IGNORE_INDEX, document_mask,
                             document_positions)
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, token_logprobs
 from .tokenizer import BPETokenizer, PAD, save_tokenizer
 from .train import (TrainConfig, autocast,
                            choose_precision, learning_rate, save_weights)
@@ -177,7 +177,7 @@ def sft_loss(model: GPT, ids: torch.Tensor, labels: torch.Tensor, user: int):
     device = model.tok_emb.weight.device
     x, y = ids[:, :-1].to(device), labels[:, 1:].to(device)
     return model(x, y, positions=document_positions(x, user),
-                 mask=document_causal_mask(x, user))[1]
+                 mask=document_mask(x, user))[1]
 
 # %% ../nbs/09_finetuning.ipynb #1de2b7f7
 @dataclass
@@ -275,9 +275,7 @@ def response_logprobs(model: GPT, pairs) -> torch.Tensor:
         y[b, len(p) - 1:len(row) - 1] = torch.tensor(r)    # response targets
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    logp = F.log_softmax(model(x)[0].float(), dim=-1)
-    picked = logp.gather(-1, y.clamp(min=0)[..., None])[..., 0]
-    return (picked * (y != IGNORE_INDEX)).sum(-1)
+    return token_logprobs(model(x)[0], y).sum(-1)
 
 def dpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float):
     "(loss, chosen rewards, rejected rewards) of eq-dpo; inputs (B,)."

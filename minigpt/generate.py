@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import apply_rope, repeat_kv, rope_angles
 from .loader import prepare
 from .model import GPT, GPTConfig
 from .tokenizer import ENDOFTEXT, PAD, load_tokenizer
@@ -27,9 +26,8 @@ from .train import (TrainConfig, latest_checkpoint, load_weights,
 # %% auto #0
 __all__ = ['read_model_config', 'load_run', 'prepare_or_reuse', 'train_or_reuse', 'top_k_filter', 'top_p_filter',
            'apply_repetition_penalty', 'SamplingConfig', 'sampling_generator', 'next_token', 'positions_of',
-           'attention_mask', 'KVCache', 'cached_attention', 'forward_cached', 'window_start', 'decode_steps',
-           'is_token_id', 'checked_ids', 'encode_prompt', 'is_one_prompt', 'stream', 'generate', 'Int8Linear',
-           'quantize_int8']
+           'padding_mask', 'KVCache', 'window_start', 'decode_steps', 'is_token_id', 'checked_ids', 'encode_prompt',
+           'is_one_prompt', 'stream', 'generate', 'Int8Linear', 'quantize_int8']
 
 # %% ../nbs/07_generation.ipynb #f02d1e1b
 def read_model_config(path: Path) -> GPTConfig:
@@ -163,15 +161,14 @@ def positions_of(valid: torch.Tensor) -> torch.Tensor:
     "(B, T) positions counting only the valid (non-padding) tokens."
     return (valid.long().cumsum(-1) - 1).clamp(min=0)
 
-def attention_mask(valid: torch.Tensor, n_new: int) -> torch.Tensor:
-    "(B, n_new, S) mask of the last n_new queries over S keys: causal, no pads."
-    S = valid.shape[1]
-    causal = torch.ones(n_new, S, dtype=torch.bool,
-                        device=valid.device).tril(diagonal=S - n_new)
-    self_ = torch.zeros_like(causal)                 # each query sees itself
+def padding_mask(valid: torch.Tensor, n_new: int) -> torch.Tensor:
+    """(B, n_new, S) mask of the last n_new queries over S keys: no padding,
+    except that a query sees itself (attention adds causality)."""
+    B, S = valid.shape
+    mask = valid[:, None, :].repeat(1, n_new, 1)
     rows = torch.arange(n_new, device=valid.device)
-    self_[rows, rows + S - n_new] = True
-    return (causal & valid[:, None, :]) | self_
+    mask[:, rows, rows + S - n_new] = True           # each query sees itself
+    return mask
 
 # %% ../nbs/07_generation.ipynb #cf65fca8
 class KVCache:
@@ -189,47 +186,17 @@ class KVCache:
 
     def nbytes(self) -> int: return self.k.nbytes + self.v.nbytes
 
-# %% ../nbs/07_generation.ipynb #c000778d
-def cached_attention(attn, x: torch.Tensor, cache: KVCache, layer: int,
-                     rope: tuple | None, mask: torch.Tensor | None):
-    "Attention of the new positions x (B, T, C) over the cache and themselves."
-    B, T, C = x.shape
-    start = cache.length
-    q, k, v = attn.qkv(x).split([C, attn.d_kv, attn.d_kv], dim=-1)
-    q = q.view(B, T, attn.n_head, attn.d_head).transpose(1, 2)     # (B,h,T,dh)
-    k = k.view(B, T, attn.n_kv_head, attn.d_head).transpose(1, 2)  # (B,hkv,..)
-    v = v.view(B, T, attn.n_kv_head, attn.d_head).transpose(1, 2)
-    if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    cache.k[layer, :, :, start:start + T] = k
-    cache.v[layer, :, :, start:start + T] = v
-    rep = attn.n_head // attn.n_kv_head
-    keys = repeat_kv(cache.k[layer, :, :, :start + T], rep)       # (B,h,S,dh)
-    values = repeat_kv(cache.v[layer, :, :, :start + T], rep)
-    if mask is not None: mask = mask[:, None]                     # all heads
-    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-    return attn.proj(y.transpose(1, 2).reshape(B, T, C))
-
-def forward_cached(model: GPT, idx: torch.Tensor, cache: KVCache,
-                   positions: torch.Tensor, mask: torch.Tensor | None = None):
-    "Logits (B, T, V) of new tokens idx (B, T), appending them to the cache."
-    cfg, T = model.cfg, idx.shape[1]
-    if cache.length + T > cache.max_len:
-        raise ValueError(f"the cache holds {cache.max_len} positions; "
-                         f"{cache.length} are used and {T} more do not fit")
-    x = model.tok_emb(idx)                                          # (B, T, d)
-    if cfg.pos == "learned": x = x + model.pos_emb(positions)
-    elif cfg.pos == "sinusoidal": x = x + model.pos_table[positions]
-    rope = None
-    if cfg.pos == "rope":
-        cos, sin = rope_angles(cfg.d_model // cfg.n_head, positions,
-                               cfg.rope_base)
-        rope = (cos.to(x.dtype), sin.to(x.dtype))
-    for i, block in enumerate(model.blocks):
-        x = x + cached_attention(block.attn, block.norm1(x), cache, i, rope,
-                                 mask)
-        x = x + block.mlp(block.norm2(x))
-    cache.length += T
-    return model.lm_head(model.norm_f(x))
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, h_kv, T, d_head) of `layer` after the filled
+        positions; return all of the layer's keys and values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions; "
+                             f"{start} are used and {end - start} more do "
+                             "not fit")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 # %% ../nbs/07_generation.ipynb #94442239
 def window_start(start: int | None, length: int, block_size: int) -> int:
@@ -259,16 +226,17 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
         x, v = ids[:, new_start:], valid[:, new_start:]
         padded = not bool(v.all())
         if not use_cache:          # the whole window, every step
-            mask = attention_mask(v, v.shape[1]) if padded else None
+            mask = padding_mask(v, v.shape[1]) if padded else None
             logits, _ = model(x, positions=positions_of(v), mask=mask)
         elif new_start != start:   # prefill: the window into an empty cache
             cache.length = 0
-            mask = attention_mask(v, v.shape[1])
-            logits = forward_cached(model, x, cache, positions_of(v), mask)
+            mask = padding_mask(v, v.shape[1])
+            logits, _ = model(x, positions=positions_of(v), mask=mask,
+                              cache=cache)
         else:                      # one new token per row
-            mask = attention_mask(v, 1) if padded else None
-            logits = forward_cached(model, x[:, -1:], cache,
-                                    positions_of(v)[:, -1:], mask)
+            mask = padding_mask(v, 1) if padded else None
+            logits, _ = model(x[:, -1:], positions=positions_of(v)[:, -1:],
+                              mask=mask, cache=cache)
         start = new_start
         z = logits[:, -1, :vocab_size].float()        # (B, V) decodable ids
         if banned: z[:, list(banned)] = float("-inf")

@@ -19,14 +19,15 @@ import torch
 
 from .data import CleanConfig, load_corpus, run_pipeline, temp_beside
 from .tokenizer import (ENDOFTEXT, BPETokenizer, fingerprint,
-                               load_tokenizer, merges_needed, save_tokenizer)
+                               load_tokenizer, merges_needed, save_tokenizer,
+                               to_tiktoken)
 
 # %% auto #0
 __all__ = ['MAGIC', 'SHARD_VERSION', 'HEADER_BYTES', 'META', 'PREPARED', 'META_FIELDS', 'SPLIT_FIELDS', 'IGNORE_INDEX',
            'token_dtype', 'shard_header', 'read_header', 'ShardWriter', 'open_shard', 'encode_documents',
            'check_splits', 'write_splits', 'publish', 'prepare', 'PreparedData', 'meta_error', 'meta_problem',
            'read_meta', 'file_inside', 'open_data', 'check_ids', 'BatchSampler', 'eval_batches', 'TokenDataset',
-           'padding_waste', 'document_ids', 'document_positions', 'document_causal_mask']
+           'padding_waste', 'document_ids', 'document_positions', 'document_mask']
 
 # %% ../nbs/03_loader.ipynb #bfc630da
 MAGIC = b"MGPTTOK\0"
@@ -98,7 +99,8 @@ _worker: dict = {}
 def _init_worker(tokenizer_path: str) -> None:
     tok = load_tokenizer(tokenizer_path)
     _worker["eot"] = tok.special_tokens[ENDOFTEXT]
-    _worker["encode"] = (tok.to_tiktoken().encode_ordinary if tok.kind == "bpe"
+    _worker["encode"] = (to_tiktoken(tok).encode_ordinary
+                         if tok.kind == "bpe"
                          else lambda t: tok.encode(t, disallowed_special=()))
 
 def _encode_batch(texts: list[str]) -> np.ndarray:
@@ -385,9 +387,7 @@ def document_positions(x: torch.Tensor, eot: int) -> torch.Tensor:
     starts = torch.where((x == eot) | (idx == 0), idx, torch.zeros_like(idx))
     return idx - torch.cummax(starts, dim=-1).values
 
-def document_causal_mask(x: torch.Tensor, eot: int) -> torch.Tensor:
-    "(B, T, T) boolean mask: True where query i may attend to key j."
+def document_mask(x: torch.Tensor, eot: int) -> torch.Tensor:
+    "(B, T, T) boolean mask: True where positions i and j share a document."
     doc = document_ids(x, eot)
-    T = x.shape[-1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    return causal & (doc[:, :, None] == doc[:, None, :])
+    return doc[:, :, None] == doc[:, None, :]

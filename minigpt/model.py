@@ -17,9 +17,9 @@ from .attention import (CausalSelfAttention, rope_angles,
                                sinusoidal_positions)
 
 # %% auto #0
-__all__ = ['LLAMA', 'PRESETS', 'RMSNorm', 'MLP', 'SwiGLU', 'Block', 'make_norm', 'GPTConfig', 'GPT', 'RNNLanguageModel',
-           'parameter_groups', 'meta_model', 'matmul_params', 'flops_per_token', 'training_state_bytes',
-           'check_gpt2_compatible', 'from_hf_gpt2', 'save_hf_gpt2']
+__all__ = ['LLAMA', 'PRESETS', 'RMSNorm', 'MLP', 'SwiGLU', 'Block', 'make_norm', 'GPTConfig', 'GPT', 'token_logprobs',
+           'RNNLanguageModel', 'parameter_groups', 'meta_model', 'matmul_params', 'flops_per_token',
+           'training_state_bytes', 'check_gpt2_compatible', 'from_hf_gpt2', 'save_hf_gpt2']
 
 # %% ../nbs/05_model.ipynb #8872cd33
 class RMSNorm(nn.Module):
@@ -66,8 +66,8 @@ class Block(nn.Module):
         ffn = MLP if cfg.mlp == "gelu" else SwiGLU
         self.mlp = ffn(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.bias)
 
-    def forward(self, x, rope=None, mask=None):
-        x = x + self.attn(self.norm1(x), rope, mask)
+    def forward(self, x, rope=None, mask=None, cache=None, layer: int = 0):
+        x = x + self.attn(self.norm1(x), rope, mask, cache, layer)
         return x + self.mlp(self.norm2(x))
 
 def make_norm(cfg: GPTConfig) -> nn.Module:
@@ -182,16 +182,8 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None):
-        "Logits (B, T, V) of `idx` (B, T), and the loss if `targets` are given."
-        B, T = idx.shape
-        if T > self.cfg.block_size:
-            n = self.cfg.block_size
-            raise ValueError(f"a sequence of {T} tokens is longer than the "
-                             f"context window of {n}; crop it to the last {n}")
-        if positions is None: positions = torch.arange(T, device=idx.device)
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor):
+        "Token vectors (B, T, d) of `idx` with their positions; RoPE's cos/sin."
         x = self.tok_emb(idx)                                     # (B, T, d)
         if self.cfg.pos == "learned": x = x + self.pos_emb(positions)
         elif self.cfg.pos == "sinusoidal": x = x + self.pos_table[positions]
@@ -200,14 +192,43 @@ class GPT(nn.Module):
             d_head = self.cfg.d_model // self.cfg.n_head
             cos, sin = rope_angles(d_head, positions, self.cfg.rope_base)
             rope = (cos.to(x.dtype), sin.to(x.dtype))
-        x = self.drop(x)
-        for block in self.blocks: x = block(x, rope, mask)
-        logits = self.lm_head(self.norm_f(x))                     # (B, T, V)
+        return self.drop(x), rope
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        "Logits (B, T, V) of the final activations x (B, T, d)."
+        return self.lm_head(self.norm_f(x))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, cache=None):
+        """Logits (B, T, V) of `idx` (B, T), and the loss if `targets` are
+        given. With a `cache` (sec-gen-cache), `idx` holds the tokens after
+        the cached ones, whose keys and values the cache keeps."""
+        T = idx.shape[1]
+        if T > self.cfg.block_size:
+            n = self.cfg.block_size
+            raise ValueError(f"a sequence of {T} tokens is longer than the "
+                             f"context window of {n}; crop it to the last {n}")
+        start = 0 if cache is None else cache.length   # positions so far
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)
+        x, rope = self.embed(idx, positions)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, cache, i)
+        if cache is not None: cache.length += T
+        logits = self.unembed(x)                                  # (B, T, V)
         if targets is None: return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)),
                                targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
         return logits, loss
+
+# %% ../nbs/05_model.ipynb #5a1c0e12
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    "(B, T) log-probability of each target (B, T) under logits (B, T, V)."
+    logp = F.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return picked.masked_fill(targets == IGNORE_INDEX, 0.0)  # ignored: 0
 
 # %% ../nbs/05_model.ipynb #ddd4c801
 class RNNLanguageModel(nn.Module):

@@ -342,6 +342,9 @@ class GPTStage(nn.Module):
             raise ValueError("GPTStage splits models with learned positions "
                              "and an untied head (tie_weights=False)")
         self.first, self.last = start == 0, stop == cfg.n_layer
+        # the model's own first and last steps; their modules are registered
+        # here too, so that the stage holds (and trains) their weights
+        self.embed, self.unembed = model.embed, model.unembed
         if self.first: self.tok_emb, self.pos_emb = model.tok_emb, model.pos_emb
         # keyed by the block's number, so names match the whole model's
         self.blocks = nn.ModuleDict({str(i): model.blocks[i]
@@ -351,9 +354,9 @@ class GPTStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "Token ids (B, T) or activations (B, T, d) -> activations or logits."
         if self.first:
-            x = self.tok_emb(x) + self.pos_emb(torch.arange(x.shape[1]))
-        for block in self.blocks.values(): x = block(x, None, None)
-        return self.lm_head(self.norm_f(x)) if self.last else x
+            x, _ = self.embed(x, torch.arange(x.shape[1], device=x.device))
+        for block in self.blocks.values(): x = block(x)
+        return self.unembed(x) if self.last else x
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -276,8 +276,6 @@ def to_tiktoken(tok: BPETokenizer, name: str = "minigpt"):
                              mergeable_ranks=tok.ranks,
                              special_tokens=tok.special_tokens)
 
-BPETokenizer.to_tiktoken = to_tiktoken
-
 # %% ../nbs/02_tokenizer.ipynb #7bdd0094
 def from_tiktoken(enc) -> BPETokenizer:
     "Our tokenizer with the ranks, pattern and specials of a tiktoken encoding."
