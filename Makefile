@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install export sync-check test test-no-bf16 execute pdf demo clean
+.PHONY: install export sync-check test test-no-bf16 stale execute pdf demo clean
 
 install: $(STAMP)
 
@@ -45,9 +45,15 @@ test-no-bf16: $(STAMP)
 	MINIGPT_CPU_BF16=0 $(BIN)/nbdev-test --n-workers 2 --timing
 	MINIGPT_CPU_BF16=0 $(BIN)/python -m pytest -q
 
+# The notebooks whose saved outputs come from older code than the current (exit 1 if any).
+stale: $(STAMP)
+	$(BIN)/nbdev-export
+	$(BIN)/python tools/stale.py
+
+# Re-executes the stale notebooks; NBS=--all all of them, or NBS="nbs/03_loader.ipynb ..."
 execute: $(STAMP)
 	$(BIN)/nbdev-export
-	$(BIN)/python tools/execute_nbs.py
+	$(BIN)/python tools/execute_nbs.py $(NBS)
 
 pdf: $(STAMP)
 	$(BIN)/python book/build.py

@@ -1,18 +1,24 @@
 """Re-execute notebooks top to bottom and save their outputs: what the book prints.
 
-    python tools/execute_nbs.py [NOTEBOOK ...]     (default: every nbs/*.ipynb)
+    python tools/execute_nbs.py                 the stale ones (see tools/stale.py)
+    python tools/execute_nbs.py --all           every nbs/[0-9]*.ipynb
+    python tools/execute_nbs.py NOTEBOOK ...    these
 
 Each notebook runs in a fresh Python process with `MINIGPT_BOOK=1`, the book's full settings
 (the test run, `nbdev-test`, leaves it unset and uses the small settings). A notebook is only
 overwritten when every cell succeeded, so a failure never loses the outputs already saved.
+Each executed notebook records in its metadata the code that produced its outputs, when, and
+on what machine (tools/provenance.py); `tools/stale.py` compares that record with the code.
 """
+import argparse
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from provenance import (KEY, Layout, book_notebooks, code_record, machine, project_layout,
+                        provenance, read_notebook, stale_reasons, write_notebook)
 
 RUN_ONE = """
 import sys
@@ -22,26 +28,57 @@ CaptureShell(mpl_format="retina").execute(src, dest, exc_stop=True)
 """
 
 
-def execute(nb: Path) -> float:
-    "Run `nb` in a fresh process; replace it with the executed copy. Returns seconds taken."
+def book_env() -> dict:
+    "The environment of a book run: the full settings, figures kept in the notebook."
+    return {**os.environ, "MINIGPT_BOOK": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+
+
+def execute(nb: Path, layout: Layout, env: dict, machine_info: dict) -> float:
+    """Run `nb` in a fresh process with `env`; replace it with the executed copy, which records
+    the code that ran. Returns seconds taken."""
+    code = code_record(read_notebook(nb), layout)   # before the run: the code it starts from
     tmp = nb.with_name(f".{nb.stem}.executing.ipynb")
-    env = {**os.environ, "MINIGPT_BOOK": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     start = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", RUN_ONE, str(nb), str(tmp)], cwd=nb.parent, env=env)
     if r.returncode != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
         raise SystemExit(f"execute: {nb.name} failed (its saved outputs are unchanged)")
+    seconds = time.perf_counter() - start
+    executed = read_notebook(tmp)
+    executed.setdefault("metadata", {})[KEY] = provenance(code, seconds, machine_info)
+    write_notebook(executed, tmp)
     os.replace(tmp, nb)
-    return time.perf_counter() - start
+    return seconds
+
+
+def notebooks_to_run(args, layout: Layout) -> list[Path]:
+    "The notebooks named, all of them with --all, else the stale ones."
+    if args.notebooks:
+        missing = [p for p in args.notebooks if not Path(p).is_file()]
+        if missing: raise SystemExit(f"execute: no such notebook: {', '.join(missing)}")
+        return [Path(p).resolve() for p in args.notebooks]
+    every = book_notebooks(layout)
+    return every if args.all else [nb for nb in every if stale_reasons(read_notebook(nb), layout)]
 
 
 def main(argv) -> int:
-    nbs = [Path(a).resolve() for a in argv] or sorted((ROOT / "nbs").glob("[0-9]*.ipynb"))
+    parser = argparse.ArgumentParser(description="Re-execute notebooks with the book's settings.")
+    parser.add_argument("notebooks", nargs="*", help="default: the stale ones")
+    parser.add_argument("--all", action="store_true", help="every numbered notebook")
+    args = parser.parse_args(argv)
+    layout = project_layout()
+    nbs = notebooks_to_run(args, layout)
+    if not nbs:
+        print("execute: no notebook is stale (--all runs them all)")
+        return 0
+    env = book_env()
+    machine_info = machine(env)
     for nb in nbs:
-        print(f"execute: {nb.relative_to(ROOT)} ...", flush=True)
-        print(f"execute: {nb.relative_to(ROOT)} done in {execute(nb):.1f} s", flush=True)
+        name = os.path.relpath(nb, layout.root)
+        print(f"execute: {name} ...", flush=True)
+        print(f"execute: {name} done in {execute(nb, layout, env, machine_info):.1f} s", flush=True)
     # strip metadata and execution counts the way the repository stores notebooks
-    subprocess.run([str(Path(sys.executable).parent / "nbdev-clean")], cwd=ROOT, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "nbdev-clean")], cwd=layout.root, check=True)
     return 0
 
 
