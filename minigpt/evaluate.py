@@ -21,7 +21,7 @@ from .train import (WEIGHTS, bits_per_byte, checkpoint_folders,
                            validation_loss)
 
 # %% auto #0
-__all__ = ['TASKS', 'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'speech_lines', 'next_line_items',
+__all__ = ['TASKS', 'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'body_lines', 'next_line_items',
            'split_texts', 'choice_accuracy', 'write_records', 'read_records', 'load_choice_items',
            'rolling_loglikelihood', 'MinigptLM', 'harness_task', 'run_harness', 'distinct_n', 'repetition_rate',
            'evaluate_run']
@@ -79,33 +79,43 @@ def score_continuations(model, pairs: list[tuple[list[int], list[int]]],
     return out
 
 # %% ../nbs/08_evaluation.ipynb #b2946c86
-def speech_lines(text: str) -> list[tuple[int, str]]:
-    "(index, line) of the lines of a scene that are spoken text."
-    out = []
-    for i, line in enumerate(text.split("\n")):
+def body_lines(text: str) -> list[tuple[int, str]]:
+    """(index, line) of a document's lines of running text, 20 characters or
+    more: not a heading, a NAME: line or a [direction]."""
+    lines, out = text.split("\n"), []
+    titled = len(lines) > 1 and not lines[1].strip()   # a first line, a gap
+    for i, line in enumerate(lines):
         s = line.strip()
-        heading = s.endswith(":") or s.startswith(("[", "ACT")) or s.isupper()
-        if len(s) >= 20 and not heading:
+        heading = s.isupper() or (i == 0 and titled)
+        if len(s) >= 20 and not (heading or s.endswith(":")
+                                 or s.startswith("[")):
             out.append((i, s))
     return out
 
 def next_line_items(texts: list[str], n: int, seed: int = 0,
                     context_lines: int = 6) -> list[dict]:
-    "n items {context, choices, label}: which of 4 lines follows the passage?"
+    """n items {context, choices, label}: which of 4 lines follows the passage?
+    The wrong choices are lines of a similar length from other documents."""
     rng = random.Random(seed)
-    pools = [speech_lines(t) for t in texts]
+    pools = [body_lines(t) for t in texts]
     candidates = [(d, i, s) for d, lines in enumerate(pools) for i, s in lines
                   if i >= context_lines]
     items = []
     for d, i, answer in rng.sample(candidates, min(n, len(candidates))):
-        lines = texts[d].split("\n")
-        context = "\n".join(lines[i - context_lines:i]) + "\n"
         similar = [s for e, lines_e in enumerate(pools) if e != d
                    for _, s in lines_e if 0.7 <= len(s) / len(answer) <= 1.3]
+        if len(similar) < 3: continue          # no three wrong choices
+        lines = texts[d].split("\n")
+        context = "\n".join(lines[i - context_lines:i]) + "\n"
         choices = rng.sample(similar, 3) + [answer]
         rng.shuffle(choices)
         items.append({"context": context, "choices": choices,
                       "label": choices.index(answer)})
+    if n > 0 and not items:
+        raise ValueError(
+            f"no item from {len(texts)} documents: an item needs a line of 20 "
+            f"characters or more after {context_lines} lines of its document, "
+            "and three lines of a similar length in other documents")
     return items
 
 # %% ../nbs/08_evaluation.ipynb #8fc4a5c4

@@ -26,11 +26,12 @@ from .train import (TrainConfig, autocast,
                            choose_precision, learning_rate, save_weights)
 
 # %% auto #0
-__all__ = ['FIELDS', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'load_examples', 'speeches', 'play_title', 'task_examples',
-           'add_chat_tokens', 'resize_vocab', 'text_ids', 'role_ids', 'chat_ids', 'instruction_text', 'prompt_ids',
-           'encode_example', 'pack_examples', 'sft_loss', 'FinetuneConfig', 'finetune', 'sft', 'answer_accuracy',
-           'option_pairs', 'choice_accuracy', 'response_logprobs', 'dpo_loss', 'preference_pairs', 'dpo', 'LoRALinear',
-           'add_lora', 'merge_lora', 'trainable', 'save_finetuned', 'load_for_finetuning', 'preference_examples']
+__all__ = ['FIELDS', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'load_examples', 'speeches', 'work_of', 'work_title',
+           'check_task_pool', 'task_examples', 'add_chat_tokens', 'resize_vocab', 'text_ids', 'role_ids', 'chat_ids',
+           'instruction_text', 'prompt_ids', 'encode_example', 'pack_examples', 'sft_loss', 'FinetuneConfig',
+           'finetune', 'sft', 'answer_accuracy', 'option_pairs', 'choice_accuracy', 'response_logprobs', 'dpo_loss',
+           'preference_pairs', 'dpo', 'LoRALinear', 'add_lora', 'merge_lora', 'trainable', 'save_finetuned',
+           'load_for_finetuning', 'preference_examples']
 
 # %% ../nbs/09_finetuning.ipynb #5035029e
 FIELDS = ("instruction", "input", "output")
@@ -41,7 +42,7 @@ def load_examples(path: str | Path, fields=FIELDS) -> list[dict]:
 
 # %% ../nbs/09_finetuning.ipynb #4a35c24a
 def speeches(text: str) -> list[tuple[str, str]]:
-    "(speaker, speech) pairs of a scene: a NAME: line, then its lines."
+    "(speaker, speech) pairs of a script: a NAME: line, then its lines."
     out, speaker, lines = [], None, []
     for line in text.split("\n") + [""]:
         s = line.strip()
@@ -53,21 +54,45 @@ def speeches(text: str) -> list[tuple[str, str]]:
             out.append((speaker, "\n".join(lines))); speaker, lines = None, []
     return out
 
-def play_title(play_id: str) -> str:
-    "'the-merchant-of-venice' -> 'The Merchant of Venice'."
-    small, roman = {"of", "the", "and", "in"}, {"i", "ii", "iii", "iv", "v",
-                                                "vi", "viii"}
-    words = play_id.replace("-s-", "'s-").split("-")
-    return " ".join(w.upper() if w in roman else
-                    w if i and w in small else w.capitalize()
+def work_of(doc) -> str:
+    "The work a document comes from: its id up to the first '/'."
+    return doc.id.split("/")[0]
+
+_SMALL = {"of", "the", "and", "in"}
+_ROMAN = {"i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x"}
+
+def work_title(work: str) -> str:
+    "A work's id as a title: 'a-winter-s-tale' -> 'A Winter's Tale'."
+    words = Path(work).stem.replace("-s-", "'s-").replace("_", "-").split("-")
+    return " ".join(w.upper() if w in _ROMAN else
+                    w if i and w in _SMALL else w.capitalize()
                     for i, w in enumerate(words))
 
-def task_examples(docs, n: int, seed: int = 0) -> list[dict]:
-    "n examples of the two tasks (half each); the right answer in `output`."
+def check_task_pool(pool: list, works: list[str], n_docs: int) -> None:
+    "Refuse documents that the two tasks cannot be built from, saying why."
+    if not pool:
+        raise ValueError(
+            f"none of the {n_docs} documents is a script with a speech of 40 "
+            "to 300 characters: the tasks need a line NAME: (in capitals) "
+            "above each speech, as Chapter 1 writes the plays")
+    if all(len({s for s, _ in speeches(d.text)}) < 2 for d, _ in pool):
+        raise ValueError("no document has two speakers: 'Who speaks these "
+                         "lines?' offers a second speaker of the same one")
+    if len(works) < 2:
+        raise ValueError(
+            f"every document comes from one work, {works[0]!r}: 'Which ... "
+            "are these lines from?' needs two (a document's work is the part "
+            "of its id before '/')")
+
+def task_examples(docs, n: int, seed: int = 0,
+                  work: str = "text") -> list[dict]:
+    """n examples of the two tasks (half each); the right answer in `output`.
+    `docs` are scripts from two works or more; `work` names a work."""
     rng = random.Random(seed)
-    plays = sorted({d.id.split("/")[0] for d in docs})
+    works = sorted({work_of(d) for d in docs})
     pool = [(d, sp) for d in docs for sp in speeches(d.text)
             if 40 <= len(sp[1]) <= 300]
+    check_task_pool(pool, works, len(docs))
     out = []
     while len(out) < n:
         d, (speaker, speech) = rng.choice(pool)
@@ -77,12 +102,11 @@ def task_examples(docs, n: int, seed: int = 0) -> list[dict]:
             options = [speaker, rng.choice(others)]
             task = "Who speaks these lines?"
             answer, text = speaker, speech
-        else:                            # which play are these lines from?
-            play = d.id.split("/")[0]
-            other = rng.choice([p for p in plays if p != play])
-            options = [play_title(play), play_title(other)]
-            task = "Which play are these lines from?"
-            answer, text = play_title(play), f"{speaker}:\n{speech}"
+        else:                            # which work are these lines from?
+            other = rng.choice([w for w in works if w != work_of(d)])
+            options = [work_title(work_of(d)), work_title(other)]
+            task = f"Which {work} are these lines from?"
+            answer, text = work_title(work_of(d)), f"{speaker}:\n{speech}"
         rng.shuffle(options)
         out.append({"instruction": f"{task} Answer {options[0]} or "
                                    f"{options[1]}.",

@@ -175,7 +175,8 @@ def prepare(corpus: str, out: str | Path, vocab_size: int = 4096,
             tokenizer: str | Path | None = None, workers: int = 1,
             val_fraction: float = 0.1, seed: int = 0,
             clean: CleanConfig | None = None) -> dict:
-    "Clean, deduplicate and split `corpus`; tokenize; write shards, meta.json."
+    """Clean, deduplicate and split `corpus` (a registered name or a path, as
+    `load_corpus` takes it); tokenize; write the shards and meta.json."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), not {val_fraction}: "
                          "training measures its loss on the validation split")

@@ -59,10 +59,29 @@ def test_version_does_not_import_torch():
 
 
 def test_data_stats_bad_path_is_one_clear_line():
+    "A name that is neither a registered corpus nor a path: one line that lists the corpora."
+    from minigpt.data import corpus_specs
     r = run("data", "stats", "--corpus", "no/such/folder")
     assert r.returncode == 1
-    assert r.stderr.strip() == ("minigpt data: error: no/such/folder: no such file or folder; "
-                                "give a .txt or .jsonl file, a folder of them, or 'shakespeare'")
+    give = ", ".join(corpus_specs() + ["a .txt or .jsonl file or a folder of them"])
+    assert r.stderr.strip() == ("minigpt data: error: no/such/folder: no such file or folder, "
+                                f"nor a registered corpus; give {give}")
+    assert "shakespeare, tinystories[:train|valid], a .txt" in r.stderr
+
+
+def test_data_list_and_corpus_help_read_the_registry():
+    "`minigpt data list` prints the registry; every --corpus help names each corpus in it."
+    from minigpt.data import CORPORA, corpus_specs, corpus_table
+    r = run("data", "list")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == corpus_table() + "\n"
+    assert [line.split()[0] for line in r.stdout.splitlines()] == corpus_specs()
+    for description in (s.description for s in CORPORA.values()):
+        assert description in r.stdout
+    for argv in (["data", "stats"], ["tokenizer", "train"], ["prepare"], ["tasks"]):
+        r = run(*argv, "--help")
+        assert r.returncode == 0, r.stderr
+        assert all(spec in " ".join(r.stdout.split()) for spec in corpus_specs()), argv
 
 
 def test_data_stats_on_a_folder(tmp_path):

@@ -1,7 +1,8 @@
 """The reader's own text through `minigpt data stats` and `minigpt prepare`, run as a user runs
 them: one long plain-text file, stories separated by `<|endoftext|>` lines, a folder of .txt
-files, a .jsonl file, and a corpus that a cleaning rule removes whole. Every corpus is built
-here from the built-in Shakespeare; none is committed."""
+files, a .jsonl file, and a corpus that a cleaning rule removes whole; then the fine-tuning
+tasks (`minigpt tasks`) and the next-line benchmark on the reader's own scripts and prose.
+Every corpus is built here from the built-in Shakespeare; none is committed."""
 import json
 import shutil
 import subprocess
@@ -138,3 +139,55 @@ def test_a_rule_that_removes_everything_is_an_error(tmp_path, plays):
     r = run("prepare", "--corpus", notes, "--vocab-size", 512, "--out", good)
     assert r.returncode == 1
     assert {p.name: p.read_bytes() for p in good.iterdir()} == saved
+
+
+def scene_folders(root: Path, plays: list[str]) -> Path:
+    "A folder per play, a .txt file per scene: a reader's own scripts, in several works."
+    for d in load_shakespeare().docs:
+        play, scene = d.id.split("/")
+        if play in plays:
+            (root / play).mkdir(parents=True, exist_ok=True)
+            (root / play / f"{scene}.txt").write_text(d.text)
+    return root
+
+
+def test_tasks_from_your_own_scripts(tmp_path):
+    "`minigpt tasks` on a folder of scripts: the works are its folders, a work is a text."
+    folder = scene_folders(tmp_path / "scripts", ["hamlet", "macbeth", "the-tempest"])
+    r = run("tasks", "--corpus", folder, "--out", tmp_path / "tasks", "--examples", 8,
+            "--heldout", 4)
+    assert r.returncode == 0, r.stderr
+    for name, n in (("sft", 8), ("heldout", 4)):
+        records = [json.loads(line) for line in (tmp_path / "tasks" / f"{name}.jsonl").open()]
+        assert len(records) == n
+        assert records[0]["instruction"].startswith("Who speaks these lines?")
+        which = records[1]
+        assert which["instruction"].startswith("Which text are these lines from? Answer ")
+        assert set(which["options"]) <= {"Hamlet", "Macbeth", "The Tempest"}
+        assert which["output"] in which["options"]
+
+
+def test_tasks_and_benchmark_on_prose(tmp_path):
+    """Prose without speakers: the task builder says what it needs, and the next-line
+    benchmark is built from the prepared validation split all the same."""
+    scenes = [d.text for d in load_shakespeare().docs[:60]]
+    prose = ["\n".join(line for line in s.splitlines() if not line.endswith(":"))
+             for s in scenes]                                   # no NAME: lines left
+    stories = tmp_path / "stories.txt"
+    stories.write_text("\n<|endoftext|>\n".join(prose) + "\n")
+    r = run("tasks", "--corpus", stories, "--out", tmp_path / "tasks")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "the tasks need a line NAME: (in capitals) above each speech" in r.stderr
+    assert not (tmp_path / "tasks").exists()
+    _, meta = prepare(stories, tmp_path / "data")
+    from minigpt.evaluate import next_line_items, split_texts
+    from minigpt.loader import open_data
+    data = open_data(tmp_path / "data")
+    texts = split_texts(data.val, data.tokenizer)
+    assert len(texts) == meta["splits"]["val"]["documents"] >= 2
+    items = next_line_items(texts, 20)
+    assert len(items) == 20
+    for it in items:
+        assert len(it["choices"]) == 4 and not it["choices"][it["label"]].endswith(":")
+        answer = it["choices"][it["label"]]
+        assert any(answer in t for t in texts)
