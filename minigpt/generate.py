@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import codecs
 import copy
-import json
 import operator
-from contextlib import contextmanager
-try: import fcntl          # file locks (Unix); elsewhere runs are not locked
-except ImportError: fcntl = None
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,17 +13,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .loader import prepare
 from .model import GPT, GPTConfig
 from .tokenizer import ENDOFTEXT, PAD, load_tokenizer
-from .train import (TrainConfig, latest_checkpoint, load_weights,
-                           read_json, resolve_device, train)
+from .train import load_weights, read_json, resolve_device
 
 # %% auto #0
-__all__ = ['read_model_config', 'load_run', 'prepare_or_reuse', 'train_or_reuse', 'top_k_filter', 'top_p_filter',
-           'apply_repetition_penalty', 'SamplingConfig', 'sampling_generator', 'next_token', 'positions_of',
-           'padding_mask', 'KVCache', 'window_start', 'decode_steps', 'is_token_id', 'checked_ids', 'encode_prompt',
-           'is_one_prompt', 'stream', 'generate', 'Int8Linear', 'quantize_int8']
+__all__ = ['read_model_config', 'load_run', 'top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'SamplingConfig',
+           'sampling_generator', 'next_token', 'positions_of', 'padding_mask', 'KVCache', 'window_start',
+           'decode_steps', 'is_token_id', 'checked_ids', 'encode_prompt', 'is_one_prompt', 'stream', 'generate',
+           'Int8Linear', 'quantize_int8']
 
 # %% ../nbs/07_generation.ipynb #f02d1e1b
 def read_model_config(path: Path) -> GPTConfig:
@@ -57,36 +51,6 @@ def load_run(run_dir: str | Path, weights: str = "best", device=None):
     model = GPT(read_model_config(files[0]))
     load_weights(model, files[2])
     return model.to(resolve_device(device)).eval(), load_tokenizer(files[1])
-
-@contextmanager
-def _locked(path: Path):
-    "Hold a lock beside `path`: one process at a time prepares or trains it."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        if fcntl: fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-def prepare_or_reuse(data_dir, corpus: str = "shakespeare",
-                     vocab_size: int = 4096) -> Path:
-    "Prepare `corpus` into `data_dir` unless it is there already."
-    data_dir = Path(data_dir)
-    with _locked(data_dir):
-        if not (data_dir / "meta.json").exists():
-            prepare(corpus, data_dir, vocab_size=vocab_size, workers=2)
-    return data_dir
-
-def train_or_reuse(data_dir, run_dir, model_cfg: GPTConfig,
-                   cfg: TrainConfig) -> Path:
-    "Train the run in `run_dir`; resume it if unfinished; reuse it if done."
-    run = Path(run_dir)
-    with _locked(run):
-        if latest_checkpoint(run) is None:
-            train(data_dir, run, model_cfg, cfg, progress_bar=False)
-        else:
-            rows = (run / "metrics.jsonl").read_text().splitlines()
-            if json.loads(rows[-1])["step"] < cfg.max_steps:
-                train(data_dir, run, resume=True, progress_bar=False)
-    return run
 
 # %% ../nbs/07_generation.ipynb #6b07aae0
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
