@@ -28,8 +28,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 # %% ../nbs/04_attention.ipynb #20930b6e
 def causal_mask(T: int, S: int | None = None, device=None) -> torch.Tensor:
-    """(T, S) boolean mask of T queries, the last T of S positions, over S keys
-    (S = T by default): True where query i may attend to key j, j <= i + S - T."""
+    """(T, S) boolean mask of T queries, the last T of S positions (S = T by
+    default), over S keys: True where query i may see key j, j <= i + S - T."""
     S = T if S is None else S
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
 
