@@ -5,6 +5,8 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# nbdev-export runs tools/nbdev_modules.py (pyproject's export_procs): the root on the path
+EXPORT := PYTHONPATH=. $(BIN)/nbdev-export
 
 .PHONY: install export sync-check test test-no-bf16 stale execute pdf demo clean
 
@@ -20,11 +22,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 export: $(STAMP)
-	$(BIN)/nbdev-export
+	$(EXPORT)
 
 # The package must be exactly what the notebooks export, and the notebooks must be clean.
 sync-check: $(STAMP)
-	$(BIN)/nbdev-export
+	$(EXPORT)
 	$(BIN)/nbdev-clean
 	@if [ -n "$$(git status --porcelain)" ]; then \
 		echo "sync-check: the notebooks and the package (or the working tree) differ:"; \
@@ -35,24 +37,24 @@ sync-check: $(STAMP)
 	@echo "sync-check: notebooks and package agree"
 
 test: $(STAMP)
-	$(BIN)/nbdev-export
+	$(EXPORT)
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/python -m pytest -q
 
 # The same tests as on a CPU without bf16 units (most laptops), whatever this CPU has.
 test-no-bf16: $(STAMP)
-	$(BIN)/nbdev-export
+	$(EXPORT)
 	MINIGPT_CPU_BF16=0 $(BIN)/nbdev-test --n-workers 2 --timing
 	MINIGPT_CPU_BF16=0 $(BIN)/python -m pytest -q
 
 # The notebooks whose saved outputs come from older code than the current (exit 1 if any).
 stale: $(STAMP)
-	$(BIN)/nbdev-export
+	$(EXPORT)
 	$(BIN)/python tools/stale.py
 
 # Re-executes the stale notebooks; NBS=--all all of them, or NBS="nbs/03_loader.ipynb ..."
 execute: $(STAMP)
-	$(BIN)/nbdev-export
+	$(EXPORT)
 	$(BIN)/python tools/execute_nbs.py $(NBS)
 
 pdf: $(STAMP)

@@ -32,10 +32,10 @@ import traceback
 
 import torch
 
+from minigpt.device import autocast, choose_precision, peak_flops, resolve_device
 from minigpt.generate import SamplingConfig, decode_steps
 from minigpt.model import GPT, GPTConfig, flops_per_token, parameter_groups
-from minigpt.train import (TrainConfig, autocast, choose_precision, make_optimizer,
-                           peak_flops, resolve_device)
+from minigpt.train import TrainConfig, make_optimizer
 
 LLAMA = dict(norm="rmsnorm", mlp="swiglu", pos="rope", n_kv_head=4, tie_weights=False,
              bias=False, d_ff=2048)

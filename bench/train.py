@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from minigpt.model import GPT, GPTConfig
-from minigpt.train import autocast, cpu_has_bf16
+from minigpt.device import autocast, cpu_has_bf16
 
 
 def hf_gpt2(cfg: GPTConfig):
@@ -103,8 +103,9 @@ def speed(args) -> None:
 
 def quality(args) -> None:
     from minigpt.loader import open_data, prepare
-    from minigpt.train import (TrainConfig, bits_per_byte, load_weights, validation_loss,
-                               text_bytes, train)
+    from minigpt.checkpoint import load_weights
+    from minigpt.metrics import bits_per_byte, text_bytes, validation_loss
+    from minigpt.train import TrainConfig, train
     data = Path(args.data)
     if not (data / "meta.json").exists():
         print(f"preparing the default corpus into {data} ...")

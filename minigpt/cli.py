@@ -63,7 +63,7 @@ def system_info() -> dict[str, str]:
         info["mps"] = "available"
     else:
         info["cuda"] = "not available: training runs on the CPU"
-    from minigpt.train import choose_precision, cpu_has_bf16, resolve_device
+    from minigpt.device import choose_precision, cpu_has_bf16, resolve_device
     info["cpu bf16"] = "yes" if cpu_has_bf16() else "no (fp32 on the CPU)"
     device = resolve_device()
     info["runs on"] = f"{device}, {choose_precision(device)} (auto)"
@@ -281,7 +281,7 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 def device_context(args: argparse.Namespace):
     "(device, autocast context) that --device and --precision ask for."
-    from minigpt.train import autocast, choose_precision, resolve_device
+    from minigpt.device import autocast, choose_precision, resolve_device
     device = resolve_device(args.device)
     return device, autocast(device, choose_precision(device,
                                                      args.precision or "auto"))
@@ -376,8 +376,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 @command("generate", "continue a prompt with a trained model",
          add_generate_arguments)
 def generate_command(args: argparse.Namespace) -> int:
-    from minigpt.generate import (SamplingConfig, encode_prompt, generate,
-                                  load_run, stream)
+    from minigpt.checkpoint import load_run
+    from minigpt.generate import SamplingConfig, encode_prompt, generate, stream
     device, ctx = device_context(args)
     model, tok = load_run(args.run, args.weights, device)
     cfg = SamplingConfig(
@@ -595,7 +595,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, default=8,
                         help="how many GPUs (default 8)")
     parser.add_argument("--gpu", default="h100", help="v100, a100, h100, "
-                        "h200 or mi300x")
+                        "h200, mi300x or l4")
     parser.add_argument("--mfu", type=float, default=0.4,
                         help="model FLOP utilisation (default 0.4)")
     parser.add_argument("--precision", default="mixed",

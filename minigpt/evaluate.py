@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import (WEIGHTS, checkpoint_folders, is_kept,
+                                load_run, read_manifest)
 from .data import atomic_write
-from .generate import SamplingConfig, generate, load_run
+from .generate import SamplingConfig, generate
 from .loader import open_data
+from .metrics import (bits_per_byte, perplexity, text_bytes,
+                             validation_loss)
 from .model import token_logprobs
 from .tokenizer import ENDOFTEXT
-from .train import (WEIGHTS, bits_per_byte, checkpoint_folders,
-                           is_kept, perplexity, read_manifest, text_bytes,
-                           validation_loss)
 
 # %% auto #0
 __all__ = ['TASKS', 'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'body_lines', 'next_line_items',

@@ -15,15 +15,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint import load_run, save_weights
 from .data import atomic_write
+from .device import autocast, choose_precision
 from .evaluate import read_records, score_continuations
-from .generate import SamplingConfig, generate, load_run
+from .generate import SamplingConfig, generate
 from .loader import (IGNORE_INDEX, document_mask,
                             document_positions)
 from .model import GPT, GPTConfig, token_logprobs
 from .tokenizer import BPETokenizer, PAD, save_tokenizer
-from .train import (TrainConfig, autocast,
-                           choose_precision, learning_rate, save_weights)
+from .train import TrainConfig, learning_rate
 
 # %% auto #0
 __all__ = ['FIELDS', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'load_examples', 'speeches', 'work_of', 'work_title',

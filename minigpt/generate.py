@@ -7,50 +7,18 @@ import codecs
 import copy
 import operator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT, GPTConfig
-from .tokenizer import ENDOFTEXT, PAD, load_tokenizer
-from .train import load_weights, read_json, resolve_device
+from .tokenizer import ENDOFTEXT, PAD
 
 # %% auto #0
-__all__ = ['read_model_config', 'load_run', 'top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'SamplingConfig',
-           'sampling_generator', 'next_token', 'positions_of', 'padding_mask', 'KVCache', 'window_start',
-           'decode_steps', 'is_token_id', 'checked_ids', 'encode_prompt', 'is_one_prompt', 'stream', 'generate',
-           'Int8Linear', 'quantize_int8']
-
-# %% ../nbs/07_generation.ipynb #f02d1e1b
-def read_model_config(path: Path) -> GPTConfig:
-    "The model settings in a run's config.json; one clear line if unusable."
-    fix = "restore the file, or train the run again"
-    config = read_json(path, ("model",), fix)
-    try: return GPTConfig.from_dict(config["model"])
-    except (TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f'{path}: invalid "model" settings ({e}); '
-                         f"{fix}") from None
-
-def load_run(run_dir: str | Path, weights: str = "best", device=None):
-    """(model, tokenizer) of a run directory, the model on `device` (None: the
-    best one present, or $MINIGPT_DEVICE); a clear error if it is incomplete."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such run directory; train one with "
-                                f"`minigpt train --out {run}`")
-    files = [run / "config.json", run / "tokenizer.json",
-             run / f"{weights}.safetensors"]
-    if not files[2].exists(): files[2] = run / "model.safetensors"
-    missing = [f.name for f in files if not f.exists()]
-    if missing:
-        raise FileNotFoundError(f"{run} is not a complete run: "
-                                f"{', '.join(missing)} missing; train it with "
-                                "`minigpt train` (or --resume it) first")
-    model = GPT(read_model_config(files[0]))
-    load_weights(model, files[2])
-    return model.to(resolve_device(device)).eval(), load_tokenizer(files[1])
+__all__ = ['top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'SamplingConfig', 'sampling_generator', 'next_token',
+           'positions_of', 'padding_mask', 'KVCache', 'window_start', 'decode_steps', 'is_token_id', 'checked_ids',
+           'encode_prompt', 'is_one_prompt', 'stream', 'generate', 'Int8Linear', 'quantize_int8']
 
 # %% ../nbs/07_generation.ipynb #6b07aae0
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

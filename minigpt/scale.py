@@ -16,13 +16,14 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device import GPU, GPUS
+from .distributed import mean_over_ranks, wrap_model
 from .model import GPT, LLAMA, PRESETS, GPTConfig, meta_model
-from .train import mean_over_ranks, wrap_model
 
 # %% auto #0
-__all__ = ['FORMATS', 'TOKENS_PER_PARAM', 'STATE_BYTES', 'PARTS', 'SHARDED', 'GPUS', 'DEMO', 'binary_format', 'number_formats',
+__all__ = ['FORMATS', 'TOKENS_PER_PARAM', 'STATE_BYTES', 'PARTS', 'SHARDED', 'DEMO', 'binary_format', 'number_formats',
            'training_flops', 'optimal_tokens', 'gpu_hours', 'parse_count', 'human', 'count_params', 'llama_shape',
-           'resolve_model', 'state_memory', 'activation_bytes', 'GPU', 'Plan', 'make_plan', 'plan_report', 'free_port',
+           'resolve_model', 'state_memory', 'activation_bytes', 'Plan', 'make_plan', 'plan_report', 'free_port',
            'launch', 'demo_batches', 'demo_model', 'held_bytes', 'optimizer_bytes', 'run_result', 'train_single',
            'my_rows', 'full_state', 'train_data_parallel', 'GPTStage', 'lm_loss', 'train_pipeline',
            'train_tensor_parallel']
@@ -153,19 +154,6 @@ def activation_bytes(cfg: GPTConfig, tokens: int,
     if checkpointing:                   # keep block inputs, recompute one block
         return tokens * (2 * d * cfg.n_layer + 2 * layer + head)
     return tokens * (2 * layer * cfg.n_layer + head)
-
-# %% ../nbs/10_scaling.ipynb #0fe30160
-@dataclass(frozen=True)
-class GPU:
-    name: str
-    flops: float       # dense 16-bit peak, FLOP/s
-    memory: float      # bytes
-
-GPUS = {"v100": GPU("NVIDIA V100 32GB (fp16)", 125e12, 32e9),
-        "a100": GPU("NVIDIA A100 80GB", 312e12, 80e9),
-        "h100": GPU("NVIDIA H100 SXM 80GB", 989e12, 80e9),
-        "h200": GPU("NVIDIA H200 141GB", 989e12, 141e9),
-        "mi300x": GPU("AMD MI300X 192GB", 1307e12, 192e9)}
 
 # %% ../nbs/10_scaling.ipynb #d4de3eb6
 @dataclass

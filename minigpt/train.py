@@ -3,49 +3,40 @@
 # %% ../nbs/06_pretraining.ipynb #45ef8a49
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import random
-import shutil
 import signal
-import socket
-import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from .data import atomic_write, fsync_path
-from .loader import IGNORE_INDEX, BatchSampler, eval_batches, open_data
+from .checkpoint import (WEIGHTS, all_finite, check_out_dir,
+                                latest_checkpoint, load_state, load_weights,
+                                publish_weights, read_json, run_lock,
+                                save_checkpoint, set_rng_state,
+                                verify_checkpoint)
+from .data import atomic_write
+from .device import autocast, choose_precision, peak_flops
+from .distributed import (dist_env, full_weights, grad_sync,
+                                 init_distributed, is_sharded,
+                                 load_optimizer_state, mean_over_ranks,
+                                 optimizer_state, shared_reason, wrap_model)
+from .loader import BatchSampler, open_data
+from .metrics import (bits_per_byte, eval_batch_count, perplexity,
+                             text_bytes, trim_metrics, validation_loss)
 from .model import GPT, GPTConfig, flops_per_token
 from .tokenizer import ENDOFTEXT, save_tokenizer
 
 # %% auto #0
-__all__ = ['FIT_PROBE_STEPS', 'PRECISIONS', 'CHECKPOINTS', 'WEIGHTS', 'STATE', 'MANIFEST', 'LOCK', 'FIXED_ON_RESUME',
-           'perplexity', 'bits_per_byte', 'TrainConfig', 'learning_rate', 'fit_steps', 'fitted_config',
-           'parameter_groups_for_decay', 'make_optimizer', 'default_device', 'resolve_device', 'cpu_has_bf16',
-           'check_precision', 'choose_precision', 'autocast', 'eval_batch_count', 'validation_loss', 'text_bytes',
-           'peak_flops', 'sample_text', 'file_digest', 'weights_digest', 'save_weights', 'load_weights', 'all_finite',
-           'rng_state', 'set_rng_state', 'checkpoint_folders', 'latest_checkpoint', 'discard', 'link_file',
-           'save_checkpoint', 'is_kept', 'publish_weights', 'read_manifest', 'fallback_advice', 'verify_checkpoint',
-           'state_tensors', 'load_state', 'lock_holder', 'run_lock', 'check_out_dir', 'read_json', 'resumed_config',
-           'trim_metrics', 'dist_env', 'init_distributed', 'wrap_model', 'is_sharded', 'grad_sync', 'mean_over_ranks',
-           'shared_reason', 'full_weights', 'optimizer_state', 'load_optimizer_state', 'record_resume',
+__all__ = ['FIT_PROBE_STEPS', 'FIXED_ON_RESUME', 'TrainConfig', 'learning_rate', 'fit_steps', 'fitted_config',
+           'parameter_groups_for_decay', 'make_optimizer', 'sample_text', 'resumed_config', 'record_resume',
            'resume_checkpoint', 'Trainer', 'setup', 'train_step', 'evaluate_and_save', 'train']
-
-# %% ../nbs/06_pretraining.ipynb #fbaac409
-def perplexity(loss: float) -> float: return math.exp(loss)
-
-def bits_per_byte(loss: float, bytes_per_token: float) -> float:
-    "Cross-entropy in nats per token -> bits per byte of text."
-    return loss / math.log(2) / bytes_per_token
 
 # %% ../nbs/06_pretraining.ipynb #c995899c
 @dataclass
@@ -169,128 +160,7 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              fused=fused, foreach=None if fused else True)
 
-# %% ../nbs/06_pretraining.ipynb #2284be38
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-def default_device() -> torch.device:
-    "The best device present: CUDA, then Apple's MPS, then the CPU."
-    if torch.cuda.is_available(): return torch.device("cuda")
-    if torch.backends.mps.is_available(): return torch.device("mps")
-    return torch.device("cpu")
-
-def resolve_device(requested: str | torch.device | None = None) -> torch.device:
-    "`requested` (--device), else $MINIGPT_DEVICE, else the best one present."
-    name = str(requested or os.environ.get("MINIGPT_DEVICE") or "auto")
-    if name == "auto": return default_device()
-    try: device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r}: use auto, cpu, cuda, cuda:N "
-                         "or mps") from None
-    present = {"cpu": True, "cuda": torch.cuda.is_available(),
-               "mps": torch.backends.mps.is_available()}
-    if not present.get(device.type, False):
-        raise ValueError(f"device {name!r} is not present on this machine; "
-                         "`minigpt info` lists the devices, auto picks one")
-    count = torch.cuda.device_count()
-    if device.type == "cuda" and (device.index or 0) >= count:
-        raise ValueError(f"device {name!r}: this machine has {count} CUDA "
-                         "device(s)")
-    return device
-
-def cpu_has_bf16() -> bool:
-    "Native bf16 arithmetic (AVX512-BF16 or AMX)? MINIGPT_CPU_BF16=0 says no."
-    if os.environ.get("MINIGPT_CPU_BF16") == "0": return False
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
-
-def check_precision(device: torch.device, precision: str) -> str:
-    "`precision` if `device` can train in it; else a ValueError saying why."
-    if precision not in PRECISIONS[1:]:
-        raise ValueError(f"precision {precision!r}: use one of "
-                         f"{', '.join(PRECISIONS)}")
-    if device.type == "cpu" and precision == "fp16":
-        raise ValueError("fp16 training needs a GPU; on a CPU use fp32 (or "
-                         "bf16 where the CPU has bf16 units)")
-    if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16():
-        raise ValueError("this CPU has no bf16 units (no AVX512-BF16 or "
-                         "AMX): bf16 would be emulated, many times slower "
-                         "than fp32, and some kernels fail; use fp32 or auto")
-    return precision
-
-def choose_precision(device: torch.device, requested: str = "auto") -> str:
-    "`requested`, else $MINIGPT_PRECISION, else the fastest safe one."
-    if requested == "auto":
-        requested = os.environ.get("MINIGPT_PRECISION") or "auto"
-    if requested != "auto": return check_precision(device, requested)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_bf16(): return "bf16"
-    return "fp32"
-
-def autocast(device: torch.device, precision: str):
-    "The autocast context for `precision` (a no-op for fp32)."
-    if check_precision(device, precision) == "fp32": return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-# %% ../nbs/06_pretraining.ipynb #6a4cc1fd
-def eval_batch_count(n_tokens: int, batch_size: int, seq_len: int,
-                     max_batches: int | None = None, world_size: int = 1):
-    "How many batches `validation_loss` runs on each rank (rank 0's)."
-    windows = len(range(0, n_tokens - 1, seq_len))
-    n = math.ceil(math.ceil(windows / world_size) / batch_size)
-    return n if max_batches is None else min(n, max_batches)
-
-@torch.no_grad()
-def validation_loss(model, tokens, batch_size: int, seq_len: int, ctx,
-                    device, max_batches: int | None = None, rank: int = 0,
-                    world_size: int = 1) -> float:
-    "Mean next-token loss (nats) over the first `max_batches` batches."
-    model.eval()
-    n = eval_batch_count(len(tokens), batch_size, seq_len, max_batches,
-                         world_size)
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, count
-    batches = eval_batches(tokens, batch_size, seq_len, rank, world_size)
-    for i in range(n):
-        x, y = next(batches, (None, None))
-        if x is None:        # a short rank keeps step with a sharded model
-            with ctx: model(torch.zeros(1, 1, dtype=torch.long, device=device))
-            continue
-        x, y = x.to(device), y.to(device)
-        with ctx: logits, _ = model(x)
-        logits = logits.float().view(-1, logits.size(-1))
-        loss = F.cross_entropy(logits, y.view(-1), ignore_index=IGNORE_INDEX,
-                               reduction="sum")
-        sums += torch.stack([loss.double(),
-                            (y != IGNORE_INDEX).sum().double()])
-    if world_size > 1: dist.all_reduce(sums)
-    model.train()
-    return (sums[0] / sums[1]).item()
-
-def text_bytes(tokens: np.ndarray, tok) -> int:
-    "Bytes of text that `tokens` stand for, special tokens excluded."
-    counts = np.bincount(np.asarray(tokens), minlength=tok.vocab_size)
-    specials = set(tok.special_tokens.values())
-    if hasattr(tok, "vocab"): piece = lambda i: tok.vocab.get(i, b"")   # BPE
-    else: piece = lambda i: tok.itos.get(i, "").encode()    # characters
-    lengths = np.array([0 if i in specials else len(piece(i))
-                        for i in range(len(counts))])
-    return int(counts @ lengths)
-
-def peak_flops(device: torch.device, precision: str) -> float:
-    "The device's peak FLOP/s: measured on a CPU, from the data sheet on a GPU."
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        table = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
-        return next((v for k, v in table.items() if k in name), 100e12)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    gen = torch.Generator().manual_seed(0)     # leaves the training RNG alone
-    a = torch.randn(1024, 1024, generator=gen).to(device=device, dtype=dtype)
-    a @ a
-    start = time.perf_counter()
-    for _ in range(10): a @ a
-    return 10 * 2 * 1024**3 / (time.perf_counter() - start)
-
+# %% ../nbs/06_pretraining.ipynb #5d0c1a76
 @torch.no_grad()
 def sample_text(model, tok, prompt: str = ENDOFTEXT, max_new_tokens: int = 100,
                 temperature: float = 0.8, seed: int = 0) -> str:
@@ -308,268 +178,7 @@ def sample_text(model, tok, prompt: str = ENDOFTEXT, max_new_tokens: int = 100,
     model.train()
     return tok.decode(ids).replace(ENDOFTEXT, "\n")
 
-# %% ../nbs/06_pretraining.ipynb #2a93ff8a
-def file_digest(path: Path) -> str:
-    "SHA-256 of a file, read in chunks."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20): h.update(chunk)
-    return h.hexdigest()
-
-def weights_digest(model) -> str:
-    "SHA-256 of a model's state: every tensor's name, dtype, shape and bytes."
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
-        h.update(t.detach().reshape(-1).view(torch.uint8).cpu().numpy())
-    return h.hexdigest()
-
-def save_weights(model, path: Path) -> None:
-    "Safetensors weights that carry their own digest, written atomically."
-    from safetensors.torch import save_model
-    meta = {"format": "pt", "sha256": weights_digest(model)}
-    atomic_write(Path(path), lambda tmp: save_model(model, str(tmp), meta))
-
-def load_weights(model, path: Path) -> None:
-    "Load weights into `model`: shapes, digest and values checked, or an error."
-    from safetensors import safe_open
-    from safetensors.torch import load_model
-    redo = "the file is damaged or from another model; use another checkpoint"
-    try:
-        with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
-        load_model(model, str(path))
-    except Exception as e:
-        raise ValueError(f"{path}: cannot load these weights "
-                         f"({type(e).__name__}: {e}); {redo}") from None
-    if "sha256" in meta and meta["sha256"] != weights_digest(model):
-        raise ValueError(f"{path}: the weights do not match the digest saved "
-                         f"with them; {redo}")
-    if not all_finite(model.parameters()):
-        raise ValueError(f"{path}: the weights hold NaN or infinite values; "
-                         "the file is damaged or saved by a diverged run")
-
-def all_finite(tensors) -> bool:
-    "Are all values of all `tensors` finite? (FSDP: this rank's shards.)"
-    flags = [torch.isfinite(getattr(t, "_local_tensor", t)).all()
-             for t in tensors if t.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
-
-def rng_state() -> dict:
-    "Python's, NumPy's and PyTorch's random states, as `weights_only` types."
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
-                      has_gauss, gauss]}
-
-def set_rng_state(state: dict) -> None:
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    keys = keys.numpy().astype(np.uint32)
-    np.random.set_state((name, keys, pos, has_gauss, gauss))
-    random.setstate(state["python"]); torch.set_rng_state(state["torch"])
-
-# %% ../nbs/06_pretraining.ipynb #2b403582
-CHECKPOINTS = "checkpoints"     # RUN/checkpoints/step-000200/, one per save
-WEIGHTS, STATE, MANIFEST = "model.safetensors", "state.pt", "manifest.json"
-
-def checkpoint_folders(run: Path) -> list[Path]:
-    "The published checkpoint folders of `run`, oldest first."
-    folder = Path(run) / CHECKPOINTS
-    found = folder.glob("step-*") if folder.is_dir() else []
-    steps = [(int(p.name[5:]), p) for p in found if p.name[5:].isdigit()]
-    return [p for _, p in sorted(steps)]
-
-def latest_checkpoint(run: Path) -> Path | None:
-    "The newest checkpoint folder of `run`, or None if it has none."
-    folders = checkpoint_folders(run)
-    return folders[-1] if folders else None
-
-def discard(path: Path) -> None:
-    "Delete a folder: renamed away first, so no half-deleted one is left."
-    trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=path.parent))
-    os.rename(path, trash / path.name)
-    shutil.rmtree(trash)
-
-def link_file(src: Path, dst: Path) -> None:
-    "Make `dst` the file `src` (a hard link, else a copy), atomically."
-    if dst.exists() and os.path.samefile(src, dst): return   # it is already
-    def write(tmp: Path):
-        tmp.unlink()                     # os.link makes the name itself
-        try: os.link(src, tmp)
-        except OSError: shutil.copyfile(src, tmp)
-    atomic_write(dst, write)
-
-def save_checkpoint(run: Path, model, optimizer_state: dict, scaler, sampler,
-                    progress: dict, best: bool = False,
-                    keep: bool = False) -> Path:
-    """Weights, training state and a manifest of their hashes in a new folder,
-    published by one rename: a crash at any moment leaves whole checkpoints."""
-    folder = Path(run) / CHECKPOINTS
-    folder.mkdir(exist_ok=True)
-    for tmp in folder.glob(".*"):          # left by a crash in a save
-        if tmp.is_dir() and not tmp.is_symlink(): shutil.rmtree(tmp)
-        else: tmp.unlink()
-    step = progress["step"]
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=folder))
-    save_weights(model, tmp / WEIGHTS)
-    state = {"optimizer": optimizer_state, "scaler": scaler.state_dict(),
-             "sampler": sampler.state_dict(), "rng": rng_state(),
-             "progress": progress}
-    atomic_write(tmp / STATE, lambda f: torch.save(state, f))
-    manifest = {"step": step, "best": best, "keep": keep,
-                "sha256": {n: file_digest(tmp / n) for n in (WEIGHTS, STATE)}}
-    atomic_write(tmp / MANIFEST,
-                 lambda f: f.write_text(json.dumps(manifest, indent=1)))
-    fsync_path(tmp)
-    final = folder / f"step-{step:06d}"
-    if final.exists(): discard(final)
-    os.rename(tmp, final)                  # the checkpoint exists from here
-    fsync_path(folder)
-    publish_weights(run, final, manifest)
-    for old in checkpoint_folders(run)[:-1]:   # keep the newest and the kept
-        if not is_kept(old): discard(old)
-    return final
-
-def is_kept(checkpoint: Path) -> bool:
-    "Was `checkpoint` saved to be kept (keep_every)? Unreadable: keep it."
-    try: return json.loads((checkpoint / MANIFEST).read_text())["keep"]
-    except (OSError, ValueError, KeyError, TypeError): return True
-
-def publish_weights(run: Path, checkpoint: Path, manifest: dict) -> None:
-    "RUN/model.safetensors (and best.safetensors) are the checkpoint's weights."
-    link_file(checkpoint / WEIGHTS, Path(run) / WEIGHTS)
-    if manifest["best"]:
-        link_file(checkpoint / WEIGHTS, Path(run) / "best.safetensors")
-
-# %% ../nbs/06_pretraining.ipynb #c7626ecf
-def read_manifest(checkpoint: Path) -> dict:
-    "A checkpoint's manifest: its step and the hashes of its files."
-    path = checkpoint / MANIFEST
-    try: manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable ({type(e).__name__}); "
-                         f"{fallback_advice(checkpoint)}") from None
-    if not (isinstance(manifest, dict)
-            and isinstance(manifest.get("sha256"), dict)):
-        raise ValueError(f"{path}: not a checkpoint manifest; "
-                         f"{fallback_advice(checkpoint)}")
-    return manifest
-
-def fallback_advice(checkpoint: Path) -> str:
-    "What to do when `checkpoint` is damaged: the checkpoint before it."
-    folders = checkpoint_folders(checkpoint.parent.parent)
-    older = folders[:folders.index(checkpoint)] if checkpoint in folders else []
-    if older: return f"delete {checkpoint} to resume from {older[-1].name}"
-    return "no earlier checkpoint is kept: start the run again"
-
-def verify_checkpoint(checkpoint: Path) -> dict:
-    "The manifest of `checkpoint`, once each of its files matches its hash."
-    manifest = read_manifest(checkpoint)
-    for name in (WEIGHTS, STATE):
-        path = checkpoint / name
-        if not path.is_file() or (file_digest(path)
-                                  != manifest["sha256"].get(name)):
-            raise ValueError(f"{path} is missing or damaged (it does not "
-                             f"match {MANIFEST}); "
-                             f"{fallback_advice(checkpoint)}")
-    return manifest
-
-def state_tensors(obj):
-    "Every tensor inside nested dictionaries and lists."
-    if isinstance(obj, torch.Tensor): yield obj
-    elif isinstance(obj, dict): yield from state_tensors(list(obj.values()))
-    elif isinstance(obj, (list, tuple)):
-        for v in obj: yield from state_tensors(v)
-
-def load_state(checkpoint: Path, model) -> dict:
-    "The training state of a checkpoint, checked against `model`."
-    path = checkpoint / STATE
-    try: state = torch.load(path, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: the training state is damaged "
-                         f"({type(e).__name__}); "
-                         f"{fallback_advice(checkpoint)}") from None
-    shapes = {n: p.shape for n, p in model.named_parameters(
-        remove_duplicate=False)}
-    try:
-        moments = state["optimizer"]["state"]
-        fits = all(s["exp_avg"].shape == shapes.get(n)
-                   for n, s in moments.items())
-    except (KeyError, TypeError, AttributeError): fits = False
-    if not fits:
-        raise ValueError(f"{path}: the optimizer state does not fit the "
-                         f"model; {fallback_advice(checkpoint)}")
-    if not all_finite(state_tensors(moments)):
-        raise ValueError(f"{path}: the optimizer state holds NaN or "
-                         f"infinite values; {fallback_advice(checkpoint)}")
-    return state
-
-# %% ../nbs/06_pretraining.ipynb #268411eb
-LOCK = ".lock"     # RUN/.lock: the pid of the process that trains the run
-
-def lock_holder(path: Path) -> int | None:
-    "The pid in a lock file if that process is alive here, else None."
-    try: info = json.loads(path.read_text())
-    except (OSError, ValueError):        # being written, or garbled:
-        young = time.time() - path.stat().st_mtime < 10  # held if just made
-        return -1 if young else None
-    if info.get("host") != socket.gethostname(): return info.get("pid", -1)
-    if os.name == "nt": return info.get("pid", -1)   # os.kill would kill it
-    try: os.kill(info["pid"], 0)                     # signal 0: a probe
-    except ProcessLookupError: return None           # gone: a stale lock
-    except (PermissionError, KeyError, TypeError): pass
-    return info.get("pid", -1)
-
-@contextmanager
-def run_lock(run: Path):
-    "Hold RUN/.lock while training: one writer per run; stale locks are taken."
-    path = Path(run) / LOCK
-    for _ in range(2):
-        try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pid = lock_holder(path)
-            if pid is not None:
-                raise FileExistsError(
-                    f"{run} is being trained by another process (pid {pid}, "
-                    f"{path}); wait for it, stop it, or choose another "
-                    "--out") from None
-            path.unlink(missing_ok=True)             # stale: its holder died
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-        break
-    else:
-        raise FileExistsError(f"{path}: cannot take the lock; try again")
-    try: yield
-    finally: path.unlink(missing_ok=True)
-
-def check_out_dir(run: Path, resume: bool) -> None:
-    "--out must be a run to resume, or a new, empty or earlier run folder."
-    if resume and not (run / "config.json").exists():
-        raise FileNotFoundError(f"{run}: no run to resume (no config.json); "
-                                "start one without --resume")
-    if resume or not run.exists(): return
-    if not run.is_dir():
-        raise FileExistsError(f"--out {run} is a file; choose a folder")
-    if latest_checkpoint(run):
-        raise FileExistsError(f"{run} already holds a run; pass --resume to "
-                              "continue it or choose another --out")
-    others = [p.name for p in run.iterdir() if p.name != LOCK]
-    if others and not (run / "config.json").exists():
-        raise FileExistsError(
-            f"--out {run} is not empty and not a run (no config.json: "
-            f"{', '.join(sorted(others)[:3])}...); choose a new folder")
-
-def read_json(path: Path, keys: tuple[str, ...] = (), fix: str = "") -> dict:
-    "A JSON file that must hold `keys`; one line naming the file if not."
-    try: data = json.loads(Path(path).read_text())
-    except FileNotFoundError: raise
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); {fix}") from None
-    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise ValueError(f"{path}: no {', '.join(map(repr, missing))}; {fix}")
-    return data
-
+# %% ../nbs/06_pretraining.ipynb #5d0c1a77
 FIXED_ON_RESUME = ("batch_size", "grad_accum", "seq_len", "seed", "parallel")
 
 def resumed_config(saved: TrainConfig, changes: dict) -> TrainConfig:
@@ -582,100 +191,6 @@ def resumed_config(saved: TrainConfig, changes: dict) -> TrainConfig:
                 f"{getattr(saved, name)!r}): the order of the data depends "
                 "on it; start a new run to change it")
     return TrainConfig.from_dict(asdict(saved) | changes)
-
-def trim_metrics(run: Path, step: int) -> None:
-    "Drop the metrics logged after `step`: the resumed run logs them again."
-    path = Path(run) / "metrics.jsonl"
-    if not path.exists(): return
-    def logged_step(row: str):
-        try: return json.loads(row).get("step")
-        except ValueError: return None          # a line cut short by a crash
-    rows = [r for r in path.read_text().splitlines(keepends=True)
-            if (s := logged_step(r)) is not None and s <= step]
-    atomic_write(path, lambda tmp: tmp.write_text("".join(rows)))
-
-# %% ../nbs/06_pretraining.ipynb #fe8bfd84
-def dist_env() -> tuple[int, int, int]:
-    "(rank, local_rank, world_size) as torchrun sets them; (0, 0, 1) alone."
-    env = os.environ
-    return (int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)),
-            int(env.get("WORLD_SIZE", 1)))
-
-def init_distributed(device=None) -> tuple[int, int, torch.device]:
-    "Join torchrun's process group (NCCL on GPUs, gloo on CPUs), if any."
-    rank, local_rank, world = dist_env()
-    device = resolve_device(device)
-    if device.type == "cuda" and world > 1:       # one GPU per process
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-def wrap_model(model: GPT, parallel: str, world: int, device: torch.device):
-    "The module the training step calls: the model itself, DDP or FSDP."
-    if world == 1: return model
-    if parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [device.index] if device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
-    from torch.distributed.fsdp import fully_shard
-    for block in model.blocks: fully_shard(block)   # one unit per block
-    fully_shard(model)   # the root: embeddings, final norm, the (tied) head
-    return model
-
-def is_sharded(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-    return isinstance(model, FSDPModule)
-
-@contextmanager
-def grad_sync(step_model, on: bool):
-    "Average gradients across ranks in this backward pass only if `on`."
-    if hasattr(step_model, "set_requires_gradient_sync"):        # FSDP
-        step_model.set_requires_gradient_sync(on)
-        yield
-    elif hasattr(step_model, "no_sync") and not on:                # DDP
-        with step_model.no_sync(): yield
-    else: yield
-
-def mean_over_ranks(value: float, world: int, device) -> float:
-    if world == 1: return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item() / world
-
-def shared_reason(reason: str | None, world: int) -> str | None:
-    "The first rank's reason to stop, if any rank has one: all stop together."
-    if world == 1: return reason
-    reasons = [None] * world
-    dist.all_gather_object(reasons, reason)
-    return next((r for r in reasons if r), None)
-
-# %% ../nbs/06_pretraining.ipynb #6a96229f
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-    set_optimizer_state_dict)
-
-def full_weights(model, cfg: GPTConfig, rank: int):
-    "A plain module with all the weights on rank 0, None on the other ranks."
-    if not is_sharded(model): return model if rank == 0 else None
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=opts)    # every rank takes part
-    if rank != 0: return None
-    with torch.random.fork_rng(devices=[]):   # leave the training RNG alone
-        plain = GPT(cfg)
-    plain.load_state_dict(state)
-    return plain
-
-def optimizer_state(model, optimizer) -> dict:
-    "The optimizer state keyed by parameter name (full tensors under FSDP)."
-    full = is_sharded(model)
-    opts = StateDictOptions(full_state_dict=full, cpu_offload=full)
-    return get_optimizer_state_dict(model, optimizer, options=opts)
-
-def load_optimizer_state(model, optimizer, state: dict) -> None:
-    opts = StateDictOptions(full_state_dict=is_sharded(model))
-    set_optimizer_state_dict(model, optimizer, state, options=opts)
 
 # %% ../nbs/06_pretraining.ipynb #9bed0696
 def _prepare_run(run: Path, data, model_cfg: GPTConfig, cfg: TrainConfig,

@@ -19,7 +19,8 @@ except ImportError: fcntl = None
 
 from minigpt.loader import prepare
 from minigpt.model import GPTConfig
-from minigpt.train import TrainConfig, latest_checkpoint, train
+from minigpt.checkpoint import latest_checkpoint
+from minigpt.train import TrainConfig, train
 
 BOOK = bool(os.environ.get("MINIGPT_BOOK"))     # the book's full settings
 ROOT = Path(__file__).resolve().parent.parent   # the repository

@@ -52,8 +52,7 @@ def flip_middle(path):
 
 
 def nan_weights(run):
-    from minigpt.generate import load_run
-    from minigpt.train import save_weights
+    from minigpt.checkpoint import load_run, save_weights
     import torch
     model, _ = load_run(run, device="cpu")
     with torch.no_grad(): next(model.parameters())[0] = float("nan")

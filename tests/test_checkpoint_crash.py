@@ -90,7 +90,7 @@ def weights(run):
 def test_a_crash_at_any_file_operation_resumes_bit_identically(ctx, data,
                                                                tmp_path):
     import torch
-    from minigpt.train import checkpoint_folders, read_manifest
+    from minigpt.checkpoint import checkpoint_folders, read_manifest
     whole, count = tmp_path / "whole", tmp_path / "count"
     assert run_child(ctx, data, whole, False, 0, count) == 0
     n_ops = int(count.read_text())       # file operations of the second save

@@ -65,11 +65,12 @@ from pathlib import Path
 
 import torch
 
-from minigpt.generate import SamplingConfig, generate, load_run
+from minigpt.checkpoint import load_run
+from minigpt.device import choose_precision, cpu_has_bf16, default_device, resolve_device
+from minigpt.generate import SamplingConfig, generate
 from minigpt.loader import prepare
 from minigpt.model import GPTConfig
-from minigpt.train import (TrainConfig, choose_precision, cpu_has_bf16, default_device,
-                           resolve_device, train)
+from minigpt.train import TrainConfig, train
 
 pytestmark = pytest.mark.cuda   # `-m "not cuda"` leaves the module out
 
