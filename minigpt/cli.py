@@ -490,11 +490,11 @@ def _finetune_setup(args):
     return model, tok, held
 
 def _accuracies(model, tok, held) -> str:
-    from minigpt.finetune import answer_accuracy, choice_accuracy
+    from minigpt.finetune import answer_accuracy, option_accuracy
     if not held: return "no held-out examples"
     text = f"answer accuracy {answer_accuracy(model.eval(), tok, held):.3f}"
     if all("options" in ex for ex in held):
-        text += f", choice accuracy {choice_accuracy(model, tok, held):.3f}"
+        text += f", choice accuracy {option_accuracy(model, tok, held):.3f}"
     return text
 
 def add_sft_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ from .train import TrainConfig, learning_rate
 __all__ = ['FIELDS', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'load_examples', 'speeches', 'work_of', 'work_title',
            'check_task_pool', 'task_examples', 'add_chat_tokens', 'resize_vocab', 'text_ids', 'role_ids', 'chat_ids',
            'instruction_text', 'prompt_ids', 'encode_example', 'pack_examples', 'sft_loss', 'FinetuneConfig',
-           'finetune', 'sft', 'answer_accuracy', 'option_pairs', 'choice_accuracy', 'response_logprobs', 'dpo_loss',
+           'finetune', 'sft', 'answer_accuracy', 'option_pairs', 'option_accuracy', 'response_logprobs', 'dpo_loss',
            'preference_pairs', 'dpo', 'LoRALinear', 'add_lora', 'merge_lora', 'trainable', 'save_finetuned',
            'load_for_finetuning', 'preference_examples']
 
@@ -278,7 +278,7 @@ def option_pairs(tok, ex: dict):
     prompt, end = prompt_ids(tok, ex), tok.special_tokens[END]
     return [(prompt, text_ids(tok, o) + [end]) for o in ex["options"]]
 
-def choice_accuracy(model: GPT, tok, examples: list[dict]) -> float:
+def option_accuracy(model: GPT, tok, examples: list[dict]) -> float:
     "Share of examples whose right option has the higher log-likelihood."
     pairs = [p for ex in examples for p in option_pairs(tok, ex)]
     scores = [s for s, _ in score_continuations(model, pairs)]
