@@ -63,6 +63,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'minigpt.cli.chat_command': ('cli.html#chat_command', 'minigpt/cli.py'),
                              'minigpt.cli.clean_config': ('cli.html#clean_config', 'minigpt/cli.py'),
                              'minigpt.cli.command': ('cli.html#command', 'minigpt/cli.py'),
+                             'minigpt.cli.command_in': ('cli.html#command_in', 'minigpt/cli.py'),
                              'minigpt.cli.data_command': ('cli.html#data_command', 'minigpt/cli.py'),
                              'minigpt.cli.device_context': ('cli.html#device_context', 'minigpt/cli.py'),
                              'minigpt.cli.dpo_command': ('cli.html#dpo_command', 'minigpt/cli.py'),

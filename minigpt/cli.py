@@ -18,13 +18,14 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'main', 'add_clean_arguments',
-           'clean_config', 'add_corpus_argument', 'add_data_arguments', 'print_table', 'print_cleaning',
-           'print_split_note', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments',
-           'prepare_command', 'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides',
-           'train_command', 'add_generate_arguments', 'generate_command', 'add_eval_arguments', 'eval_command',
-           'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments', 'add_dpo_arguments',
-           'sft_command', 'dpo_command', 'add_chat_arguments', 'chat_command', 'add_plan_arguments', 'plan_command']
+__all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'command_in', 'main',
+           'add_clean_arguments', 'clean_config', 'add_corpus_argument', 'add_data_arguments', 'print_table',
+           'print_cleaning', 'print_split_note', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command',
+           'add_prepare_arguments', 'prepare_command', 'add_device_arguments', 'device_context', 'add_train_arguments',
+           'parse_overrides', 'train_command', 'add_generate_arguments', 'generate_command', 'add_eval_arguments',
+           'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments',
+           'add_dpo_arguments', 'sft_command', 'dpo_command', 'add_chat_arguments', 'chat_command',
+           'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -76,8 +77,9 @@ def info_command(args: argparse.Namespace) -> int:
     return 0
 
 # %% ../nbs/11_cli.ipynb #551d5ca0
-def build_parser() -> argparse.ArgumentParser:
-    "The `minigpt` argument parser, with a sub-parser per registered command."
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `minigpt` argument parser, with a sub-parser per registered command
+    (with `only`, the arguments of that command alone)."""
     parser = argparse.ArgumentParser(
         prog="minigpt",
         description="Build a large language model from scratch: "
@@ -87,12 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
-        cmd.add_arguments(p)
+        if only is None or cmd.name == only: cmd.add_arguments(p)
     return parser
+
+def command_in(argv: list[str]) -> str:
+    "The command `argv` names, or '' (e.g. for `--version`, `--help`)."
+    return next((a for a in argv if not a.startswith("-")), "")
 
 def main(argv: list[str] | None = None) -> int:
     "Run the `minigpt` command with `argv` (default: the process's arguments)."
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # only the command's own arguments: `--version` imports no library module
+    parser = build_parser(only=command_in(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

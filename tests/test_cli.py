@@ -58,6 +58,18 @@ def test_version_does_not_import_torch():
     assert r.stdout.strip() == "False"
 
 
+def test_version_and_help_import_no_library_module():
+    "The installed command answers --version and --help without NumPy or PyTorch."
+    code = ("import sys\nfrom minigpt.cli import main\n"
+            "for argv in (['--version'], ['--help']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print(sorted(m for m in ('numpy', 'torch', 'minigpt.data') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_data_stats_bad_path_is_one_clear_line():
     "A name that is neither a registered corpus nor a path: one line that lists the corpora."
     from minigpt.data import corpus_specs
