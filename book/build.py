@@ -96,6 +96,7 @@ def _shown_text(cell: dict) -> list[str]:
     src = "".join(cell.get("source", ""))
     echo = not re.search(r"^#\|\s*echo:\s*false", src, re.M)
     lines = [l for l in src.splitlines() if not l.startswith("#|")] if echo else []
+    if re.search(r"^#\|\s*output:\s*false", src, re.M): return lines   # code only
     for out in cell.get("outputs", []):
         data = out.get("data") or {}
         if out.get("output_type") == "stream": text = out.get("text", "")
