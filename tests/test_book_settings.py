@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "nbs"))    # the chapters import it from there
 
 import book_settings                      # noqa: E402
+from conftest import write_plays_jsonl    # noqa: E402
 from minigpt.model import GPTConfig       # noqa: E402
 from minigpt.train import TrainConfig     # noqa: E402
 
@@ -34,11 +35,8 @@ def test_the_book_and_the_test_share_no_run():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from minigpt.data import load_shakespeare
     root = tmp_path_factory.mktemp("book")
-    text = root / "plays.jsonl"
-    text.write_text("".join(json.dumps({"text": d.text}) + "\n"
-                            for d in load_shakespeare().docs[:30]))
+    text = write_plays_jsonl(root / "plays.jsonl", 30)
     return book_settings.prepare_or_reuse(root / "data", str(text), 300)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_plays_jsonl
+
 # the operations that change what a later process finds on disk (an fsync
 # matters for a power cut, not for a killed process)
 OPERATIONS = ("mkdir", "open", "replace", "rename", "link", "unlink", "rmdir")
@@ -72,12 +74,9 @@ def run_child(ctx, *args) -> int:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from minigpt.data import load_shakespeare
     from minigpt.loader import prepare
     root = tmp_path_factory.mktemp("crash")
-    text = root / "plays.jsonl"
-    text.write_text("".join(json.dumps({"text": d.text}) + "\n"
-                            for d in load_shakespeare().docs[:30]))
+    text = write_plays_jsonl(root / "plays.jsonl", 30)
     prepare(str(text), root / "data", vocab_size=300)
     return root / "data"
 
