@@ -5,20 +5,22 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# nbdev-export runs tools/nbdev_modules.py (pyproject's export_procs): the root on the path
-EXPORT := PYTHONPATH=. $(BIN)/nbdev-export
+EXPORT := $(BIN)/nbdev-export
 
 .PHONY: install export sync-check test test-no-bf16 stale execute pdf demo clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first when absent: `pip install -e .` alone may pick a multi-GB CUDA build
 	$(BIN)/python -c "import torch" 2>/dev/null || test -z "$(TORCH)" || \
 		$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# nbdev-export imports tools/nbdev_modules.py (pyproject's export_procs): the root on the path
+	$(BIN)/python -c "import pathlib, sysconfig; \
+		pathlib.Path(sysconfig.get_paths()['purelib'], 'minigpt-root.pth').write_text('$(CURDIR)\n')"
 	touch $(STAMP)
 
 export: $(STAMP)

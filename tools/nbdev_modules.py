@@ -6,8 +6,9 @@ second `nbdev-export` would append them again. This processor, named in
 pyproject.toml's `export_procs`, writes each such module afresh from its
 cells, as nbdev writes a default module, and then hides those cells from
 nbdev's own export; a module thus comes from one notebook only.
-`nbdev-export` imports it, so run it from the project root with the root on
-the path: `PYTHONPATH=. nbdev-export` (`make export`).
+`nbdev-export` imports it, so the project root must be on the path: the
+install step of the Makefile puts it there for `.venv` (a `minigpt-root.pth`);
+elsewhere run `PYTHONPATH=. nbdev-export` from the root.
 """
 from nbdev.config import get_config
 from nbdev.maker import ModuleMaker
