@@ -157,10 +157,15 @@ def _parse_number(text: str) -> tuple[float, int] | None:
 
 
 def _rounds_to(prose: str, printed: str) -> bool:
-    "Whether the prose form `prose` is `printed`, or a rounding of it (`5.2` of `5.18`)."
+    """Whether the prose form `prose` is `printed`, or a rounding of it: `5.2` of `5.18`, and
+    `129,000` (a thousands separator with trailing zeros) of `128,768`."""
     p, q = _parse_number(prose), _parse_number(printed)
     if p is None or q is None: return False
-    (pv, places), (qv, _) = p, q
+    (pv, places), (qv, q_places) = p, q
+    if places > q_places: return False  # more digits than were printed
+    if "," in prose and "." not in prose:  # `129,000`: rounded to the thousand
+        digits = prose.replace(",", "")
+        places = -(len(digits) - len(digits.rstrip("0")))
     if "e" in prose.lower(): return abs(pv - qv) <= abs(pv) * 1e-9 or prose.lower() == printed.lower()
     return abs(qv - pv) <= 0.5 * 10 ** -places + 1e-12 * max(1.0, abs(qv))
 

@@ -231,3 +231,11 @@ def test_prose_numbers_are_checked_against_shown_outputs_only():
     nb["cells"][0] = md("[0.32]{.out}")
     with pytest.raises(book.BookError, match="0.32"):
         book.check_prose_numbers("x.ipynb", nb)
+
+
+def test_prose_number_roundings():
+    assert book._rounds_to("5.2", "5.18") and book._rounds_to("5.18", "5.18")
+    assert not book._rounds_to("5.1", "5.18") and not book._rounds_to("5.180", "5.18")
+    assert book._rounds_to("129,000", "128,768") and not book._rounds_to("120,000", "128,768")
+    assert not book._rounds_to("100", "149")           # no separator: an exact integer
+    assert book._rounds_to("1,234", "1234") and not book._rounds_to("1,235", "1234")
