@@ -199,8 +199,21 @@ local function header(el)
 end
 
 -- `[0.310]{.out}`: a number the prose repeats from an output (build.py checks it); plain text.
+-- `[[@key]]{.full-cite}`: the whole reference in the text, then a line break (further reading).
 local function out_span(el)
   if el.classes:includes("out") then return el.content end
+  if el.classes:includes("full-cite") then
+    local refs = pandoc.Inlines {}
+    for _, c in ipairs(el.content) do
+      if c.t == "Cite" then
+        for _, k in ipairs(c.citations) do
+          refs:insert(pandoc.RawInline("typst", '#cite(<' .. k.id .. '>, form: "full")'))
+        end
+      end
+    end
+    refs:insert(pandoc.LineBreak()) -- what the entry is good for goes on the next line
+    return refs
+  end
 end
 
 return {
