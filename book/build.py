@@ -246,7 +246,7 @@ def _typst_str(s: str) -> str: return json.dumps(s)  # a JSON string is a valid 
 
 def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: Path | None) -> str:
     "The Typst document that includes every chapter in order."
-    lines = ['#import "template.typ": book, unnumbered, appendix',
+    lines = ['#import "template.typ": book, unnumbered, appendix, book-index',
              f'#show: book.with(title: {_typst_str(book.get("title", ""))}, '
              f'subtitle: {_typst_str(book.get("subtitle", ""))}, '
              f'version: {_typst_str(version)}, date: {_typst_str(date.isoformat())})', ""]
@@ -258,6 +258,7 @@ def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: P
         lines.append(f"#{inc}" if ch.numbered else f"#unnumbered({inc})")
     if bib is not None:
         lines += ["", f'#bibliography({_typst_str(bib.name)}, title: "References")']
+    lines += ["", "#book-index()"]  # the terms of book/index.txt, marked by notebook.lua
     return "\n".join(lines) + "\n"
 
 

@@ -239,3 +239,32 @@ def test_prose_number_roundings():
     assert book._rounds_to("129,000", "128,768") and not book._rounds_to("120,000", "128,768")
     assert not book._rounds_to("100", "149")           # no separator: an exact integer
     assert book._rounds_to("1,234", "1234") and not book._rounds_to("1,235", "1234")
+
+
+# --- the index at the back (book/index.txt, marked by notebook.lua, printed by template.typ) ---
+
+def test_index_lists_terms_of_body_text_with_pages_not_code(tmp_path):
+    cfg = make_book(tmp_path, [md("# T\n\nThe KV cache keeps keys; RoPE rotates them.\n\n## Two\n\n"
+                                  "Perplexity is the exponential of the loss."),
+                               code("lora = 1  # LoRA only in code")])
+    book.build(cfg, tmp_path / "b.pdf")
+    typ = (tmp_path / "ch-01_test.typ").read_text()
+    assert '#metadata("KV cache")<index-term>' in typ and '#metadata("perplexity")<index-term>' in typ
+    assert '"LoRA"' not in typ                                   # code is never indexed
+    n, text = pdf_text(tmp_path / "b.pdf")
+    index = re.sub(r"\s+", " ", text.rsplit("Index", 1)[1])
+    for term in ("KV cache", "RoPE", "perplexity"):
+        assert re.search(re.escape(term) + r" \d+", index), (term, index)
+    assert "LoRA" not in index
+
+
+def test_real_book_index_has_its_main_terms_with_pages(real_book):
+    terms = [l.split("|")[0].strip() for l in (ROOT / "book" / "index.txt").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert 80 <= len(terms) <= 150
+    n, text = pdf_text(real_book)
+    index = re.sub(r"\s+", " ", text.rsplit("\nIndex", 1)[1])
+    found = [t for t in terms if re.search(re.escape(t) + r" \d+", index)]
+    for t in ("attention", "KV cache", "BPE", "RoPE", "LoRA", "DPO", "perplexity"):
+        assert t in found, t
+    assert len(found) >= 0.9 * len(terms), sorted(set(terms) - set(found))
