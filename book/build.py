@@ -128,6 +128,78 @@ def check_notebook(nb: Path) -> dict:
     return notebook
 
 
+# Prose numbers that repeat an output: `[0.310]{.out}` in a markdown cell renders as plain
+# "0.310", and the build checks that some text output of the same chapter prints that number
+# (or a number that rounds to it), so the prose cannot drift from re-executed outputs.
+_OUT_SPAN = re.compile(r"\[([^\[\]]+)\]\{\.out\}")
+_NUMBER = re.compile(r"[-\u2212]?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def _output_text(cell: dict) -> str:
+    "What a shown code cell prints: its stream, plain-text and markdown (table) outputs."
+    src = "".join(cell.get("source", ""))
+    if re.search(r"^#\|\s*(hide|default_exp)\b|^#\|\s*(include|output):\s*false", src, re.M): return ""
+    texts = []
+    for out in cell.get("outputs", []):
+        data = out.get("data") or {}
+        if out.get("output_type") == "stream": texts.append("".join(out.get("text", "")))
+        else: texts.append("".join(data.get("text/markdown") or data.get("text/plain") or ""))
+    return re.sub(r"\x1b\[[\d;]*[A-Za-z]", "", "\n".join(texts))
+
+
+def _parse_number(text: str) -> tuple[float, int] | None:
+    "The value of a printed number and its decimal places (`1,234.50` -> 1234.5, 2)."
+    t = text.replace(",", "").replace("\u2212", "-")
+    try: value = float(t)
+    except ValueError: return None
+    mantissa = re.split(r"[eE]", t)[0]
+    return value, len(mantissa.split(".")[1]) if "." in mantissa else 0
+
+
+def _rounds_to(prose: str, printed: str) -> bool:
+    """Whether the prose form `prose` is `printed`, or a rounding of it: `5.2` of `5.18`, and
+    `129,000` (a thousands separator with trailing zeros) of `128,768`."""
+    p, q = _parse_number(prose), _parse_number(printed)
+    if p is None or q is None: return False
+    (pv, places), (qv, q_places) = p, q
+    if places > q_places: return False  # more digits than were printed
+    if "," in prose and "." not in prose:  # `129,000`: rounded to the thousand
+        digits = prose.replace(",", "")
+        places = -(len(digits) - len(digits.rstrip("0")))
+    if "e" in prose.lower(): return abs(pv - qv) <= abs(pv) * 1e-9 or prose.lower() == printed.lower()
+    return abs(qv - pv) <= 0.5 * 10 ** -places + 1e-12 * max(1.0, abs(qv))
+
+
+def check_prose_numbers(nb_name: str, notebook: dict) -> int:
+    """Each `[number]{.out}` span of the prose must be printed by an output of the chapter,
+    exactly or rounded; `[31%]{.out}` may also be a fraction printed as 0.31. Returns the count."""
+    outputs = "\n".join(_output_text(c) for c in notebook["cells"] if c.get("cell_type") == "code")
+    printed = _NUMBER.findall(outputs)
+    checked = 0
+    for i, cell in enumerate(notebook["cells"]):
+        if cell.get("cell_type") != "markdown": continue
+        for span in _OUT_SPAN.findall("".join(cell.get("source", ""))):
+            nums = _NUMBER.findall(span)
+            if len(nums) != 1:
+                raise BookError(f"{nb_name}, cell {i}: `[{span}]{{.out}}` must contain exactly one number")
+            num = nums[0]
+            ok = any(_rounds_to(num, q) for q in printed)
+            if not ok and span.strip().endswith("%"):
+                ok = any(_rounds_to(num, repr(100 * _parse_number(q)[0])) for q in printed
+                         if _parse_number(q) and "." in q)
+            if not ok:
+                raise BookError(f"{nb_name}, cell {i}: the prose number {num} (`[{span}]{{.out}}`) is not "
+                                "printed by any output of the chapter, nor is a rounding of one; "
+                                "correct the prose or re-run the chapter (`make execute`)")
+            checked += 1
+    return checked
+
+
+def check_all_prose_numbers(chs: list[Chapter]) -> int:
+    "Check the `{.out}` numbers of every chapter (see `check_prose_numbers`)."
+    return sum(check_prose_numbers(ch.notebook.name, json.loads(ch.notebook.read_text())) for ch in chs)
+
+
 def for_pandoc(notebook: dict) -> dict:
     "A copy pandoc's reader accepts: nbdev-clean leaves `execution_count` null, pandoc wants a number."
     nb = json.loads(json.dumps(notebook))
@@ -174,7 +246,7 @@ def _typst_str(s: str) -> str: return json.dumps(s)  # a JSON string is a valid 
 
 def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: Path | None) -> str:
     "The Typst document that includes every chapter in order."
-    lines = ['#import "template.typ": book, unnumbered, appendix',
+    lines = ['#import "template.typ": book, unnumbered, appendix, book-index',
              f'#show: book.with(title: {_typst_str(book.get("title", ""))}, '
              f'subtitle: {_typst_str(book.get("subtitle", ""))}, '
              f'version: {_typst_str(version)}, date: {_typst_str(date.isoformat())})', ""]
@@ -186,6 +258,7 @@ def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: P
         lines.append(f"#{inc}" if ch.numbered else f"#unnumbered({inc})")
     if bib is not None:
         lines += ["", f'#bibliography({_typst_str(bib.name)}, title: "References")']
+    lines += ["", "#book-index()"]  # the terms of book/index.txt, marked by notebook.lua
     return "\n".join(lines) + "\n"
 
 
@@ -221,6 +294,7 @@ def build(config: Path = ROOT / "_quarto.yml", out: Path = BOOK / "_build" / "mi
     pandoc = pandoc_path()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         list(pool.map(lambda ch: convert(ch, work, pandoc), chs))
+    check_all_prose_numbers(chs)  # after convert, which reports broken notebooks
     main = work / "book.typ"
     date = build_date()
     main.write_text(main_typ(book, chs, read_version(), date, work / "references.bib" if bib.exists() else None))

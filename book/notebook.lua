@@ -198,7 +198,120 @@ local function header(el)
   return el
 end
 
+-- `[0.310]{.out}`: a number the prose repeats from an output (build.py checks it); plain text.
+-- `[[@key]]{.full-cite}`: the whole reference in the text, then a line break (further reading).
+local function out_span(el)
+  if el.classes:includes("out") then return el.content end
+  if el.classes:includes("full-cite") then
+    local refs = pandoc.Inlines {}
+    for _, c in ipairs(el.content) do
+      if c.t == "Cite" then
+        for _, k in ipairs(c.citations) do
+          refs:insert(pandoc.RawInline("typst", '#cite(<' .. k.id .. '>, form: "full")'))
+        end
+      end
+    end
+    refs:insert(pandoc.LineBreak()) -- what the entry is good for goes on the next line
+    return refs
+  end
+end
+
+-- The index: book/index.txt lists the main terms ("term | alias | ..."). The first mention of
+-- each term in every section of body text (paragraphs, lists, tables, captions; never code or
+-- headings) gets `#metadata("term")<index-term>`, which template.typ collects with page numbers.
+local function index_terms()
+  local dir = PANDOC_SCRIPT_FILE:match("^(.*)[/\\]") or "."
+  local f = io.open(dir .. "/index.txt", "r")
+  if not f then return {} end
+  local terms = {}
+  for line in f:lines() do
+    if not line:match("^%s*#") and line:match("%S") then
+      local names = {}
+      for part in line:gmatch("[^|]+") do
+        local name = part:gsub("^%s+", ""):gsub("%s+$", "")
+        local words = {}
+        for w in name:lower():gmatch("%S+") do table.insert(words, w) end
+        if #words > 0 then table.insert(names, words) end
+      end
+      local main = line:match("^%s*([^|]-)%s*$") or line:match("^%s*(.-)%s*|")
+      table.insert(terms, { main = main, names = names })
+    end
+  end
+  f:close()
+  return terms
+end
+
+local function norm(text)
+  local w = text:lower():gsub("^[%(%[\"'“‘]+", ""):gsub("[%.,;:%)%]!%?\"'”’]+$", "")
+  return (w:gsub("['’]s$", ""))
+end
+
+local function word_is(text, want, last)
+  local w = norm(text)
+  if w == want then return true end
+  return last and (w == want .. "s" or w == want .. "es")
+end
+
+-- The index of the last word if `words` start at inlines[i], else nil.
+local function match_at(inlines, i, words)
+  local k = i
+  for n, want in ipairs(words) do
+    if n > 1 then
+      local gap = inlines[k + 1]
+      if not gap or (gap.t ~= "Space" and gap.t ~= "SoftBreak") then return nil end
+      k = k + 2
+    end
+    local item = inlines[k]
+    if not item or item.t ~= "Str" or not word_is(item.text, want, n == #words) then return nil end
+  end
+  return k
+end
+
+local function typst_string(s)
+  return '"' .. s:gsub("\\", "\\\\"):gsub('"', '\\"') .. '"'
+end
+
+local function mark_index(doc)
+  local terms = index_terms()
+  if #terms == 0 then return nil end
+  local seen = {}
+  local function mark(inlines)
+    local i = 1
+    while i <= #inlines do
+      local item = inlines[i]
+      if item.t == "Str" then
+        for _, term in ipairs(terms) do
+          if not seen[term.main] then
+            for _, words in ipairs(term.names) do
+              local last = match_at(inlines, i, words)
+              if last then
+                seen[term.main] = true
+                inlines:insert(last + 1, pandoc.RawInline("typst",
+                  "#metadata(" .. typst_string(term.main) .. ")<index-term>"))
+                break
+              end
+            end
+          end
+        end
+      end
+      i = i + 1
+    end
+    return inlines
+  end
+  local blocks = pandoc.Blocks {}
+  for _, b in ipairs(doc.blocks) do
+    if b.t == "Header" and b.level <= 2 then seen = {} end
+    if b.t ~= "Header" and b.t ~= "CodeBlock" and b.t ~= "RawBlock" then
+      b = b:walk { Inlines = mark }
+    end
+    blocks:insert(b)
+  end
+  doc.blocks = blocks
+  return doc
+end
+
 return {
+  { Span = out_span },
   { Div = function(el)
       if el.classes:includes("cell") and el.classes:includes("code") then return code_cell(el) end
     end },
@@ -210,4 +323,5 @@ return {
     Cite = cite,
     Table = auto_width_table,
     Header = header },
+  { Pandoc = mark_index },
 }

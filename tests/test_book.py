@@ -198,3 +198,73 @@ def test_check_pdf_catches_what_a_reader_would(tmp_path):
     assert "chapter title missing: 'Preface'" in found
     assert "'#|'" in found and "\\\\frac" in found and "[@" in found
     assert "missing a numbered figure" in found
+
+
+# --- prose numbers that repeat an output: `[x]{.out}` ---
+
+def test_prose_number_that_an_output_prints_passes_and_renders_plain(tmp_path):
+    cfg = make_book(tmp_path, [
+        md("# T\n\nThe loss ends at [5.2]{.out}, after [1,234]{.out} steps, [31%]{.out} right."),
+        code("print(loss, steps, acc)", stream("loss 5.18 steps 1234 acc 0.310\n"))])
+    book.build(cfg, tmp_path / "b.pdf")
+    text = re.sub(r"\s+", " ", pdf_text(tmp_path / "b.pdf")[1])
+    assert "The loss ends at 5.2, after 1,234 steps, 31% right." in text
+    assert "{.out}" not in text and "[5.2]" not in text
+
+
+def test_prose_number_that_no_output_prints_fails_naming_it(tmp_path):
+    cfg = make_book(tmp_path, [md("# T\n\nThe loss ends at [5.3]{.out}."),
+                               code("print(loss)", stream("loss 5.18\n"))])
+    with pytest.raises(book.BookError, match=r"01_test\.ipynb, cell 0: the prose number 5\.3 "):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_prose_numbers_are_checked_against_shown_outputs_only():
+    nb = {"cells": [md("[7.5]{.out} and [0.310]{.out}"),
+                    code("#| hide\nprint(x)", stream("7.5\n")),
+                    code("t()", nbformat.v4.new_output("execute_result", execution_count=None, data={
+                        "text/markdown": "| trained | 0.310 |", "text/plain": "<md>"}))]}
+    with pytest.raises(book.BookError, match="prose number 7.5"):  # only a hidden cell prints it
+        book.check_prose_numbers("x.ipynb", nb)
+    nb["cells"][0] = md("[0.31]{.out} and [0.3]{.out}")  # roundings of the table's 0.310
+    assert book.check_prose_numbers("x.ipynb", nb) == 2
+    nb["cells"][0] = md("[0.32]{.out}")
+    with pytest.raises(book.BookError, match="0.32"):
+        book.check_prose_numbers("x.ipynb", nb)
+
+
+def test_prose_number_roundings():
+    assert book._rounds_to("5.2", "5.18") and book._rounds_to("5.18", "5.18")
+    assert not book._rounds_to("5.1", "5.18") and not book._rounds_to("5.180", "5.18")
+    assert book._rounds_to("129,000", "128,768") and not book._rounds_to("120,000", "128,768")
+    assert not book._rounds_to("100", "149")           # no separator: an exact integer
+    assert book._rounds_to("1,234", "1234") and not book._rounds_to("1,235", "1234")
+
+
+# --- the index at the back (book/index.txt, marked by notebook.lua, printed by template.typ) ---
+
+def test_index_lists_terms_of_body_text_with_pages_not_code(tmp_path):
+    cfg = make_book(tmp_path, [md("# T\n\nThe KV cache keeps keys; RoPE rotates them.\n\n## Two\n\n"
+                                  "Perplexity is the exponential of the loss."),
+                               code("lora = 1  # LoRA only in code")])
+    book.build(cfg, tmp_path / "b.pdf")
+    typ = (tmp_path / "ch-01_test.typ").read_text()
+    assert '#metadata("KV cache")<index-term>' in typ and '#metadata("perplexity")<index-term>' in typ
+    assert '"LoRA"' not in typ                                   # code is never indexed
+    n, text = pdf_text(tmp_path / "b.pdf")
+    index = re.sub(r"\s+", " ", text.rsplit("Index", 1)[1])
+    for term in ("KV cache", "RoPE", "perplexity"):
+        assert re.search(re.escape(term) + r" \d+", index), (term, index)
+    assert "LoRA" not in index
+
+
+def test_real_book_index_has_its_main_terms_with_pages(real_book):
+    terms = [l.split("|")[0].strip() for l in (ROOT / "book" / "index.txt").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert 80 <= len(terms) <= 150
+    n, text = pdf_text(real_book)
+    index = re.sub(r"\s+", " ", text.rsplit("\nIndex", 1)[1])
+    found = [t for t in terms if re.search(re.escape(t) + r" \d+", index)]
+    for t in ("attention", "KV cache", "BPE", "RoPE", "LoRA", "DPO", "perplexity"):
+        assert t in found, t
+    assert len(found) >= 0.9 * len(terms), sorted(set(terms) - set(found))
