@@ -3,6 +3,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,10 +91,19 @@ def test_a_second_ctrl_c_stops_at_once(data, tmp_path):
     p = start_training(data, run, "--log-every", 1, *SMALL, "--batch-size", 32,
                        "--seq-len", 128)             # an evaluation of seconds
     wait_for(run / "metrics.jsonl")
+    err = []                                # stderr, read as it comes
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: p.stderr.read(1), "")))
+    reader.start()
     p.send_signal(signal.SIGINT)            # the save evaluates, then writes
-    time.sleep(0.3)
+    # two signals during one long C call (a step) would count as one: wait
+    # until the first is handled, then press again, during the save
+    deadline = time.time() + 120
+    while "again to stop at once" not in "".join(err) and time.time() < deadline:
+        time.sleep(0.05)
     p.send_signal(signal.SIGINT)            # during it: out, nothing saved
-    out, err = p.communicate(timeout=120)
+    out = p.communicate(timeout=120)[0]
+    reader.join()
+    err = "".join(err)
     assert p.returncode == 130 and "interrupted" in err, (out, err)
     assert "Traceback" not in err
     assert not (run / "checkpoints").exists() or not list(
