@@ -6,7 +6,6 @@ A line counts as *printed* when the book shows it: not in a hidden cell (`#| hid
 `#| default_exp`, `#| include: false`, `#| echo: false`) nor in a check cell (`#| check: ...`,
 printed as its one-line summary). A *check line* starts with `assert` or a fastcore `test_*` call.
 """
-import glob
 import json
 import re
 import sys
