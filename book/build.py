@@ -91,9 +91,26 @@ def build_date() -> dt.date:
     return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).date() if epoch else dt.date.today()
 
 
+_CHECK = re.compile(r"^#\|\s*check\b", re.M)
+
+
+def is_check_cell(src: str) -> bool:
+    "A `#| check: summary` cell: the book prints its summary, not its code (book/notebook.lua)."
+    return bool(_CHECK.search(src))
+
+
+def _check_cell_problem(cell: dict) -> str | None:
+    "Why a check cell cannot be printed as its one-line summary, or None."
+    src = "".join(cell.get("source", ""))
+    if not re.search(r"^#\|\s*check:\s*\S", src, re.M): return "a check cell needs `#| check: <summary>`"
+    if cell.get("outputs"): return "a check cell prints nothing: move what it prints to a cell of its own"
+    return None
+
+
 def _shown_text(cell: dict) -> list[str]:
     "The lines of a code cell that the book prints: code without directives, and text outputs."
     src = "".join(cell.get("source", ""))
+    if is_check_cell(src): return []  # printed as its summary, which Typst wraps
     echo = not re.search(r"^#\|\s*echo:\s*false", src, re.M)
     lines = [l for l in src.splitlines() if not l.startswith("#|")] if echo else []
     if re.search(r"^#\|\s*output:\s*false", src, re.M): return lines   # code only
@@ -121,6 +138,8 @@ def check_notebook(nb: Path) -> dict:
             if out.get("output_type") == "error":
                 raise BookError(f"{nb.name}, cell {i}: its saved output is an error ({out.get('ename')}); "
                                 "fix the cell and run `make execute`")
+        if is_check_cell(src) and (problem := _check_cell_problem(cell)):
+            raise BookError(f"{nb.name}, cell {i}: {problem}")
         for n, line in enumerate(_shown_text(cell), 1):
             if len(line) > MAX_COLUMNS:
                 raise BookError(f"{nb.name}, cell {i}: a printed line has {len(line)} characters "

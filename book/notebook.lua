@@ -13,7 +13,11 @@
 --   * gives display equations their label (`$$ ... $$ {#eq-x}`), makes `[@sec-x]`,
 --     `[@fig-x]`, `[@tbl-x]` and `[@eq-x]` cross-references, and leaves other keys to the
 --     bibliography;
---   * drops automatic heading ids (every chapter has a "Summary"); only `{#sec-...}` stay.
+--   * drops automatic heading ids (every chapter has a "Summary"); only `{#sec-...}` stay;
+--   * prints a check cell (`#| check: cached = uncached for 5 model types`) as its one-line
+--     summary in a small box (`checked` in template.typ), not its code: the asserts run in
+--     the notebook (nbdev-test), the reader gets the claim they back. A check cell prints
+--     nothing (book/build.py refuses one with an output), so there is no output to drop.
 
 local CROSSREF = { "sec-", "fig-", "tbl-", "eq-" }
 
@@ -80,11 +84,26 @@ local function cell_error(source, message)
   error(message .. " (in the cell that starts: " .. first .. ")", 0)
 end
 
+-- A check cell: its summary, in the template's `checked` box, in place of its code.
+local function check_cell(source, summary, el)
+  if summary == true or summary == "" then
+    cell_error(source.text, "a check cell needs its summary: `#| check: what the asserts show`")
+  end
+  for i = 2, #el.content do
+    if el.content[i].t == "Div" and el.content[i].classes:includes("output") then
+      cell_error(source.text, "a check cell prints nothing: move what it prints to a cell of its own")
+    end
+  end
+  local typ = pandoc.write(pandoc.Pandoc { pandoc.Plain(parse_caption(summary)) }, "typst"):gsub("%s+$", "")
+  return { pandoc.RawBlock("typst", '#import "template.typ": checked\n#checked[' .. typ .. "]") }
+end
+
 local function code_cell(el)
   local source = el.content[1]
   if source == nil or source.t ~= "CodeBlock" then return nil end
   local opts, code = directives(source.text)
   if opts.hide or opts.default_exp or opts.include == "false" then return {} end
+  if opts.check then return check_cell(source, opts.check, el) end
 
   local blocks = pandoc.Blocks {}
   if opts.echo ~= "false" and code ~= "" then

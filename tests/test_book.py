@@ -130,6 +130,33 @@ def test_overlong_code_line_is_an_error(tmp_path):
         book.build(cfg, tmp_path / "b.pdf")
 
 
+def test_a_check_cell_prints_its_summary_not_its_code(tmp_path):
+    long_assert = "assert " + " and ".join(["SECRET_ASSERT == SECRET_ASSERT"] * 4)  # too wide to print
+    cfg = make_book(tmp_path, [
+        md("# T"),
+        code("shown = 1\nprint(shown)", stream("SHOWN_OUTPUT\n")),
+        code("#| check: cached = uncached for `5` model types\n" + long_assert),
+    ])
+    out = tmp_path / "b.pdf"
+    book.build(cfg, out)                  # the over-wide assert is not a printed line
+    text = re.sub(r"\s+", " ", pdf_text(out)[1])
+    assert "✓ checked: cached = uncached for 5 model types" in text
+    assert "SECRET_ASSERT" not in text and "#|" not in text
+    assert "shown = 1" in text and "SHOWN_OUTPUT" in text
+    typ = (tmp_path / "ch-01_test.typ").read_text()
+    assert "#checked[cached = uncached for `5` model types]" in typ
+
+
+@pytest.mark.parametrize("src, outputs, message", [
+    ("#| check: x is 1\nx = 1\nprint(x)", [stream("1\n")], "a check cell prints nothing"),
+    ("#| check\nassert True", [], "a check cell needs `#| check: <summary>`"),
+])
+def test_a_check_cell_that_prints_or_has_no_summary_is_an_error(tmp_path, src, outputs, message):
+    cfg = make_book(tmp_path, [md("# T"), code(src, *outputs)])
+    with pytest.raises(book.BookError, match=r"01_test\.ipynb, cell 1: " + re.escape(message)):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
 def test_missing_chapter_is_an_error(tmp_path):
     cfg = tmp_path / "_quarto.yml"
     cfg.write_text("book:\n  chapters:\n    - nbs/nope.ipynb\n")

@@ -6,7 +6,8 @@ The rules, for each notebook `nbs/NN_*.ipynb`, cell by cell in order:
   `#| default_exp`, `#| include: false` (as book/build.py decides) and also
   `#| echo: false`, whose output is printed but not its code: a name it defines
   is as invisible to a reader as one a hidden cell defines, and the code that
-  uses names is not shown, so there is nothing to check in it.
+  uses names is not shown, so there is nothing to check in it; and likewise
+  `#| check: summary`, printed as its summary alone.
 * A cell *defines* the names it binds at the top level (imports, assignments,
   `for`/`with` targets, `def`, `class`, `:=`, and a `global` name assigned in a
   function) and *loads* every name it reads that resolves to a global, in
@@ -29,7 +30,7 @@ from IPython.core.inputtransformer2 import TransformerManager
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
-HIDDEN = re.compile(r"^#\|\s*(?:(?:hide|default_exp)\b|include:\s*false|echo:\s*false)", re.M)
+HIDDEN = re.compile(r"^#\|\s*(?:(?:hide|default_exp|check)\b|include:\s*false|echo:\s*false)", re.M)
 BUILTINS = frozenset(dir(builtins))
 
 
@@ -116,9 +117,12 @@ def test_a_planted_hidden_name_is_caught():
         cell("#| export\ndef f(x):\n    return helper + x", "in-a-function"),
         cell("class C:\n    k = [tempfile for _ in range(2)]", "in-a-class"),
         cell("%time y = np.ones(2)\nprint(shown)", "magic-and-echo-false"),
+        cell("#| check: the helper works\nchecked = helper + 1\nassert checked", "check-cell-is-not-printed"),
+        cell("print(checked)", "uses-a-check-cells-name"),
     ]
     assert names_from_hidden_cells(cells) == [("uses-test-eq", ["test_eq"]), ("in-a-function", ["helper"]),
-                                              ("in-a-class", ["tempfile"]), ("magic-and-echo-false", ["shown"])]
+                                              ("in-a-class", ["tempfile"]), ("magic-and-echo-false", ["shown"]),
+                                              ("uses-a-check-cells-name", ["checked"])]
 
 
 def test_no_alarm_on_what_a_reader_can_see():
