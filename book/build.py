@@ -5,8 +5,9 @@
 The chapter list is `book: chapters:` (and `appendices:`) of `_quarto.yml`. Each notebook is
 converted by its own pandoc run, through `book/notebook.lua`; `book/template.typ` gives the
 look. The build only renders: it executes nothing (`make execute` refreshes the outputs).
-Pip-only: pandoc comes from the `pypandoc-binary` wheel and Typst from the `typst` wheel,
-whose embedded fonts are the only fonts used, so the PDF is the same on every machine.
+Pip-only: pandoc comes from the `pypandoc-binary` wheel and Typst from the `typst` wheel;
+the only fonts used are Typst's embedded ones and those of the font packages in FONT_PACKAGES
+(CJK, emoji), never the system's, so the PDF is the same on every machine.
 """
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ from pathlib import Path
 BOOK = Path(__file__).resolve().parent
 ROOT = BOOK.parent
 MAX_COLUMNS = 80  # Typst does not wrap code: a longer line runs off the page
+# pip packages (the `dev` extra) whose folders hold the fonts for what Typst's fonts lack:
+# Noto Sans CJK (Chinese, Japanese, Korean) and Noto Emoji (monochrome), both OFL.
+FONT_PACKAGES = ("noto_cjk_sans_jp_regular", "manimgx_fonts")
+# A cross-reference label (`eq-attention`) printed as such: a reader cannot look it up.
+RAW_LABEL = re.compile(r"(?<![\w@#<.-])(?:eq|sec|fig|tbl)-[a-z0-9][\w-]*")
+# A placeholder the reader would have to fill in (`<repository-url>`), printed as such.
+PLACEHOLDER = re.compile(r"<[a-z]+(?:[-_][a-z]+)+>")
+# What in a markdown cell is not printed as it is: references, attributes, labels, math.
+_MARKUP = re.compile(r"\[[^\]]*@[^\]]*\]|\{[#.][^}]*\}|@(?:eq|sec|fig|tbl)-[\w-]+|\$\$.*?\$\$|\$[^$]*\$", re.S)
 
 
 # Pandoc's ipynb reader parses markdown cells with few extensions; the book needs these.
@@ -106,6 +116,16 @@ def _shown_text(cell: dict) -> list[str]:
     return lines
 
 
+def printed_text_problem(line: str) -> str | None:
+    "What a reader would stumble on in a printed line of prose, code or output, or None."
+    if m := RAW_LABEL.search(line):
+        return (f"the raw label `{m.group(0)}` is printed; refer to it with [@{m.group(0)}] in prose, "
+                "or name what it is (in code, docstrings and output the book cannot number it)")
+    if m := PLACEHOLDER.search(line):
+        return f"the placeholder `{m.group(0)}` is printed; write the real value"
+    return None
+
+
 def check_notebook(nb: Path) -> dict:
     "Fail early, naming the cell, on what would break or overflow the page. Returns the notebook."
     try:
@@ -114,8 +134,12 @@ def check_notebook(nb: Path) -> dict:
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
         raise BookError(f"{nb.name}: not a valid notebook ({e})") from None
     for i, cell in enumerate(cells):
-        if cell.get("cell_type") != "code": continue
         src = "".join(cell.get("source", ""))
+        if cell.get("cell_type") == "markdown":
+            for line in _MARKUP.sub("", src).splitlines():
+                if problem := printed_text_problem(line):
+                    raise BookError(f"{nb.name}, cell {i} (markdown): {problem}: {line.strip()[:60]}")
+        if cell.get("cell_type") != "code": continue
         if re.search(r"^#\|\s*(hide|default_exp)\b|^#\|\s*include:\s*false", src, re.M): continue
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
@@ -125,6 +149,9 @@ def check_notebook(nb: Path) -> dict:
             if len(line) > MAX_COLUMNS:
                 raise BookError(f"{nb.name}, cell {i}: a printed line has {len(line)} characters "
                                 f"(limit {MAX_COLUMNS}, Typst does not wrap code): {line[:50]}...")
+            if problem := printed_text_problem(line):
+                raise BookError(f"{nb.name}, cell {i}: {problem} (fix the code, then `make execute` "
+                                f"if it is in the output): {line.strip()[:60]}")
     return notebook
 
 
@@ -155,7 +182,9 @@ def convert(ch: Chapter, out_dir: Path, pandoc: str) -> Path:
     r = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
     if r.returncode != 0:
         raise BookError(f"{ch.notebook.name}: pandoc could not convert it:\n{r.stderr.strip()}")
-    dest.write_text('#import "compat.typ": *\n' + modernise_math(dest.read_text()))
+    # the chapter names its notebook, so that the template's errors can (book-source)
+    head = f'#import "compat.typ": *\n#state("book-source").update({_typst_str(ch.notebook.name)})\n'
+    dest.write_text(head + modernise_math(dest.read_text()))
     return dest
 
 
@@ -189,14 +218,28 @@ def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: P
     return "\n".join(lines) + "\n"
 
 
+def font_paths() -> list[str]:
+    "The folders of the font packages (FONT_PACKAGES), which the `dev` extra installs."
+    from importlib.resources import files
+    from importlib.util import find_spec
+    missing = [name for name in FONT_PACKAGES if find_spec(name) is None]
+    if missing:
+        raise BookError(f"the font package(s) {', '.join(missing)} are not installed; "
+                        "run `make install` (or pip install -e '.[dev]')")
+    return [str(files(name)) for name in FONT_PACKAGES]
+
+
 def compile_pdf(main: Path, out: Path, date: dt.date) -> int:
     "Typst -> PDF; warnings are errors; the final path is replaced atomically. Returns bytes written."
     import typst
     ts = int(dt.datetime.combine(date, dt.time(), dt.timezone.utc).timestamp())
     try:
-        pdf, warnings = typst.compile_with_warnings(str(main), root=str(main.parent), font_paths=[],
+        pdf, warnings = typst.compile_with_warnings(str(main), root=str(main.parent), font_paths=font_paths(),
                                                     ignore_system_fonts=True, timestamp=ts)
     except typst.TypstError as e:
+        # the template's own checks panic with a message for the author: show it plainly
+        if m := re.search(r'panicked with: "(book: .*?)"', str(e), re.S):
+            raise BookError(m.group(1).replace("\\\\", "\\").replace("\\\"", "\"")) from None
         raise BookError(f"typst could not compile {main.name}:\n{e}") from None
     if warnings:
         raise BookError("typst warnings (treated as errors):\n" + "\n".join(str(w) for w in warnings))
