@@ -33,6 +33,8 @@ FONT_PACKAGES = ("noto_cjk_sans_jp_regular", "manimgx_fonts")
 RAW_LABEL = re.compile(r"(?<![\w@#<.-])(?:eq|sec|fig|tbl)-[a-z0-9][\w-]*")
 # A placeholder the reader would have to fill in (`<repository-url>`), printed as such.
 PLACEHOLDER = re.compile(r"<[a-z]+(?:[-_][a-z]+)+>")
+# A fenced code block of a markdown cell: its lines print as they are, like a code cell's.
+_FENCED = re.compile(r"^(```+|~~~+)[^\n]*\n(.*?)^\1", re.M | re.S)
 # What in a markdown cell is not printed as it is: references, attributes, labels, math.
 _MARKUP = re.compile(r"\[[^\]]*@[^\]]*\]|\{[#.][^}]*\}|@(?:eq|sec|fig|tbl)-[\w-]+|\$\$.*?\$\$|\$[^$]*\$", re.S)
 
@@ -139,6 +141,12 @@ def check_notebook(nb: Path) -> dict:
             for line in _MARKUP.sub("", src).splitlines():
                 if problem := printed_text_problem(line):
                     raise BookError(f"{nb.name}, cell {i} (markdown): {problem}: {line.strip()[:60]}")
+            for block in _FENCED.finditer(src):
+                for line in block.group(2).splitlines():
+                    if len(line) > MAX_COLUMNS:
+                        raise BookError(f"{nb.name}, cell {i} (markdown): a line of a code block has "
+                                        f"{len(line)} characters (limit {MAX_COLUMNS}; Typst would wrap it "
+                                        f"where a shell does not): {line[:50]}... split it, ending with ` \\`")
         if cell.get("cell_type") != "code": continue
         if re.search(r"^#\|\s*(hide|default_exp)\b|^#\|\s*include:\s*false", src, re.M): continue
         for out in cell.get("outputs", []):

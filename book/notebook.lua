@@ -193,6 +193,13 @@ local function drop_spelled_word(inlines)
   return inlines
 end
 
+-- Pandoc autolinks a bare `name@word` as an e-mail address: `pass@k` is a metric, not an
+-- address. Only a domain with a dot is one.
+local function not_an_email(el)
+  local address = el.target:match("^mailto:(.*)$")
+  if address and not address:match("@.+%..+") then return el.content end
+end
+
 local function header(el)
   if not el.identifier:match("^sec%-") then el.identifier = "" end
   return el
@@ -209,5 +216,6 @@ return {
     Para = labelled_equations,
     Cite = cite,
     Table = auto_width_table,
+    Link = not_an_email,
     Header = header },
 }
