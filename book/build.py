@@ -237,6 +237,41 @@ def font_paths() -> list[str]:
     return [str(files(name)) for name in FONT_PACKAGES]
 
 
+# Typst prints a character that no font has as glyph 0 (.notdef) of a two-byte (Type0) font,
+# and does not warn: read the text strings of each page's content for it.
+_TOKENS = re.compile(rb"(/[^\s/\[(<]+)\s+[\d.]+\s+Tf|\(((?:\\.|[^\\)])*)\)", re.S)
+_ESC = re.compile(rb"\\([0-7]{1,3}|.)", re.S)
+_SIMPLE = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
+
+
+def _unescape(s: bytes) -> bytes:
+    def one(m):
+        e = m.group(1)
+        return bytes([int(e, 8) & 0xFF]) if e[:1].isdigit() else _SIMPLE.get(e, e)
+    return _ESC.sub(one, s)
+
+
+def missing_glyphs(pdf: bytes) -> list[str]:
+    "The printed numbers of the pages that show a glyph no font has (.notdef, the empty box)."
+    import io
+    import pypdf
+    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    labels, pages = reader.page_labels, []
+    for n, page in enumerate(reader.pages):
+        fonts = (page.get("/Resources") or {}).get("/Font") or {}
+        wide = {k.encode() for k, f in fonts.items() if f.get_object().get("/Subtype") == "/Type0"}
+        content = page.get_contents()
+        if content is None: continue
+        font = None
+        for m in _TOKENS.finditer(content.get_data()):
+            if m.group(1): font = m.group(1); continue
+            if font in wide:
+                b = _unescape(m.group(2))
+                if any(b[i:i + 2] == b"\0\0" for i in range(0, len(b) - 1, 2)):
+                    pages.append(labels[n]); break
+    return pages
+
+
 def compile_pdf(main: Path, out: Path, date: dt.date) -> int:
     "Typst -> PDF; warnings are errors; the final path is replaced atomically. Returns bytes written."
     import typst
@@ -251,6 +286,9 @@ def compile_pdf(main: Path, out: Path, date: dt.date) -> int:
         raise BookError(f"typst could not compile {main.name}:\n{e}") from None
     if warnings:
         raise BookError("typst warnings (treated as errors):\n" + "\n".join(str(w) for w in warnings))
+    if pages := missing_glyphs(pdf):
+        raise BookError(f"a character that no font has prints as an empty box on page(s) {', '.join(pages)}; "
+                        "add a font for its script (FONT_PACKAGES) or print something else")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_bytes(pdf)

@@ -49,6 +49,12 @@ local function strip_ansi(s)
   return (s:gsub("\27%[[%d;]*[A-Za-z]", ""))
 end
 
+-- Other control characters (a byte-level model can sample one) have no glyph in any font:
+-- print them escaped, as Python's repr does (\x1d).
+local function escape_controls(s)
+  return (s:gsub("[%z\1-\8\11-\31\127]", function(c) return string.format("\\x%02x", c:byte()) end))
+end
+
 -- The blocks of one output Div, keeping only its richest representation.
 local function render_output(div)
   local rich, plain = {}, {}
@@ -60,7 +66,7 @@ local function render_output(div)
     elseif b.t == "Para" and #b.content == 1 and b.content[1].t == "Image" then
       table.insert(rich, b)
     elseif b.t == "CodeBlock" then
-      local text = strip_ansi(b.text):gsub("%s+$", "")
+      local text = escape_controls(strip_ansi(b.text)):gsub("%s+$", "")
       if text ~= "" then table.insert(plain, pandoc.CodeBlock(text, { class = "output" })) end
     end
     -- other raw formats (html, latex) have no place in the PDF
