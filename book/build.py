@@ -281,8 +281,8 @@ def compile_pdf(main: Path, out: Path, date: dt.date) -> int:
                                                     ignore_system_fonts=True, timestamp=ts)
     except typst.TypstError as e:
         # the template's own checks panic with a message for the author: show it plainly
-        if m := re.search(r'panicked with: "(book: .*?)"', str(e), re.S):
-            raise BookError(m.group(1).replace("\\\\", "\\").replace("\\\"", "\"")) from None
+        if m := re.search(r'panicked with: "?(book: [^\n]*?)"?$', str(e), re.M):
+            raise BookError(m.group(1)) from None
         raise BookError(f"typst could not compile {main.name}:\n{e}") from None
     if warnings:
         raise BookError("typst warnings (treated as errors):\n" + "\n".join(str(w) for w in warnings))
