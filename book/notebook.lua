@@ -199,6 +199,16 @@ local function drop_spelled_word(inlines)
   return inlines
 end
 
+-- Inline code: a token such as `<|endoftext|>` must not break over two lines, so the code
+-- that holds one is boxed. (No zero-width spaces to let long names break: Typst would map
+-- them into the font's text of `_` and `.`, and copied code would carry them everywhere.)
+local function inline_code(el)
+  if el.text:match("<|[^|%s]+|>") then
+    local quoted = el.text:gsub("\\", "\\\\"):gsub('"', '\\"')
+    return pandoc.RawInline("typst", '#box(raw("' .. quoted .. '"))')
+  end
+end
+
 -- Pandoc autolinks a bare `name@word` as an e-mail address: `pass@k` is a metric, not an
 -- address. Only a domain with a dot is one.
 local function not_an_email(el)
@@ -223,5 +233,6 @@ return {
     Cite = cite,
     Table = auto_width_table,
     Link = not_an_email,
+    Code = inline_code,
     Header = header },
 }
