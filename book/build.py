@@ -5,8 +5,9 @@
 The chapter list is `book: chapters:` (and `appendices:`) of `_quarto.yml`. Each notebook is
 converted by its own pandoc run, through `book/notebook.lua`; `book/template.typ` gives the
 look. The build only renders: it executes nothing (`make execute` refreshes the outputs).
-Pip-only: pandoc comes from the `pypandoc-binary` wheel and Typst from the `typst` wheel,
-whose embedded fonts are the only fonts used, so the PDF is the same on every machine.
+Pip-only: pandoc comes from the `pypandoc-binary` wheel and Typst from the `typst` wheel;
+the only fonts used are Typst's embedded ones and those of the font packages in FONT_PACKAGES
+(CJK, emoji), never the system's, so the PDF is the same on every machine.
 """
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ from pathlib import Path
 BOOK = Path(__file__).resolve().parent
 ROOT = BOOK.parent
 MAX_COLUMNS = 80  # Typst does not wrap code: a longer line runs off the page
+# pip packages (the `dev` extra) whose folders hold the fonts for what Typst's fonts lack:
+# Noto Sans CJK (Chinese, Japanese, Korean) and Noto Emoji (monochrome), both OFL.
+FONT_PACKAGES = ("noto_cjk_sans_jp_regular", "manimgx_fonts")
+# A cross-reference label (`eq-attention`) printed as such: a reader cannot look it up.
+RAW_LABEL = re.compile(r"(?<![\w@#<.-])(?:eq|sec|fig|tbl)-[a-z0-9][\w-]*")
+# A placeholder the reader would have to fill in (`<repository-url>`), printed as such.
+PLACEHOLDER = re.compile(r"<[a-z]+(?:[-_][a-z]+)+>")
+# A fenced code block of a markdown cell: its lines print as they are, like a code cell's.
+_FENCED = re.compile(r"^(```+|~~~+)[^\n]*\n(.*?)^\1", re.M | re.S)
+# What in a markdown cell is not printed as it is: references, attributes, labels, math.
+_MARKUP = re.compile(r"\[[^\]]*@[^\]]*\]|\{[#.][^}]*\}|@(?:eq|sec|fig|tbl)-[\w-]+|\$\$.*?\$\$|\$[^$]*\$", re.S)
 
 
 # Pandoc's ipynb reader parses markdown cells with few extensions; the book needs these.
@@ -123,6 +135,16 @@ def _shown_text(cell: dict) -> list[str]:
     return lines
 
 
+def printed_text_problem(line: str) -> str | None:
+    "What a reader would stumble on in a printed line of prose, code or output, or None."
+    if m := RAW_LABEL.search(line):
+        return (f"the raw label `{m.group(0)}` is printed; refer to it with [@{m.group(0)}] in prose, "
+                "or name what it is (in code, docstrings and output the book cannot number it)")
+    if m := PLACEHOLDER.search(line):
+        return f"the placeholder `{m.group(0)}` is printed; write the real value"
+    return None
+
+
 def check_notebook(nb: Path) -> dict:
     "Fail early, naming the cell, on what would break or overflow the page. Returns the notebook."
     try:
@@ -131,8 +153,18 @@ def check_notebook(nb: Path) -> dict:
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
         raise BookError(f"{nb.name}: not a valid notebook ({e})") from None
     for i, cell in enumerate(cells):
-        if cell.get("cell_type") != "code": continue
         src = "".join(cell.get("source", ""))
+        if cell.get("cell_type") == "markdown":
+            for line in _MARKUP.sub("", src).splitlines():
+                if problem := printed_text_problem(line):
+                    raise BookError(f"{nb.name}, cell {i} (markdown): {problem}: {line.strip()[:60]}")
+            for block in _FENCED.finditer(src):
+                for line in block.group(2).splitlines():
+                    if len(line) > MAX_COLUMNS:
+                        raise BookError(f"{nb.name}, cell {i} (markdown): a line of a code block has "
+                                        f"{len(line)} characters (limit {MAX_COLUMNS}; Typst would wrap it "
+                                        f"where a shell does not): {line[:50]}... split it, ending with ` \\`")
+        if cell.get("cell_type") != "code": continue
         if re.search(r"^#\|\s*(hide|default_exp)\b|^#\|\s*include:\s*false", src, re.M): continue
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
@@ -144,6 +176,9 @@ def check_notebook(nb: Path) -> dict:
             if len(line) > MAX_COLUMNS:
                 raise BookError(f"{nb.name}, cell {i}: a printed line has {len(line)} characters "
                                 f"(limit {MAX_COLUMNS}, Typst does not wrap code): {line[:50]}...")
+            if problem := printed_text_problem(line):
+                raise BookError(f"{nb.name}, cell {i}: {problem} (fix the code, then `make execute` "
+                                f"if it is in the output): {line.strip()[:60]}")
     return notebook
 
 
@@ -246,7 +281,9 @@ def convert(ch: Chapter, out_dir: Path, pandoc: str) -> Path:
     r = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
     if r.returncode != 0:
         raise BookError(f"{ch.notebook.name}: pandoc could not convert it:\n{r.stderr.strip()}")
-    dest.write_text('#import "compat.typ": *\n' + modernise_math(dest.read_text()))
+    # the chapter names its notebook, so that the template's errors can (book-source)
+    head = f'#import "compat.typ": *\n#state("book-source").update({_typst_str(ch.notebook.name)})\n'
+    dest.write_text(head + modernise_math(dest.read_text()))
     return dest
 
 
@@ -281,17 +318,69 @@ def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: P
     return "\n".join(lines) + "\n"
 
 
+def font_paths() -> list[str]:
+    "The folders of the font packages (FONT_PACKAGES), which the `dev` extra installs."
+    from importlib.resources import files
+    from importlib.util import find_spec
+    missing = [name for name in FONT_PACKAGES if find_spec(name) is None]
+    if missing:
+        raise BookError(f"the font package(s) {', '.join(missing)} are not installed; "
+                        "run `make install` (or pip install -e '.[dev]')")
+    return [str(files(name)) for name in FONT_PACKAGES]
+
+
+# Typst prints a character that no font has as glyph 0 (.notdef) of a two-byte (Type0) font,
+# and does not warn: read the text strings of each page's content for it.
+_TOKENS = re.compile(rb"(/[^\s/\[(<]+)\s+[\d.]+\s+Tf|\(((?:\\.|[^\\)])*)\)", re.S)
+_ESC = re.compile(rb"\\([0-7]{1,3}|.)", re.S)
+_SIMPLE = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
+
+
+def _unescape(s: bytes) -> bytes:
+    def one(m):
+        e = m.group(1)
+        return bytes([int(e, 8) & 0xFF]) if e[:1].isdigit() else _SIMPLE.get(e, e)
+    return _ESC.sub(one, s)
+
+
+def missing_glyphs(pdf: bytes) -> list[str]:
+    "The printed numbers of the pages that show a glyph no font has (.notdef, the empty box)."
+    import io
+    import pypdf
+    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    labels, pages = reader.page_labels, []
+    for n, page in enumerate(reader.pages):
+        fonts = (page.get("/Resources") or {}).get("/Font") or {}
+        wide = {k.encode() for k, f in fonts.items() if f.get_object().get("/Subtype") == "/Type0"}
+        content = page.get_contents()
+        if content is None: continue
+        font = None
+        for m in _TOKENS.finditer(content.get_data()):
+            if m.group(1): font = m.group(1); continue
+            if font in wide:
+                b = _unescape(m.group(2))
+                if any(b[i:i + 2] == b"\0\0" for i in range(0, len(b) - 1, 2)):
+                    pages.append(labels[n]); break
+    return pages
+
+
 def compile_pdf(main: Path, out: Path, date: dt.date) -> int:
     "Typst -> PDF; warnings are errors; the final path is replaced atomically. Returns bytes written."
     import typst
     ts = int(dt.datetime.combine(date, dt.time(), dt.timezone.utc).timestamp())
     try:
-        pdf, warnings = typst.compile_with_warnings(str(main), root=str(main.parent), font_paths=[],
+        pdf, warnings = typst.compile_with_warnings(str(main), root=str(main.parent), font_paths=font_paths(),
                                                     ignore_system_fonts=True, timestamp=ts)
     except typst.TypstError as e:
+        # the template's own checks panic with a message for the author: show it plainly
+        if m := re.search(r'panicked with: "?(book: [^\n]*?)"?$', str(e), re.M):
+            raise BookError(m.group(1)) from None
         raise BookError(f"typst could not compile {main.name}:\n{e}") from None
     if warnings:
         raise BookError("typst warnings (treated as errors):\n" + "\n".join(str(w) for w in warnings))
+    if pages := missing_glyphs(pdf):
+        raise BookError(f"a character that no font has prints as an empty box on page(s) {', '.join(pages)}; "
+                        "add a font for its script (FONT_PACKAGES) or print something else")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_bytes(pdf)

@@ -53,6 +53,12 @@ local function strip_ansi(s)
   return (s:gsub("\27%[[%d;]*[A-Za-z]", ""))
 end
 
+-- Other control characters (a byte-level model can sample one) have no glyph in any font:
+-- print them escaped, as Python's repr does (\x1d).
+local function escape_controls(s)
+  return (s:gsub("[%z\1-\8\11-\31\127]", function(c) return string.format("\\x%02x", c:byte()) end))
+end
+
 -- The blocks of one output Div, keeping only its richest representation.
 local function render_output(div)
   local rich, plain = {}, {}
@@ -64,7 +70,7 @@ local function render_output(div)
     elseif b.t == "Para" and #b.content == 1 and b.content[1].t == "Image" then
       table.insert(rich, b)
     elseif b.t == "CodeBlock" then
-      local text = strip_ansi(b.text):gsub("%s+$", "")
+      local text = escape_controls(strip_ansi(b.text)):gsub("%s+$", "")
       if text ~= "" then table.insert(plain, pandoc.CodeBlock(text, { class = "output" })) end
     end
     -- other raw formats (html, latex) have no place in the PDF
@@ -212,6 +218,23 @@ local function drop_spelled_word(inlines)
   return inlines
 end
 
+-- Inline code: a token such as `<|endoftext|>` must not break over two lines, so the code
+-- that holds one is boxed. (No zero-width spaces to let long names break: Typst would map
+-- them into the font's text of `_` and `.`, and copied code would carry them everywhere.)
+local function inline_code(el)
+  if el.text:match("<|[^|%s]+|>") then
+    local quoted = el.text:gsub("\\", "\\\\"):gsub('"', '\\"')
+    return pandoc.RawInline("typst", '#box(raw("' .. quoted .. '"))')
+  end
+end
+
+-- Pandoc autolinks a bare `name@word` as an e-mail address: `pass@k` is a metric, not an
+-- address. Only a domain with a dot is one.
+local function not_an_email(el)
+  local address = el.target:match("^mailto:(.*)$")
+  if address and not address:match("@.+%..+") then return el.content end
+end
+
 local function header(el)
   if not el.identifier:match("^sec%-") then el.identifier = "" end
   return el
@@ -341,6 +364,8 @@ return {
     Para = labelled_equations,
     Cite = cite,
     Table = auto_width_table,
+    Link = not_an_email,
+    Code = inline_code,
     Header = header },
   { Pandoc = mark_index },
 }

@@ -17,7 +17,7 @@ __all__ = ['attention', 'causal_mask', 'repeat_kv', 'CausalSelfAttention', 'sinu
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               mask: torch.Tensor | None = None, dropout_p: float = 0.0,
               return_weights: bool = False):
-    "Attention (eq-attention) of q (..., Tq, d) over k and v (..., Tk, d)."
+    "Attention of q (..., Tq, d) over k and v (..., Tk, d)."
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])    # (..., Tq, Tk)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -40,7 +40,7 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 # %% ../nbs/04_attention.ipynb #05faf0e5
 class CausalSelfAttention(nn.Module):
-    "Multi-head causal self-attention with grouped-query heads (eq-multihead)."
+    "Multi-head causal self-attention with grouped-query heads."
     def __init__(self, d_model: int, n_head: int, n_kv_head: int | None = None,
                  dropout=0.0, bias=True, use_sdpa=True):
         super().__init__()
@@ -62,7 +62,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple | None = None,
                 mask: torch.Tensor | None = None, cache=None,
                 layer: int = 0) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C). With a `cache` (sec-gen-cache), x holds the
+        """x (B, T, C) -> (B, T, C). With a `cache`, x holds the
         new positions only; their keys join the cached ones of `layer`."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([C, self.d_kv, self.d_kv], dim=-1)
@@ -91,7 +91,7 @@ class CausalSelfAttention(nn.Module):
 
 # %% ../nbs/04_attention.ipynb #ebc426a8
 def sinusoidal_positions(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
-    "(T, d) sinusoidal position encodings (eq-sinusoidal)."
+    "(T, d) sinusoidal position encodings."
     pos = torch.arange(T, dtype=torch.float32)[:, None]              # (T, 1)
     freq = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)
     pe = torch.zeros(T, d)
@@ -113,6 +113,6 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    "Rotate x (B, h, T, d) by the angles of its positions (eq-rope)."
+    "Rotate x (B, h, T, d) by the angles of its positions."
     if cos.dim() == 3: cos, sin = cos[:, None], sin[:, None]   # (B, 1, T, d)
     return (x * cos + rotate_half(x) * sin).to(x.dtype)

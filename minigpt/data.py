@@ -516,7 +516,7 @@ def shingles(text: str, k: int = 5) -> set[str]:
     return {" ".join(words[i:i + k]) for i in range(len(words) - k + 1)}
 
 def jaccard(a: set, b: set) -> float:
-    "Jaccard similarity (eq-jaccard) of two sets."
+    "Jaccard similarity of two sets."
     return len(a & b) / len(a | b) if a or b else 1.0
 
 # %% ../nbs/01_data.ipynb #803f9dee
@@ -525,7 +525,7 @@ def hash_shingles(sh: Iterable[str]) -> np.ndarray:
     return np.fromiter((zlib.crc32(s.encode()) for s in sh), dtype=np.uint64)
 
 def minhash_params(num_perm: int = 128, seed: int = 1):
-    "Coefficients a (odd) and b of `num_perm` functions (eq-multiply-shift)."
+    "Coefficients a (odd) and b of `num_perm` functions."
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2)
     b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
@@ -538,12 +538,12 @@ def minhash_signature(hashes: np.ndarray, a: np.ndarray, b: np.ndarray):
     return h.min(axis=1)
 
 def estimate_jaccard(sig1: np.ndarray, sig2: np.ndarray) -> float:
-    "Share of the signature positions that agree (eq-minhash)."
+    "Share of the signature positions that agree."
     return float(np.mean(sig1 == sig2))
 
 # %% ../nbs/01_data.ipynb #b67ea577
 def s_curve(s, bands: int, rows: int):
-    "Probability that a pair of similarity s becomes a candidate (eq-scurve)."
+    "Probability that a pair of similarity s becomes a candidate."
     return 1 - (1 - np.asarray(s, dtype=float) ** rows) ** bands
 
 def choose_bands(num_perm: int, threshold: float, fp_weight: float = 0.5):

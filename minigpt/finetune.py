@@ -303,7 +303,7 @@ def response_logprobs(model: GPT, pairs) -> torch.Tensor:
     return token_logprobs(model(x)[0], y).sum(-1)
 
 def dpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float):
-    "(loss, chosen rewards, rejected rewards) of eq-dpo; inputs (B,)."
+    "(loss, chosen rewards, rejected rewards) of the DPO loss; inputs (B,)."
     chosen, rejected = beta * (pi_w - ref_w), beta * (pi_l - ref_l)
     loss = -F.logsigmoid(chosen - rejected).mean()
     return loss, chosen.detach(), rejected.detach()
@@ -343,7 +343,7 @@ def dpo(model: GPT, reference: GPT, tok, examples: list[dict],
 
 # %% ../nbs/09_finetuning.ipynb #5def2142
 class LoRALinear(nn.Module):
-    "A frozen linear layer plus a trainable low-rank update (eq-lora)."
+    "A frozen linear layer plus a trainable low-rank update."
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
         self.base, self.scale = base.requires_grad_(False), alpha / rank

@@ -28,7 +28,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    "Keep the smallest set of tokens with probability >= p (eq-top-p)."
+    "Keep the smallest set of tokens with probability >= p."
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits, dim=-1)
     before = torch.cumsum(probs, dim=-1) - probs    # mass of the better ones

@@ -23,7 +23,7 @@ __all__ = ['LLAMA', 'PRESETS', 'RMSNorm', 'MLP', 'SwiGLU', 'Block', 'make_norm',
 
 # %% ../nbs/05_model.ipynb #8872cd33
 class RMSNorm(nn.Module):
-    "Root-mean-square normalisation with a learned scale (eq-rmsnorm)."
+    "Root-mean-square normalisation with a learned scale."
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(d))
@@ -44,7 +44,7 @@ class MLP(nn.Module):
     def forward(self, x): return self.drop(self.proj(self.act(self.fc(x))))
 
 class SwiGLU(nn.Module):
-    "Llama's gated feed-forward network (eq-ffn)."
+    "Llama's gated feed-forward network."
     def __init__(self, d: int, d_ff: int, dropout=0.0, bias=False):
         super().__init__()
         self.gate = nn.Linear(d, d_ff, bias=bias)
@@ -57,7 +57,7 @@ class SwiGLU(nn.Module):
 
 # %% ../nbs/05_model.ipynb #8b94bb0c
 class Block(nn.Module):
-    "A pre-norm transformer block (eq-block)."
+    "A pre-norm transformer block."
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.norm1, self.norm2 = make_norm(cfg), make_norm(cfg)
@@ -202,7 +202,7 @@ class GPT(nn.Module):
                 positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, cache=None):
         """Logits (B, T, V) of `idx` (B, T), and the loss if `targets` are
-        given. With a `cache` (sec-gen-cache), `idx` holds the tokens after
+        given. With a `cache`, `idx` holds the tokens after
         the cached ones, whose keys and values the cache keeps."""
         T = idx.shape[1]
         if T > self.cfg.block_size:
@@ -281,7 +281,7 @@ def matmul_params(cfg: GPTConfig) -> int:
         + cfg.d_model * cfg.vocab_size
 
 def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
-    "Training FLOPs per token (eq-flops-per-token) at `seq_len` (or context)."
+    "Training FLOPs per token at `seq_len` (or context)."
     T = seq_len or cfg.block_size
     return 6 * matmul_params(cfg) + 12 * cfg.n_layer * T * cfg.d_model
 

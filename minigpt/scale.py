@@ -34,7 +34,7 @@ FORMATS = {"FP32": torch.float32, "TF32": None, "FP16": torch.float16,
            "FP8 E5M2": torch.float8_e5m2}
 
 def binary_format(exponent: int, mantissa: int) -> dict:
-    "Bits, range and precision of a float with IEEE rules (eq-float)."
+    "Bits, range and precision of a float with IEEE rules."
     bias = 2 ** (exponent - 1) - 1
     return dict(bits=1 + exponent + mantissa, exponent=exponent,
                 mantissa=mantissa, max=(2 - 2.0**-mantissa) * 2.0**bias,
@@ -55,7 +55,7 @@ def number_formats() -> dict[str, dict]:
 
 # %% ../nbs/10_scaling.ipynb #d94d1df6
 def training_flops(n_params: float, n_tokens: float) -> float:
-    "Training compute in FLOP: 6 N D (eq-compute)."
+    "Training compute in FLOP: 6 N D."
     return 6 * n_params * n_tokens
 
 TOKENS_PER_PARAM = 20     # compute-optimal (Chinchilla)
@@ -132,7 +132,7 @@ SHARDED = {"ddp": (), "zero1": ("optimizer",),
 
 def state_memory(n_params: float, precision: str = "mixed",
                  strategy: str = "ddp", world: int = 1) -> dict[str, float]:
-    "Bytes per GPU of weights, gradients and optimizer state (eq-zero)."
+    "Bytes per GPU of weights, gradients and optimizer state."
     if precision not in STATE_BYTES:
         raise ValueError(f"precision {precision!r}: use one of "
                          f"{', '.join(STATE_BYTES)}")
@@ -145,7 +145,7 @@ def state_memory(n_params: float, precision: str = "mixed",
 # %% ../nbs/10_scaling.ipynb #266881f4
 def activation_bytes(cfg: GPTConfig, tokens: int,
                      checkpointing: bool = False) -> float:
-    "Bytes kept for backward (eq-activations): 16-bit, fused attention."
+    "Bytes kept for backward: 16-bit, fused attention."
     d, f = cfg.d_model, cfg.d_ff
     d_kv = d // cfg.n_head * cfg.n_kv_head
     mlp = 2 * f if cfg.mlp == "gelu" else 4 * f      # hidden activations
@@ -379,7 +379,7 @@ def train_tensor_parallel(rank: int, world: int, cfg: GPTConfig, data,
         ColwiseParallel, RowwiseParallel, parallelize_module)
     mesh = init_device_mesh("cpu", (world,))
     model = demo_model(cfg)
-    for block in model.blocks:               # eq-tensor-parallel
+    for block in model.blocks:
         parallelize_module(block.mlp, mesh, {"fc": ColwiseParallel(),
                                              "proj": RowwiseParallel()})
     opt = torch.optim.AdamW(model.parameters(), lr=lr)

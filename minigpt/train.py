@@ -120,7 +120,7 @@ class TrainConfig:
 
 # %% ../nbs/06_pretraining.ipynb #9275fce6
 def learning_rate(step: int, cfg: TrainConfig) -> float:
-    "The learning rate at `step` (eq-schedule)."
+    "The learning rate at `step`."
     if step < cfg.warmup_steps: return cfg.lr * (step + 1) / cfg.warmup_steps
     lo = cfg.lr * cfg.min_lr_ratio
     span = max(1, cfg.max_steps - cfg.warmup_steps)

@@ -295,3 +295,70 @@ def test_real_book_index_has_its_main_terms_with_pages(real_book):
     for t in ("attention", "KV cache", "BPE", "RoPE", "LoRA", "DPO", "perplexity"):
         assert t in found, t
     assert len(found) >= 0.9 * len(terms), sorted(set(terms) - set(found))
+
+
+# Typesetting defects a reader would see: each fails the build, naming the notebook and cell.
+
+@pytest.mark.parametrize("cells, message", [
+    ([md("# T"), code('def f():\n    "Attention (eq-attention) of q."')], r"cell 1: the raw label `eq-attention`"),
+    ([md("# T"), code("print(1)", stream("see sec-intro\n"))], r"cell 1: the raw label `sec-intro`.*make execute"),
+    ([md("# T\n\nAs fig-loss shows.")], r"cell 0 \(markdown\): the raw label `fig-loss`"),
+    ([md("# T\n\n```bash\ngit clone <repository-url>\n```")], r"cell 0 \(markdown\): the placeholder `<repository-url>`"),
+    ([md("# T\n\n```bash\nminigpt train " + "--x 1 " * 14 + "\\\n```")], r"cell 0 \(markdown\): a line of a code block"),
+])
+def test_printed_text_defects_are_errors(tmp_path, cells, message):
+    cfg = make_book(tmp_path, cells)
+    with pytest.raises(book.BookError, match=r"01_test\.ipynb, " + message):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_references_labels_and_emails_are_not_raw_labels(tmp_path):
+    cfg = make_book(tmp_path, [
+        md("# T {#sec-t}\n\n$$\nx = 1\n$$ {#eq-one}\n\nSee [@eq-one] and [@sec-t]; pass@k counts."),
+        code("#| label: fig-a\n#| fig-cap: A line.\nplot()", png_output())])
+    book.build(cfg, tmp_path / "b.pdf")
+    text = re.sub(r"\s+", " ", pdf_text(tmp_path / "b.pdf")[1])
+    assert "See Equation (1.1) and Chapter 1; pass@k counts." in text, text
+
+
+def test_an_equation_wider_than_the_line_is_an_error(tmp_path):
+    wide = " + ".join(f"\\operatorname{{term}}_{{{i}}}" for i in range(40))
+    cfg = make_book(tmp_path, [md(f"# T\n\n$$\nx = {wide}\n$$ {{#eq-wide}}\n")])
+    with pytest.raises(book.BookError, match=r"equation \(1\.1\) <eq-wide> in 01_test\.ipynb is \d+% of the line"):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_a_slightly_wide_equation_is_scaled_beside_its_number(tmp_path):
+    # wider than the line less its number, narrower than the line: it shrinks, no error
+    wide = " + ".join(f"a_{{{i}}} b_{{{i}}}" for i in range(11))
+    cfg = make_book(tmp_path, [md(f"# T\n\n$$\nx = {wide}\n$$ {{#eq-w}}\n\nSee [@eq-w].")])
+    book.build(cfg, tmp_path / "b.pdf")
+    assert "(1.1)" in pdf_text(tmp_path / "b.pdf")[1]
+
+
+def test_cjk_and_emoji_have_glyphs_and_a_missing_glyph_is_an_error(tmp_path):
+    cfg = make_book(tmp_path, [md("# T\n\nBytes of `日本語` and 🙂 in prose."),
+                               code('print("語 🙂")', stream("'語': 3 byte(s) 🙂\x1d\n"))])
+    book.build(cfg, tmp_path / "b.pdf")   # the font packages cover them; \x1d prints escaped
+    assert "\\x1d" in pdf_text(tmp_path / "b.pdf")[1]
+    # a character of a script no font covers (Sutton SignWriting) prints as an empty box
+    cfg = make_book(tmp_path, [md("# T\n\nA sign: \U0001D800.")])
+    with pytest.raises(book.BookError, match=r"no font has.*page\(s\) 1\b"):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_missing_glyphs_reads_the_pdf():
+    import typst
+    ok, box = (typst.compile(bytes(f"= T\n{s}\n", "utf-8"), ignore_system_fonts=True) for s in ("A", "\U0001D800"))
+    assert book.missing_glyphs(ok) == [] and book.missing_glyphs(box) == ["1"]
+
+
+def test_inline_code_prints_as_written(tmp_path):
+    # (whether a <|token|> can break depends on where the line ends: not forced here)
+    words = "word " * 30
+    cfg = make_book(tmp_path, [md(f"# T\n\n{words}`<|endoftext|>` {words}`<|endoftext|>` {words}"
+                                  f"`a_very_long_name_with_parts.and_an_attribute_too` {words}")])
+    book.build(cfg, tmp_path / "b.pdf")
+    text = pdf_text(tmp_path / "b.pdf")[1]
+    assert text.count("<|endoftext|>") == 2      # boxed, still the token
+    assert "\u200b" not in text                  # copied text is the code, nothing added
