@@ -424,7 +424,7 @@ def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
     def on_signal(signum, frame):       # save at the end of this step
         stop["reason"] = signal.Signals(signum).name
         signal.signal(signum, handlers[signum])   # a second one: at once
-        if main:    # os.write: a handler must not re-enter tqdm's buffered writes
+        if main:    # os.write: not tqdm's buffered stream, which it may be in
             os.write(2, f"\n{stop['reason']}: saving at the end of this step; "
                         "again to stop at once, unsaved\n".encode())
     handlers = {}
