@@ -88,18 +88,23 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
 def test_a_second_ctrl_c_stops_at_once(data, tmp_path):
     "The first Ctrl-C asks for a save; a second one during it ends the process."
     run = tmp_path / "run"
+    # the CPU preset's width and depth: the save's evaluation takes seconds
     p = start_training(data, run, "--log-every", 1, *SMALL, "--batch-size", 32,
-                       "--seq-len", 128)             # an evaluation of seconds
+                       "--seq-len", 128, "--set", "d_model=256", "--set", "n_layer=4")
     wait_for(run / "metrics.jsonl")
-    err = []                                # stderr, read as it comes
-    reader = threading.Thread(target=lambda: err.extend(iter(lambda: p.stderr.read(1), "")))
+    err, handled = [], threading.Event()    # stderr, read as it comes
+
+    def read_stderr():
+        for ch in iter(lambda: p.stderr.read(1), ""):
+            err.append(ch)
+            if ch == "\n" and "again to stop at once" in "".join(err[-80:]):
+                handled.set()
+    reader = threading.Thread(target=read_stderr)
     reader.start()
     p.send_signal(signal.SIGINT)            # the save evaluates, then writes
     # two signals during one long C call (a step) would count as one: wait
-    # until the first is handled, then press again, during the save
-    deadline = time.time() + 120
-    while "again to stop at once" not in "".join(err) and time.time() < deadline:
-        time.sleep(0.05)
+    # until the first is handled, then press again at once, during the save
+    assert handled.wait(timeout=120), "".join(err)
     p.send_signal(signal.SIGINT)            # during it: out, nothing saved
     out = p.communicate(timeout=120)[0]
     reader.join()
