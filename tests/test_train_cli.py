@@ -34,7 +34,11 @@ def start_training(data, run, *args):
     return subprocess.Popen([str(BIN), "train", "--data", str(data), "--out", str(run),
                              "--max-steps", "100000", "--eval-every", "100000",
                              *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C as in a terminal: a shell starts background jobs
+                            # with SIGINT ignored, which Python would inherit
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            if sys.platform != "win32" else None)
 
 
 def wait_for(path, seconds=120):
