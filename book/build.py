@@ -104,6 +104,9 @@ def build_date() -> dt.date:
 
 
 _CHECK = re.compile(r"^#\|\s*check\b", re.M)
+# A cell the book leaves out entirely, and the colour codes of terminal output.
+_HIDDEN = re.compile(r"^#\|\s*(hide|default_exp)\b|^#\|\s*include:\s*false", re.M)
+_ANSI = re.compile(r"\x1b\[[\d;]*[A-Za-z]")
 
 
 def is_check_cell(src: str) -> bool:
@@ -131,7 +134,7 @@ def _shown_text(cell: dict) -> list[str]:
         if out.get("output_type") == "stream": text = out.get("text", "")
         elif "image/png" in data or "text/markdown" in data: continue  # rendered, not printed
         else: text = data.get("text/plain", "")
-        lines += re.sub(r"\x1b\[[\d;]*[A-Za-z]", "", "".join(text)).splitlines()
+        lines += _ANSI.sub("", "".join(text)).splitlines()
     return lines
 
 
@@ -165,7 +168,7 @@ def check_notebook(nb: Path) -> dict:
                                         f"{len(line)} characters (limit {MAX_COLUMNS}; Typst would wrap it "
                                         f"where a shell does not): {line[:50]}... split it, ending with ` \\`")
         if cell.get("cell_type") != "code": continue
-        if re.search(r"^#\|\s*(hide|default_exp)\b|^#\|\s*include:\s*false", src, re.M): continue
+        if _HIDDEN.search(src): continue
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 raise BookError(f"{nb.name}, cell {i}: its saved output is an error ({out.get('ename')}); "
@@ -192,13 +195,13 @@ _NUMBER = re.compile(r"[-\u2212]?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 def _output_text(cell: dict) -> str:
     "What a shown code cell prints: its stream, plain-text and markdown (table) outputs."
     src = "".join(cell.get("source", ""))
-    if re.search(r"^#\|\s*(hide|default_exp)\b|^#\|\s*(include|output):\s*false", src, re.M): return ""
+    if _HIDDEN.search(src) or re.search(r"^#\|\s*output:\s*false", src, re.M): return ""
     texts = []
     for out in cell.get("outputs", []):
         data = out.get("data") or {}
         if out.get("output_type") == "stream": texts.append("".join(out.get("text", "")))
         else: texts.append("".join(data.get("text/markdown") or data.get("text/plain") or ""))
-    return re.sub(r"\x1b\[[\d;]*[A-Za-z]", "", "\n".join(texts))
+    return _ANSI.sub("", "\n".join(texts))
 
 
 def _parse_number(text: str) -> tuple[float, int] | None:
