@@ -99,6 +99,25 @@ def test_an_edited_added_or_removed_cell_makes_it_stale(layout):
         "newly imported: nbs/book.py", '1 code cell(s) edited or added: "import book"']
 
 
+def test_the_books_directives_do_not_make_it_stale_but_eval_does(layout):
+    cells = ["#| label: fig-x\n#| fig-cap: \"A plot\"\nprint(1)", "#| export\nx = 1"]
+    path = save(notebook(*cells), layout, "01_a.ipynb")
+    record = pv.read_notebook(path)["metadata"][pv.KEY]
+
+    def stale_with(*sources):
+        nb = notebook(*sources)
+        nb["metadata"][pv.KEY] = record
+        return pv.stale_reasons(nb, layout)
+
+    # a new caption, a check or fold summary, echo: the same code runs, the outputs hold
+    assert stale_with("#| label: fig-x\n#| fig-cap: \"Another\"\n#| echo: false\nprint(1)",
+                      "#| export\n#| fold: the x\nx = 1") == []
+    # eval: false decides whether the cell runs at all
+    assert stale_with(cells[0], "#| export\n#|  eval: false\nx = 1") == [
+        '1 code cell(s) edited or added: "x = 1"']
+    assert stale_with(cells[0], "#| export\nx = 2") != []
+
+
 def test_no_record_is_stale_and_no_code_is_never_stale(layout):
     assert reasons(save(notebook("print(1)"), layout, "01_a.ipynb", executed=False), layout) == [
         "no record of the code that produced its outputs"]

@@ -9,6 +9,10 @@ such as `nbs/book.py`). `stale.py` compares that record with the code as it is n
 Imports are read from the source (ast), not from a run: in cells, in module bodies and inside
 functions, plus the modules a cell runs as a command (`["-m", "minigpt"]`, `bin / "minigpt"`,
 `!minigpt ...`). A notebook without code cells has printed nothing, so it is never stale.
+
+A cell's hash covers the code that runs, not the `#|` directives that only tell the book how to
+print it (a caption, `echo`, `check`, `fold`, `export`): rewording a caption leaves the outputs
+as they are. `#| eval:` decides whether the cell runs, so it counts.
 """
 from __future__ import annotations
 
@@ -60,6 +64,17 @@ def write_notebook(nb: dict, path: Path) -> None:
     "Write `nb` the way nbdev does (sorted keys, indent 1), so cleaning changes nothing."
     Path(path).write_text(json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n",
                           encoding="utf-8")
+
+
+_RENDER_ONLY = re.compile(r"^#\|(?!\s*eval\s*:).*$\n?", re.M)
+
+
+def executed_code(source: str) -> str:
+    "The part of a cell's source that decides what it runs: all but the book's `#|` directives."
+    return _RENDER_ONLY.sub("", source)
+
+
+def cell_hash(source: str) -> str: return short_hash(executed_code(source))
 
 
 def code_cells(nb: dict) -> list[str]:
@@ -193,7 +208,7 @@ def code_record(nb: dict, layout: Layout) -> dict:
     imported = set().union(*(cell_imports(s, layout.lib.name) for s in sources))
     modules = {p.relative_to(layout.root).as_posix(): _file_hash(p)
                for p in local_modules(imported, layout).values()}
-    cells = [short_hash(s) for s in sources]
+    cells = [cell_hash(s) for s in sources]
     whole = json.dumps({"cells": cells, "modules": modules}, sort_keys=True)
     # not "cells": nbdev's notebook writer (fastcore's nb2dict) reads any list under that key
     # as notebook cells, at any depth, and nbdev-clean then fails on the notebook
@@ -233,7 +248,7 @@ def _first_line(source: str, width: int = 40) -> str:
 
 
 def _cell_changes(recorded: list[str], sources: list[str]) -> list[str]:
-    current = [short_hash(s) for s in sources]
+    current = [cell_hash(s) for s in sources]
     if current == recorded: return []
     unmatched = Counter(current) - Counter(recorded)      # current cells the record lacks
     edited = []
