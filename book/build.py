@@ -122,6 +122,13 @@ def _check_cell_problem(cell: dict) -> str | None:
     return None
 
 
+def _fold_cell_problem(src: str) -> str | None:
+    "Why a fold cell cannot be printed as its summary with its code at the chapter's end, or None."
+    if re.search(r"^#\|\s*fold\b", src, re.M) and not re.search(r"^#\|\s*fold:\s*\S", src, re.M):
+        return "a fold cell needs `#| fold: <summary>`"
+    return None
+
+
 def _shown_text(cell: dict) -> list[str]:
     "The lines of a code cell that the book prints: code without directives, and text outputs."
     src = "".join(cell.get("source", ""))
@@ -174,6 +181,8 @@ def check_notebook(nb: Path) -> dict:
                 raise BookError(f"{nb.name}, cell {i}: its saved output is an error ({out.get('ename')}); "
                                 "fix the cell and run `make execute`")
         if is_check_cell(src) and (problem := _check_cell_problem(cell)):
+            raise BookError(f"{nb.name}, cell {i}: {problem}")
+        if problem := _fold_cell_problem(src):
             raise BookError(f"{nb.name}, cell {i}: {problem}")
         for n, line in enumerate(_shown_text(cell), 1):
             if len(line) > MAX_COLUMNS:

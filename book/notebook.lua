@@ -18,6 +18,10 @@
 --     summary in a small box (`checked` in template.typ), not its code: the asserts run in
 --     the notebook (nbdev-test), the reader gets the claim they back. A check cell prints
 --     nothing (book/build.py refuses one with an output), so there is no output to drop.
+--   * moves the code of a fold cell (`#| fold: how GPTConfig refuses an impossible shape`) to a
+--     last section of the chapter, "Listings in full", and prints in its place one line with
+--     the summary and the page of the listing (`folded` in template.typ); its outputs stay.
+--     For code a reader needs to run but not to read on first pass (validation, plumbing).
 
 local CROSSREF = { "sec-", "fig-", "tbl-", "eq-" }
 
@@ -104,6 +108,20 @@ local function check_cell(source, summary, el)
   return { pandoc.RawBlock("typst", '#import "template.typ": checked\n#checked[' .. typ .. "]") }
 end
 
+-- The chapter's folded listings, in order: { label, summary (Typst), code }.
+local folded = {}
+
+-- A fold cell's code goes to the end of the chapter; in its place, the summary and a page.
+local function fold_code(source, summary, code)
+  if summary == true or summary == "" then
+    cell_error(source.text, "a fold cell needs its summary: `#| fold: what the folded code does`")
+  end
+  local typ = pandoc.write(pandoc.Pandoc { pandoc.Plain(parse_caption(summary)) }, "typst"):gsub("%s+$", "")
+  local label = "fold-" .. pandoc.utils.sha1(code):sub(1, 12)
+  table.insert(folded, { label = label, summary = typ, code = code })
+  return pandoc.RawBlock("typst", '#import "template.typ": folded\n#folded(<' .. label .. '>)[' .. typ .. "]")
+end
+
 local function code_cell(el)
   local source = el.content[1]
   if source == nil or source.t ~= "CodeBlock" then return nil end
@@ -112,7 +130,9 @@ local function code_cell(el)
   if opts.check then return check_cell(source, opts.check, el) end
 
   local blocks = pandoc.Blocks {}
-  if opts.echo ~= "false" and code ~= "" then
+  if opts.fold and opts.echo ~= "false" and code ~= "" then
+    blocks:insert(fold_code(source, opts.fold, code))
+  elseif opts.echo ~= "false" and code ~= "" then
     blocks:insert(pandoc.CodeBlock(code, { class = "python" }))
   end
   if opts.output == "false" then return blocks end
@@ -352,6 +372,20 @@ local function mark_index(doc)
   return doc
 end
 
+-- The last section of a chapter: the folded listings, each under its summary.
+local function listings_in_full(doc)
+  if #folded == 0 then return nil end
+  doc.blocks:insert(pandoc.Header(2, "Listings in full"))
+  doc.blocks:insert(pandoc.Para(pandoc.Inlines {
+    pandoc.Str("The code this chapter runs but folded away, in the order it runs.") }))
+  for _, f in ipairs(folded) do
+    doc.blocks:insert(pandoc.RawBlock("typst", '#import "template.typ": folded-title\n#folded-title['
+      .. f.summary .. "] <" .. f.label .. ">"))
+    doc.blocks:insert(pandoc.CodeBlock(f.code, { class = "python" }))
+  end
+  return doc
+end
+
 return {
   { Span = out_span },
   { Div = function(el)
@@ -367,5 +401,6 @@ return {
     Link = not_an_email,
     Code = inline_code,
     Header = header },
+  { Pandoc = listings_in_full },
   { Pandoc = mark_index },
 }

@@ -330,6 +330,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.model.SwiGLU.forward': ('model.html#swiglu.forward', 'minigpt/model.py'),
                                'minigpt.model._hf_gpt2_keys': ('model.html#_hf_gpt2_keys', 'minigpt/model.py'),
                                'minigpt.model.check_gpt2_compatible': ('model.html#check_gpt2_compatible', 'minigpt/model.py'),
+                               'minigpt.model.check_gpt_config': ('model.html#check_gpt_config', 'minigpt/model.py'),
                                'minigpt.model.flops_per_token': ('model.html#flops_per_token', 'minigpt/model.py'),
                                'minigpt.model.from_hf_gpt2': ('model.html#from_hf_gpt2', 'minigpt/model.py'),
                                'minigpt.model.make_norm': ('model.html#make_norm', 'minigpt/model.py'),
@@ -421,7 +422,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.train.TrainConfig.__post_init__': ( 'pretraining.html#trainconfig.__post_init__',
                                                                             'minigpt/train.py'),
                                'minigpt.train.TrainConfig.from_dict': ('pretraining.html#trainconfig.from_dict', 'minigpt/train.py'),
-                               'minigpt.train.TrainConfig.rules': ('pretraining.html#trainconfig.rules', 'minigpt/train.py'),
                                'minigpt.train.Trainer': ('pretraining.html#trainer', 'minigpt/train.py'),
                                'minigpt.train._divergence_advice': ('pretraining.html#_divergence_advice', 'minigpt/train.py'),
                                'minigpt.train._fit_schedule': ('pretraining.html#_fit_schedule', 'minigpt/train.py'),
@@ -440,4 +440,5 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.train.sample_text': ('pretraining.html#sample_text', 'minigpt/train.py'),
                                'minigpt.train.setup': ('pretraining.html#setup', 'minigpt/train.py'),
                                'minigpt.train.train': ('pretraining.html#train', 'minigpt/train.py'),
+                               'minigpt.train.train_config_rules': ('pretraining.html#train_config_rules', 'minigpt/train.py'),
                                'minigpt.train.train_step': ('pretraining.html#train_step', 'minigpt/train.py')}}}

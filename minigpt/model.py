@@ -17,8 +17,8 @@ from .attention import (CausalSelfAttention, rope_angles,
                                sinusoidal_positions)
 
 # %% auto #0
-__all__ = ['LLAMA', 'PRESETS', 'RMSNorm', 'MLP', 'SwiGLU', 'Block', 'make_norm', 'GPTConfig', 'GPT', 'token_logprobs',
-           'RNNLanguageModel', 'parameter_groups', 'meta_model', 'matmul_params', 'flops_per_token',
+__all__ = ['LLAMA', 'PRESETS', 'RMSNorm', 'MLP', 'SwiGLU', 'Block', 'make_norm', 'GPTConfig', 'check_gpt_config', 'GPT',
+           'token_logprobs', 'RNNLanguageModel', 'parameter_groups', 'meta_model', 'matmul_params', 'flops_per_token',
            'training_state_bytes', 'check_gpt2_compatible', 'from_hf_gpt2', 'save_hf_gpt2']
 
 # %% ../nbs/05_model.ipynb #8872cd33
@@ -99,29 +99,7 @@ class GPTConfig:
     def __post_init__(self):
         if self.n_kv_head is None: self.n_kv_head = self.n_head
         if self.d_ff is None: self.d_ff = 4 * self.d_model
-        choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
-                   "pos": ("learned", "sinusoidal", "rope")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r}: "
-                                 f"use one of {', '.join(allowed)}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model",
-                     "d_ff", "n_kv_head"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive "
-                                 f"integer, not {value!r}")
-        if self.d_model % self.n_head:
-            raise ValueError(f"GPTConfig: d_model={self.d_model} is not "
-                             f"divisible by n_head={self.n_head}; each head "
-                             "gets d_model/n_head")
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"GPTConfig: n_head={self.n_head} is not a "
-                             f"multiple of n_kv_head={self.n_kv_head}")
-        if self.pos == "rope" and (self.d_model // self.n_head) % 2:
-            raise ValueError("GPTConfig: RoPE needs an even head width")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"GPTConfig.dropout={self.dropout}: use [0, 1)")
+        check_gpt_config(self)   # a clear error now, not a shape error later
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GPTConfig:
@@ -153,6 +131,34 @@ PRESETS = {
     "llama-7b": dict(LLAMA, block_size=4096, n_layer=32, n_head=32,
                      d_model=4096, d_ff=11008),
 }
+
+# %% ../nbs/05_model.ipynb #42c66404
+def check_gpt_config(cfg: GPTConfig) -> None:
+    "Raise ValueError, naming the field, if `cfg` cannot be built."
+    choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
+               "pos": ("learned", "sinusoidal", "rope")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"GPTConfig.{name}={getattr(cfg, name)!r}: "
+                             f"use one of {', '.join(allowed)}")
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model",
+                 "d_ff", "n_kv_head"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"GPTConfig.{name} must be a positive "
+                             f"integer, not {value!r}")
+    if cfg.d_model % cfg.n_head:
+        raise ValueError(f"GPTConfig: d_model={cfg.d_model} is not "
+                         f"divisible by n_head={cfg.n_head}; each head "
+                         "gets d_model/n_head")
+    if cfg.n_head % cfg.n_kv_head:
+        raise ValueError(f"GPTConfig: n_head={cfg.n_head} is not a "
+                         f"multiple of n_kv_head={cfg.n_kv_head}")
+    if cfg.pos == "rope" and (cfg.d_model // cfg.n_head) % 2:
+        raise ValueError("GPTConfig: RoPE needs an even head width")
+    if not 0 <= cfg.dropout < 1:
+        raise ValueError(f"GPTConfig.dropout={cfg.dropout}: use [0, 1)")
+
 
 # %% ../nbs/05_model.ipynb #77bbab59
 class GPT(nn.Module):

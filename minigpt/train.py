@@ -35,9 +35,9 @@ from .model import GPT, GPTConfig, flops_per_token
 from .tokenizer import ENDOFTEXT, save_tokenizer
 
 # %% auto #0
-__all__ = ['FIT_PROBE_STEPS', 'FIXED_ON_RESUME', 'TrainConfig', 'learning_rate', 'fit_steps', 'fitted_config',
-           'parameter_groups_for_decay', 'make_optimizer', 'sample_text', 'resumed_config', 'record_resume',
-           'resume_checkpoint', 'Trainer', 'setup', 'train_step', 'evaluate_and_save', 'train']
+__all__ = ['FIT_PROBE_STEPS', 'FIXED_ON_RESUME', 'TrainConfig', 'train_config_rules', 'learning_rate', 'fit_steps',
+           'fitted_config', 'parameter_groups_for_decay', 'make_optimizer', 'sample_text', 'resumed_config',
+           'record_resume', 'resume_checkpoint', 'Trainer', 'setup', 'train_step', 'evaluate_and_save', 'train']
 
 # %% ../nbs/06_pretraining.ipynb #c995899c
 @dataclass
@@ -67,56 +67,57 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, valid, rule in self.rules():   # in order: a later test
-            if not valid():                        # relies on earlier ones
-                flag = "--" + name.replace("_", "-")
+        for name, valid, rule in train_config_rules(self):   # in order: a later
+            if not valid():                                  # test relies on
+                flag = "--" + name.replace("_", "-")         # earlier ones
                 raise ValueError(f"{name}={getattr(self, name)!r} ({flag}): "
                                  f"{rule}")
-
-    def rules(self) -> list[tuple]:
-        "(field, a test of its value, the rule) for every field."
-        whole = lambda v, least: type(v) is int and v >= least
-        number = lambda v, lo, hi=math.inf: type(v) in (int, float) and \
-            lo <= v < hi
-        f32_max = float(torch.finfo(torch.float32).max)   # beyond it: inf
-        return [
-            *[(n, lambda n=n: whole(getattr(self, n), 1),
-               "must be a whole number >= 1")
-              for n in ("batch_size", "grad_accum", "max_steps", "eval_every",
-                        "log_every")],
-            *[(n, lambda n=n: whole(getattr(self, n), 0),
-               "must be a whole number >= 0")
-              for n in ("warmup_steps", "keep_every", "sample_every", "seed")],
-            ("seq_len", lambda: self.seq_len is None or whole(self.seq_len, 1),
-             "must be >= 1, or None"),
-            ("eval_batches", lambda: self.eval_batches is None
-             or whole(self.eval_batches, 1), "must be >= 1, or None"),
-            ("keep_every", lambda: self.keep_every % self.eval_every == 0,
-             f"must be a multiple of eval_every={self.eval_every}"),
-            ("lr", lambda: number(self.lr, 1e-30, f32_max),
-             "must be a positive number below 3.4e38 (float32's max)"),
-            ("min_lr_ratio", lambda: number(self.min_lr_ratio, 0, 1.000001),
-             "must be between 0 and 1"),
-            ("weight_decay", lambda: number(self.weight_decay, 0),
-             "must be >= 0"),
-            ("beta1", lambda: number(self.beta1, 0, 1), "must be in [0, 1)"),
-            ("beta2", lambda: number(self.beta2, 0, 1), "must be in [0, 1)"),
-            ("grad_clip", lambda: number(self.grad_clip, 1e-30),
-             "must be > 0"),
-            ("max_time", lambda: self.max_time is None
-             or number(self.max_time, 1e-9), "must be > 0 seconds"),
-            ("fit_max_time", lambda: not self.fit_max_time or self.max_time,
-             "needs max_time: the seconds that the schedule is fitted to"),
-            ("precision", lambda: self.precision in ("auto", "fp32", "bf16",
-                                                     "fp16"),
-             "use auto, fp32, bf16 or fp16"),
-            ("parallel", lambda: self.parallel in ("ddp", "fsdp"),
-             "use ddp or fsdp")]
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**{k: v for k, v in d.items()
                       if k in {f.name for f in fields(cls)}})
+
+# %% ../nbs/06_pretraining.ipynb #c995899d
+def train_config_rules(cfg: TrainConfig) -> list[tuple]:
+    "(field, a test of its value, the rule) for every field of `cfg`."
+    whole = lambda v, least: type(v) is int and v >= least
+    number = lambda v, lo, hi=math.inf: type(v) in (int, float) and \
+        lo <= v < hi
+    f32_max = float(torch.finfo(torch.float32).max)   # beyond it: inf
+    return [
+        *[(n, lambda n=n: whole(getattr(cfg, n), 1),
+           "must be a whole number >= 1")
+          for n in ("batch_size", "grad_accum", "max_steps", "eval_every",
+                    "log_every")],
+        *[(n, lambda n=n: whole(getattr(cfg, n), 0),
+           "must be a whole number >= 0")
+          for n in ("warmup_steps", "keep_every", "sample_every", "seed")],
+        ("seq_len", lambda: cfg.seq_len is None or whole(cfg.seq_len, 1),
+         "must be >= 1, or None"),
+        ("eval_batches", lambda: cfg.eval_batches is None
+         or whole(cfg.eval_batches, 1), "must be >= 1, or None"),
+        ("keep_every", lambda: cfg.keep_every % cfg.eval_every == 0,
+         f"must be a multiple of eval_every={cfg.eval_every}"),
+        ("lr", lambda: number(cfg.lr, 1e-30, f32_max),
+         "must be a positive number below 3.4e38 (float32's max)"),
+        ("min_lr_ratio", lambda: number(cfg.min_lr_ratio, 0, 1.000001),
+         "must be between 0 and 1"),
+        ("weight_decay", lambda: number(cfg.weight_decay, 0),
+         "must be >= 0"),
+        ("beta1", lambda: number(cfg.beta1, 0, 1), "must be in [0, 1)"),
+        ("beta2", lambda: number(cfg.beta2, 0, 1), "must be in [0, 1)"),
+        ("grad_clip", lambda: number(cfg.grad_clip, 1e-30),
+         "must be > 0"),
+        ("max_time", lambda: cfg.max_time is None
+         or number(cfg.max_time, 1e-9), "must be > 0 seconds"),
+        ("fit_max_time", lambda: not cfg.fit_max_time or cfg.max_time,
+         "needs max_time: the seconds that the schedule is fitted to"),
+        ("precision", lambda: cfg.precision in ("auto", "fp32", "bf16", "fp16"),
+         "use auto, fp32, bf16 or fp16"),
+        ("parallel", lambda: cfg.parallel in ("ddp", "fsdp"),
+         "use ddp or fsdp")]
+
 
 # %% ../nbs/06_pretraining.ipynb #9275fce6
 def learning_rate(step: int, cfg: TrainConfig) -> float:

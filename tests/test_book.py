@@ -157,6 +157,38 @@ def test_a_check_cell_that_prints_or_has_no_summary_is_an_error(tmp_path, src, o
         book.build(cfg, tmp_path / "b.pdf")
 
 
+def test_a_fold_cell_prints_its_summary_and_page_in_place_and_its_code_at_the_end(tmp_path):
+    cfg = make_book(tmp_path, [
+        md("# T\n\nBEFORE_FOLD"),
+        code("#| fold: how `refuse` checks its input\ndef refuse(x):\n    FOLDED_BODY = x\n"),
+        code("#| fold: the table's code\nprint('TABLE_OUTPUT')", stream("TABLE_OUTPUT\n")),
+        md("AFTER_FOLD\n\n## Further reading\n\nLAST_SECTION"),
+    ])
+    out = tmp_path / "b.pdf"
+    book.build(cfg, out)
+    text = re.sub(r"\s+", " ", pdf_text(out)[1])
+    # in place: the summary, the page of the code, and the folded cell's output
+    place = text[text.index("BEFORE_FOLD"):text.index("AFTER_FOLD")]
+    assert re.search(r"▸ code on p\. \d+: how refuse checks its input", place)
+    assert "FOLDED_BODY" not in place and "TABLE_OUTPUT" in place
+    # the code, under its summary, in the chapter's last section, after everything else
+    end = text[text.index("LAST_SECTION"):]
+    assert "Listings in full" in end
+    assert end.index("how refuse checks its input") < end.index("FOLDED_BODY = x")
+    assert "print('TABLE_OUTPUT')" in end
+    # the page named is the page that holds the listing: it prints that number in its folio
+    page = re.search(r"code on p\. (\d+): how refuse", place).group(1)
+    from pypdf import PdfReader
+    holding = [t for t in (pg.extract_text() for pg in PdfReader(str(out)).pages) if "FOLDED_BODY" in t]
+    assert len(holding) == 1 and re.search(rf"(?m)^\s*{page}\s*$|(?:^|\s){page}(?:\s|$)", holding[0])
+
+
+def test_a_fold_cell_needs_a_summary(tmp_path):
+    cfg = make_book(tmp_path, [md("# T"), code("#| fold\nx = 1")])
+    with pytest.raises(book.BookError, match=r"01_test\.ipynb, cell 1: a fold cell needs `#\| fold: <summary>`"):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
 def test_missing_chapter_is_an_error(tmp_path):
     cfg = tmp_path / "_quarto.yml"
     cfg.write_text("book:\n  chapters:\n    - nbs/nope.ipynb\n")
