@@ -377,7 +377,7 @@ local function listings_in_full(doc)
   if #folded == 0 then return nil end
   doc.blocks:insert(pandoc.Header(2, "Listings in full"))
   doc.blocks:insert(pandoc.Para(pandoc.Inlines {
-    pandoc.Str("The code this chapter runs but folded away, in the order it runs.") }))
+    pandoc.Str("Code that the chapter runs but left out of its text, in the order it runs; where it runs, a line gives its summary and this page.") }))
   for _, f in ipairs(folded) do
     doc.blocks:insert(pandoc.RawBlock("typst", '#import "template.typ": folded-title\n#folded-title['
       .. f.summary .. "] <" .. f.label .. ">"))
