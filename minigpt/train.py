@@ -431,7 +431,8 @@ def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
     handlers = {}
     try:
         for s in (signal.SIGINT, signal.SIGTERM):
-            handlers[s] = signal.signal(s, on_signal)
+            if signal.getsignal(s) is signal.SIG_IGN: continue  # nohup, `&`:
+            handlers[s] = signal.signal(s, on_signal)   # the shell's wish holds
     except ValueError: pass          # not the main thread: no signal handling
     bar = tqdm(total=cfg.max_steps, initial=progress["step"], unit="step",
                disable=not (progress_bar and main), dynamic_ncols=True)

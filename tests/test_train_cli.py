@@ -29,7 +29,7 @@ def data(tmp_path_factory):
     return out
 
 
-def start_training(data, run, *args):
+def start_training(data, run, *args, sigint=signal.SIG_DFL):
     "A `minigpt train` in the background, with no step or evaluation limit."
     return subprocess.Popen([str(BIN), "train", "--data", str(data), "--out", str(run),
                              "--max-steps", "100000", "--eval-every", "100000",
@@ -37,7 +37,7 @@ def start_training(data, run, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # Ctrl-C as in a terminal: a shell starts background jobs
                             # with SIGINT ignored, which Python would inherit
-                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, sigint))
                             if sys.platform != "win32" else None)
 
 
@@ -87,6 +87,24 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
     r = minigpt("train", "--data", data, "--out", run, "--resume",
                 "--max-steps", state_step + 2)
     assert r.returncode == 0 and f"at step {state_step + 2}" in r.stdout
+
+
+def test_started_with_sigint_ignored_it_keeps_ignoring_it_and_saves_on_sigterm(data, tmp_path):
+    "`nohup minigpt train &`: the shell ignores Ctrl-C for the job; SIGTERM still saves."
+    run = tmp_path / "run"
+    p = start_training(data, run, "--log-every", 1, *SMALL, sigint=signal.SIG_IGN)
+    wait_for(run / "metrics.jsonl")
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    before = len(metrics(run))
+    deadline = time.time() + 60
+    while len(metrics(run)) < before + 3 and time.time() < deadline: time.sleep(0.2)
+    assert p.poll() is None and len(metrics(run)) >= before + 3   # still training
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "stopped by SIGTERM" in out, (out, err)
+    step = metrics(run)[-1]["step"]
+    assert (run / "checkpoints" / f"step-{step:06d}" / "state.pt").exists()
 
 
 def test_a_second_ctrl_c_stops_at_once(data, tmp_path):
