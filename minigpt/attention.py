@@ -94,7 +94,7 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)          # concatenate the heads
         return self.resid_dropout(self.proj(y))
 
-# %% ../nbs/04_attention.ipynb #6e176726
+# %% ../nbs/04_attention.ipynb #933c3667
 def tile_schedule(Tq: int, Tk: int, block_q: int, block_k: int,
                   causal: bool = False) -> list:
     """The tiles of the (Tq, Tk) scores in the order `flash_attention` visits
@@ -121,7 +121,7 @@ def tile_mask(i0: int, i1: int, j0: int, j1: int, shift: int,
     ones = torch.ones(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
     return ones.tril(i0 + shift - j0)
 
-# %% ../nbs/04_attention.ipynb #cf205899
+# %% ../nbs/04_attention.ipynb #637474ce
 def check_flash_inputs(q, k, v, causal: bool, block_q: int, block_k: int):
     "Raise a clear error for inputs that `flash_attention` cannot take."
     if min(q.dim(), k.dim(), v.dim()) < 2:
@@ -133,9 +133,9 @@ def check_flash_inputs(q, k, v, causal: bool, block_q: int, block_k: int):
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be >= 1, got {block_q}, {block_k}")
     if causal and q.shape[-2] > k.shape[-2]:
-        raise ValueError(f"causal attention needs Tq <= Tk (the queries are the "
-                         f"last Tq of the Tk positions, as in causal_mask); got "
-                         f"Tq={q.shape[-2]}, Tk={k.shape[-2]}")
+        raise ValueError(f"causal attention needs Tq <= Tk (the queries are "
+                         f"the last Tq of the Tk positions, as in causal_mask);"
+                         f" got Tq={q.shape[-2]}, Tk={k.shape[-2]}")
 
 def attend_query_block(q_blk, k, v, tiles, i0: int, shift: int):
     """One block of queries q_blk (..., bq, d), scaled by 1/sqrt(d), in the
@@ -178,7 +178,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             q_blk, k, v, tiles, i0, Tk - Tq)
     return (out, lse) if return_lse else out
 
-# %% ../nbs/04_attention.ipynb #cad5eed5
+# %% ../nbs/04_attention.ipynb #b55233ad
 def peak_memory(fn, *args, **kwargs) -> int:
     """Peak bytes of tensor memory that fn(*args, **kwargs) allocates beyond
     what was allocated when it started, on the device of its first tensor
@@ -196,7 +196,8 @@ def peak_memory(fn, *args, **kwargs) -> int:
         raise ValueError(f"peak_memory measures on cuda and cpu, not "
                          f"{device.type}: move the tensors to one of them")
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU],
+                 profile_memory=True) as prof:
         fn(*args, **kwargs)
     with tempfile.TemporaryDirectory() as tmp:        # the profiler's records
         path = Path(tmp) / "trace.json"
@@ -207,7 +208,7 @@ def peak_memory(fn, *args, **kwargs) -> int:
     return max(itertools.accumulate((e["args"]["Bytes"] for e in events),
                                     initial=0))
 
-# %% ../nbs/04_attention.ipynb #60ee3a93
+# %% ../nbs/04_attention.ipynb #314e3a92
 def flash_attention_backward(q, k, v, out, lse, grad_out, causal=False,
                              block_q: int = 64, block_k: int = 64):
     """Gradients of the loss with respect to q, k, v (all (..., T, d), the
@@ -224,7 +225,8 @@ def flash_attention_backward(q, k, v, out, lse, grad_out, causal=False,
         doi = doi.to(acc_type)
         Li, Di = lse[..., i0:i1, None], D[..., i0:i1, :]       # (..., bq, 1)
         for j0, j1, masked in tiles:
-            kj, vj = k[..., j0:j1, :].to(acc_type), v[..., j0:j1, :].to(acc_type)
+            kj = k[..., j0:j1, :].to(acc_type)                     # (., bk, d)
+            vj = v[..., j0:j1, :].to(acc_type)
             s = qi @ kj.transpose(-2, -1) * scale                 # (., bq, bk)
             if masked:
                 keep = tile_mask(i0, i1, j0, j1, Tk - Tq, q.device)
