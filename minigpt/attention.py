@@ -3,15 +3,20 @@
 # %% ../nbs/04_attention.ipynb #8f03364f
 from __future__ import annotations
 
+import itertools
+import json
 import math
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['attention', 'causal_mask', 'repeat_kv', 'CausalSelfAttention', 'sinusoidal_positions', 'rope_angles', 'rotate_half',
-           'apply_rope']
+__all__ = ['attention', 'causal_mask', 'repeat_kv', 'CausalSelfAttention', 'tile_schedule', 'tile_mask', 'check_flash_inputs',
+           'attend_query_block', 'flash_attention', 'peak_memory', 'flash_attention_backward', 'sinusoidal_positions',
+           'rope_angles', 'rotate_half', 'apply_rope']
 
 # %% ../nbs/04_attention.ipynb #bdd15fa1
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -88,6 +93,150 @@ class CausalSelfAttention(nn.Module):
             y = attention(q, k, v, mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)          # concatenate the heads
         return self.resid_dropout(self.proj(y))
+
+# %% ../nbs/04_attention.ipynb #933c3667
+def tile_schedule(Tq: int, Tk: int, block_q: int, block_k: int,
+                  causal: bool = False) -> list:
+    """The tiles of the (Tq, Tk) scores in the order `flash_attention` visits
+    them: [(i0, i1, [(j0, j1, masked), ...]), ...], a block of queries
+    [i0, i1) and its blocks of keys [j0, j1), `masked` where the causal mask
+    cuts through the tile. Tiles wholly in the future are left out."""
+    shift = Tk - Tq           # query i sits at position i + shift (causal_mask)
+    schedule = []
+    for i0 in range(0, Tq, block_q):
+        i1 = min(i0 + block_q, Tq)
+        tiles = []
+        for j0 in range(0, Tk, block_k):
+            j1 = min(j0 + block_k, Tk)
+            if causal and j0 > i1 - 1 + shift: break   # after the last query
+            tiles.append((j0, j1, causal and j1 - 1 > i0 + shift))
+        schedule.append((i0, i1, tiles))
+    return schedule
+
+def tile_mask(i0: int, i1: int, j0: int, j1: int, shift: int,
+              device=None) -> torch.Tensor:
+    """The tile [i0, i1) x [j0, j1) of causal_mask(Tq, Tk), shift = Tk - Tq,
+    built without the whole matrix: key j is visible to query i if
+    j <= i + shift."""
+    ones = torch.ones(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
+    return ones.tril(i0 + shift - j0)
+
+# %% ../nbs/04_attention.ipynb #637474ce
+def check_flash_inputs(q, k, v, causal: bool, block_q: int, block_k: int):
+    "Raise a clear error for inputs that `flash_attention` cannot take."
+    if min(q.dim(), k.dim(), v.dim()) < 2:
+        raise ValueError("q, k and v must be (..., T, d) tensors")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v "
+                         f"{tuple(v.shape)}: q and k need the same width d, "
+                         "k and v the same number of positions")
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"block sizes must be >= 1, got {block_q}, {block_k}")
+    if causal and q.shape[-2] > k.shape[-2]:
+        raise ValueError(f"causal attention needs Tq <= Tk (the queries are "
+                         f"the last Tq of the Tk positions, as in causal_mask);"
+                         f" got Tq={q.shape[-2]}, Tk={k.shape[-2]}")
+
+def attend_query_block(q_blk, k, v, tiles, i0: int, shift: int):
+    """One block of queries q_blk (..., bq, d), scaled by 1/sqrt(d), in the
+    dtype to accumulate in, over its `tiles` of k and v with the online
+    softmax: -> output (..., bq, dv) and log-sum-exp (..., bq)."""
+    i1, on = i0 + q_blk.shape[-2], dict(dtype=q_blk.dtype, device=q_blk.device)
+    m = torch.full((*q_blk.shape[:-1], 1), float("-inf"), **on)  # row max
+    l = torch.zeros_like(m)                                       # row sum
+    acc = torch.zeros(*q_blk.shape[:-1], v.shape[-1], **on)  # output, not /l
+    for j0, j1, masked in tiles:
+        s = q_blk @ k[..., j0:j1, :].to(**on).transpose(-2, -1)  # (., bq, bk)
+        if masked:
+            keep = tile_mask(i0, i1, j0, j1, shift, q_blk.device)
+            s = s.masked_fill(~keep, float("-inf"))
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+        p = torch.exp(s - m_new)                        # (..., bq, bk), <= 1
+        rescale = torch.exp(m - m_new)          # 1, or < 1 if the max grew
+        l = rescale * l + p.sum(-1, keepdim=True)
+        acc = rescale * acc + p @ v[..., j0:j1, :].to(**on)
+        m = m_new
+    return acc / l, (m + l.log()).squeeze(-1)
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    causal: bool = False, block_q: int = 64,
+                    block_k: int = 64, return_lse: bool = False):
+    """Attention of q (..., Tq, d) over k and v (..., Tk, d) tile by tile
+    with the online softmax: no more than one (block_q, block_k) tile of
+    scores at a time. `causal` as causal_mask(Tq, Tk). With `return_lse`,
+    also the log-sum-exp of each row of scores (..., Tq), in float32."""
+    check_flash_inputs(q, k, v, causal, block_q, block_k)
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    acc_type = torch.promote_types(q.dtype, torch.float32)  # fp32 or more
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    out = torch.empty(*batch, Tq, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(*batch, Tq, dtype=acc_type, device=q.device)
+    for i0, i1, tiles in tile_schedule(Tq, Tk, block_q, block_k, causal):
+        q_blk = q[..., i0:i1, :].to(acc_type) / math.sqrt(q.shape[-1])
+        # each block of queries is an independent job (one SM on a GPU)
+        out[..., i0:i1, :], lse[..., i0:i1] = attend_query_block(
+            q_blk, k, v, tiles, i0, Tk - Tq)
+    return (out, lse) if return_lse else out
+
+# %% ../nbs/04_attention.ipynb #b55233ad
+def peak_memory(fn, *args, **kwargs) -> int:
+    """Peak bytes of tensor memory that fn(*args, **kwargs) allocates beyond
+    what was allocated when it started, on the device of its first tensor
+    argument: the CUDA allocator's peak counter on a GPU, the CPU allocator's
+    records (PyTorch's profiler) on the CPU."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        fn(*args, **kwargs)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    if device.type != "cpu":
+        raise ValueError(f"peak_memory measures on cuda and cpu, not "
+                         f"{device.type}: move the tensors to one of them")
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU],
+                 profile_memory=True) as prof:
+        fn(*args, **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:        # the profiler's records
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    events = sorted((e for e in events if e.get("name") == "[memory]"),
+                    key=lambda e: e["ts"])   # + bytes allocated, - released
+    return max(itertools.accumulate((e["args"]["Bytes"] for e in events),
+                                    initial=0))
+
+# %% ../nbs/04_attention.ipynb #314e3a92
+def flash_attention_backward(q, k, v, out, lse, grad_out, causal=False,
+                             block_q: int = 64, block_k: int = 64):
+    """Gradients of the loss with respect to q, k, v (all (..., T, d), the
+    same leading dims) from flash_attention's `out` and `lse` and the
+    gradient `grad_out` of its output, tile by tile: each tile's
+    probabilities are recomputed from the log-sum-exp, never stored."""
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    acc_type = torch.promote_types(q.dtype, torch.float32)
+    scale = 1 / math.sqrt(q.shape[-1])
+    dq, dk, dv = (torch.zeros_like(t, dtype=acc_type) for t in (q, k, v))
+    D = (grad_out.to(acc_type) * out.to(acc_type)).sum(-1, keepdim=True)
+    for i0, i1, tiles in tile_schedule(Tq, Tk, block_q, block_k, causal):
+        qi, doi = q[..., i0:i1, :].to(acc_type), grad_out[..., i0:i1, :]
+        doi = doi.to(acc_type)
+        Li, Di = lse[..., i0:i1, None], D[..., i0:i1, :]       # (..., bq, 1)
+        for j0, j1, masked in tiles:
+            kj = k[..., j0:j1, :].to(acc_type)                     # (., bk, d)
+            vj = v[..., j0:j1, :].to(acc_type)
+            s = qi @ kj.transpose(-2, -1) * scale                 # (., bq, bk)
+            if masked:
+                keep = tile_mask(i0, i1, j0, j1, Tk - Tq, q.device)
+                s = s.masked_fill(~keep, float("-inf"))
+            p = torch.exp(s - Li)                     # P, recomputed
+            dv[..., j0:j1, :] += p.transpose(-2, -1) @ doi
+            ds = p * (doi @ vj.transpose(-2, -1) - Di)    # (..., bq, bk)
+            dq[..., i0:i1, :] += ds @ kj * scale
+            dk[..., j0:j1, :] += ds.transpose(-2, -1) @ qi * scale
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 # %% ../nbs/04_attention.ipynb #ebc426a8
 def sinusoidal_positions(T: int, d: int, base: float = 10000.0) -> torch.Tensor:

@@ -337,6 +337,78 @@ def heads(n_head: int = 8, kv_heads=(8, 2, 1), d_model: int = 256):
     return fig
 
 
+def flash_tile_grid(T: int, block_q: int, block_k: int, causal: bool):
+    """(T, T) codes of the tiles `tile_schedule` visits: 0 a skipped tile,
+    1 a cell of a computed tile, 2 a cell that the causal mask hides inside a
+    computed tile; and the tiles' top-left corners (i0, j0) in loop order."""
+    from minigpt.attention import tile_mask, tile_schedule
+    grid, order = np.zeros((T, T), dtype=int), []
+    for i0, i1, tiles in tile_schedule(T, T, block_q, block_k, causal):
+        for j0, j1, masked in tiles:
+            order.append((i0, j0))
+            grid[i0:i1, j0:j1] = 1
+            if masked:
+                hidden = ~tile_mask(i0, i1, j0, j1, 0, "cpu").numpy()
+                grid[i0:i1, j0:j1][hidden] = 2
+    return grid, order
+
+
+def flash_tiles(T: int = 14, block_q: int = 4, block_k: int = 4):
+    """The T x T scores cut into tiles of block_q queries by block_k keys, as
+    `flash_attention` visits them, without and with the causal mask: computed
+    tiles numbered in loop order, masked cells inside them, skipped tiles."""
+    W, H = 10.0, 4.0
+    fig, ax = canvas(W, H, WIDTH * H / W)
+    c = 2.8 / T                                  # data units per score
+    cmap = ListedColormap(["white", COLORS["data"][0], COLORS["bad"][0]])
+    fig.order = {}
+    for p, causal in enumerate((False, True)):
+        x0, top = 0.6 + p * 3.85, H - 0.75
+        grid, order = flash_tile_grid(T, block_q, block_k, causal)
+        fig.order[causal] = order
+        name = "causal" if causal else "full"
+        ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=2.5, interpolation="nearest",
+                  extent=(x0, x0 + T * c, top - T * c, top)).set_label(name)
+        for k in range(T + 1):                   # the grid of single scores
+            ax.plot([x0 + k * c] * 2, [top, top - T * c], color="white", lw=0.4)
+            ax.plot([x0, x0 + T * c], [top - k * c] * 2, color="white", lw=0.4)
+        for i0 in range(0, T, block_q):          # every tile, skipped ones hatched
+            for j0 in range(0, T, block_k):
+                h, w = min(block_q, T - i0), min(block_k, T - j0)
+                skipped = grid[i0, j0 + w - 1] == 0
+                ax.add_patch(Rectangle((x0 + j0 * c, top - (i0 + h) * c), w * c,
+                                       h * c, fill=skipped, fc="white",
+                                       hatch="///" if skipped else None,
+                                       ec=INK, lw=0.9))
+        for n, (i0, j0) in enumerate(order, 1):  # the loop order
+            h, w = min(block_q, T - i0), min(block_k, T - j0)
+            label(ax, x0 + (j0 + w / 2) * c, top - (i0 + h / 2) * c, str(n),
+                  size=SMALL, weight="bold", color=COLORS["data"][1])
+        label(ax, x0 + T * c / 2, top + 0.5, "causal" if causal else
+              "no mask", weight="bold")
+        arrow(ax, (x0, top + 0.12), (x0 + T * c, top + 0.12))
+        label(ax, x0 + T * c / 2, top + 0.25, "inner loop: key blocks",
+              size=SMALL - 1, color=MUTED, va="bottom")
+        arrow(ax, (x0 - 0.12, top), (x0 - 0.12, top - T * c))
+        label(ax, x0 - 0.22, top - T * c / 2, "outer loop: query blocks",
+              size=SMALL - 1, color=MUTED, rotation=90, ha="right")
+        label(ax, x0 + T * c / 2, top - T * c - 0.22,
+              f"{len(order)} of {math.ceil(T / block_q) * math.ceil(T / block_k)}"
+              " tiles computed", size=SMALL, color=MUTED)
+    lx, ly = 7.75, H - 1.1
+    for i, (fc, hatch, text) in enumerate((
+            (COLORS["data"][0], None, "computed"),
+            (COLORS["bad"][0], None, "masked cell\n(set to \u2212\u221e)"),
+            ("white", "///", "skipped tile"))):
+        ax.add_patch(Rectangle((lx, ly - i * 0.75), 0.3, 0.3, fc=fc, hatch=hatch,
+                               ec=INK, lw=0.6))
+        label(ax, lx + 0.42, ly + 0.15 - i * 0.75, text, size=SMALL, ha="left",
+              va="center")
+    label(ax, lx, ly - 2.25, f"T = {T}\ntiles of {block_q} \u00d7 {block_k}\n"
+          "numbers: loop order", size=SMALL, ha="left", va="center", color=MUTED)
+    return finish(ax, W, H)
+
+
 # -------------------------------------------------------------- ch. 5: model
 def block(cfg):
     "A pre-norm transformer block of `cfg`: two residual branches on one stream."

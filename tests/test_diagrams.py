@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "nbs"))
 import diagrams as D                                      # noqa: E402
-from minigpt.attention import attention, causal_mask     # noqa: E402
+from minigpt.attention import attention, causal_mask, tile_schedule  # noqa: E402
 from minigpt.finetune import LoRALinear                  # noqa: E402
 from minigpt.loader import document_mask                 # noqa: E402
 from minigpt.model import GPTConfig                      # noqa: E402
@@ -37,7 +37,7 @@ def test_every_diagram_draws():
     figs = [D.data_pipeline(["ab " * 200, "cd " * 90], lambda t: list(range(len(t))),
                             eot=99, seq_len=16, batch_size=3),
             D.packing(torch.tensor([1, 2, 9, 3, 4, 9, 5]), 9),
-            D.attention_steps(), D.heads(), D.block(cfg), D.gpt(cfg),
+            D.attention_steps(), D.heads(), D.flash_tiles(), D.block(cfg), D.gpt(cfg),
             D.training_step(TrainConfig()), D.kv_cache(),
             D.lora(LoRALinear(torch.nn.Linear(16, 48), 4, 8)),
             D.dpo(example, 0.5), D.sharding(), D.pipeline()]
@@ -72,6 +72,23 @@ def test_heads_follow_repeat_kv():
     assert D.kv_heads_served(8, 8) == list(range(8))
     assert D.kv_heads_served(8, 2) == [0, 0, 0, 0, 1, 1, 1, 1]
     assert D.kv_heads_served(8, 1) == [0] * 8
+
+
+@pytest.mark.parametrize("T,bq,bk", [(14, 4, 4), (9, 2, 5), (12, 12, 3)])
+def test_flash_tiles_draw_the_real_schedule(T, bq, bk):
+    fig = D.flash_tiles(T, bq, bk)
+    for causal, name in ((False, "full"), (True, "causal")):
+        grid = D.drawn(fig, name)
+        schedule = tile_schedule(T, T, bq, bk, causal)
+        order = [(i0, j0) for i0, _, tiles in schedule for j0, _, _ in tiles]
+        assert fig.order[causal] == order                 # the loop order drawn
+        computed = np.zeros((T, T), dtype=bool)
+        for i0, i1, tiles in schedule:
+            for j0, j1, _ in tiles: computed[i0:i1, j0:j1] = True
+        assert np.array_equal(grid > 0, computed)         # skipped tiles are blank
+        visible = causal_mask(T).numpy() if causal else np.ones((T, T), bool)
+        assert np.array_equal(grid == 1, visible)         # masked cells = the mask
+    assert "1" in texts(fig) and str(len(fig.order[True])) in texts(fig)
 
 
 def test_gpt_writes_the_real_shapes():
