@@ -249,7 +249,7 @@ def lstm_cell(x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 class Recurrent(nn.Module):
-    "Stacked RNN or LSTM layers, step by step: nn.LSTM's parameters and interface."
+    "Stacked RNN or LSTM layers run step by step, as nn.LSTM (batch first)."
     def __init__(self, d_in: int, d_hidden: int, n_layer: int = 1,
                  kind: str = "lstm", dropout: float = 0.0):
         super().__init__()
