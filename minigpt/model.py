@@ -18,8 +18,9 @@ from .attention import (CausalSelfAttention, rope_angles,
 
 # %% auto #0
 __all__ = ['LLAMA', 'PRESETS', 'RMSNorm', 'MLP', 'SwiGLU', 'Block', 'make_norm', 'GPTConfig', 'check_gpt_config', 'GPT',
-           'token_logprobs', 'RNNLanguageModel', 'parameter_groups', 'meta_model', 'matmul_params', 'flops_per_token',
-           'training_state_bytes', 'check_gpt2_compatible', 'from_hf_gpt2', 'save_hf_gpt2']
+           'token_logprobs', 'rnn_cell', 'lstm_cell', 'Recurrent', 'RNNLanguageModel', 'parameter_groups', 'meta_model',
+           'matmul_params', 'flops_per_token', 'training_state_bytes', 'check_gpt2_compatible', 'from_hf_gpt2',
+           'save_hf_gpt2']
 
 # %% ../nbs/05_model.ipynb #8872cd33
 class RMSNorm(nn.Module):
@@ -236,18 +237,85 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
     return picked.masked_fill(targets == IGNORE_INDEX, 0.0)  # ignored: 0
 
-# %% ../nbs/05_model.ipynb #ddd4c801
-class RNNLanguageModel(nn.Module):
-    "Embedding, a stacked LSTM (or plain RNN) and a tied head: GPT's interface."
-    def __init__(self, vocab_size: int, d_model: int, n_layer: int,
+# %% ../nbs/05_model.ipynb #42f270e2
+def rnn_cell(x: torch.Tensor, h: torch.Tensor, w_ih, w_hh, b_ih, b_hh):
+    "One step of the Elman RNN: x (B, d_in), h (B, H) -> h (B, H)."
+    return torch.tanh(F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh))
+
+def lstm_cell(x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+              w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
+    "One LSTM step: x (B, d_in), state (h, c) -> (h, c), each (B, H)."
+    h, c = state
+    gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)    # (B, 4H)
+    i, f, g, o = gates.chunk(4, dim=-1)          # PyTorch's order of the gates
+    i, f, o = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o)
+    c = f * c + i * torch.tanh(g)
+    return o * torch.tanh(c), c
+
+# %% ../nbs/05_model.ipynb #9e8ddcad
+_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+class Recurrent(nn.Module):
+    "Stacked RNN or LSTM layers run step by step, as nn.LSTM (batch first)."
+    def __init__(self, d_in: int, d_hidden: int, n_layer: int = 1,
                  kind: str = "lstm", dropout: float = 0.0):
         super().__init__()
         if kind not in ("lstm", "rnn"):
             raise ValueError(f"kind={kind!r}: use lstm or rnn")
-        rnn = nn.LSTM if kind == "lstm" else nn.RNN
+        self.kind, self.d_in, self.d_hidden = kind, d_in, d_hidden
+        self.n_layer, self.dropout = n_layer, dropout
+        rows = (4 if kind == "lstm" else 1) * d_hidden     # gates i, f, g, o
+        for l in range(n_layer):
+            shapes = ((rows, d_in if l == 0 else d_hidden), (rows, d_hidden),
+                      (rows,), (rows,))
+            for name, shape in zip(_WEIGHTS, shapes):      # nn.LSTM's names
+                self.register_parameter(f"{name}_l{l}",
+                                        nn.Parameter(torch.empty(shape)))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        "PyTorch's initialisation: uniform in ±1/sqrt(H), in the same order."
+        bound = 1 / math.sqrt(self.d_hidden)
+        for p in self.parameters(): nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: torch.Tensor, state=None):
+        "x (B, T, d_in); state: nn.LSTM's (h, c) or nn.RNN's h, each (L, B, H)."
+        if x.dim() != 3 or x.size(1) == 0 or x.size(2) != self.d_in:
+            raise ValueError(f"input of shape {tuple(x.shape)}: expected "
+                             f"(batch, time >= 1, {self.d_in})")
+        lstm = self.kind == "lstm"
+        cell = lstm_cell if lstm else rnn_cell
+        if state is None:
+            zeros = x.new_zeros(self.n_layer, x.size(0), self.d_hidden)
+            state = (zeros, zeros) if lstm else zeros
+        states = list(zip(*state)) if lstm else list(state)   # one per layer
+        for l in range(self.n_layer):
+            if l > 0: x = F.dropout(x, self.dropout, self.training)
+            weights = [getattr(self, f"{name}_l{l}") for name in _WEIGHTS]
+            s, outputs = states[l], []
+            for x_t in x.unbind(1):     # (B, d) per step; one backward for all
+                s = cell(x_t, s, *weights)
+                outputs.append(s[0] if lstm else s)
+            x, states[l] = torch.stack(outputs, 1), s          # (B, T, H)
+        if lstm: return x, tuple(torch.stack(s) for s in zip(*states))
+        return x, torch.stack(states)
+
+# %% ../nbs/05_model.ipynb #ddd4c801
+class RNNLanguageModel(nn.Module):
+    "Embedding, a stacked LSTM (or plain RNN) and a tied head: GPT's interface."
+    def __init__(self, vocab_size: int, d_model: int, n_layer: int,
+                 kind: str = "lstm", dropout: float = 0.0, fused: bool = True):
+        super().__init__()
+        if kind not in ("lstm", "rnn"):
+            raise ValueError(f"kind={kind!r}: use lstm or rnn")
+        dropout = dropout if n_layer > 1 else 0.0
         self.emb = nn.Embedding(vocab_size, d_model)
-        self.rnn = rnn(d_model, d_model, n_layer, batch_first=True,
-                       dropout=dropout if n_layer > 1 else 0.0)
+        if fused:       # PyTorch's kernel: the same function, faster
+            rnn = nn.LSTM if kind == "lstm" else nn.RNN
+            self.rnn = rnn(d_model, d_model, n_layer, batch_first=True,
+                           dropout=dropout)
+        else:           # our step-by-step layers, with the same parameters
+            self.rnn = Recurrent(d_model, d_model, n_layer, kind, dropout)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.head.weight = self.emb.weight
 
