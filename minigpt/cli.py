@@ -18,14 +18,14 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['COMMANDS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'command_in', 'main',
+__all__ = ['COMMANDS', 'RL_DEFAULTS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'command_in', 'main',
            'add_clean_arguments', 'clean_config', 'add_corpus_argument', 'add_data_arguments', 'print_table',
            'print_cleaning', 'print_split_note', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command',
            'add_prepare_arguments', 'prepare_command', 'add_device_arguments', 'device_context', 'add_train_arguments',
            'parse_overrides', 'train_command', 'add_generate_arguments', 'generate_command', 'add_eval_arguments',
            'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments',
-           'add_dpo_arguments', 'sft_command', 'dpo_command', 'add_chat_arguments', 'chat_command',
-           'add_plan_arguments', 'plan_command']
+           'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command', 'add_chat_arguments',
+           'chat_command', 'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -488,7 +488,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
 
 def _finetune_setup(args):
-    "Model, tokenizer, examples and held-out examples of sft/dpo."
+    "Model, tokenizer and held-out examples of sft, dpo and rl."
     from minigpt.finetune import load_examples, load_for_finetuning
     if Path(args.out).exists() and any(Path(args.out).iterdir()):
         raise FileExistsError(f"{args.out} is not empty; choose another --out")
@@ -496,6 +496,12 @@ def _finetune_setup(args):
     heldout = Path(args.heldout or Path(args.data).with_name("heldout.jsonl"))
     held = load_examples(heldout) if heldout.exists() else []
     return model, tok, held
+
+def _finetune_options(args) -> dict:
+    "The FinetuneConfig fields given on the command line."
+    return {k: v for k, v in (("steps", args.steps), ("lr", args.lr),
+            ("batch_size", args.batch_size), ("precision", args.precision))
+            if v is not None}
 
 def _accuracies(model, tok, held) -> str:
     from minigpt.finetune import answer_accuracy, option_accuracy
@@ -515,6 +521,17 @@ def add_dpo_arguments(parser: argparse.ArgumentParser) -> None:
     add_finetune_arguments(parser)
     parser.add_argument("--beta", type=float, default=0.5)
 
+# what `minigpt rl` does without options: chapter 9's RL run
+RL_DEFAULTS = dict(steps=100, lr=1e-4, batch_size=8, warmup_steps=5,
+                   beta=0.04)
+
+def add_rl_arguments(parser: argparse.ArgumentParser) -> None:
+    add_finetune_arguments(parser)
+    parser.add_argument("--group", type=int, default=8,
+                        help="answers sampled per prompt (default 8)")
+    parser.add_argument("--beta", type=float, default=RL_DEFAULTS["beta"],
+                        help="weight of the KL penalty to --run")
+
 @command("sft", "supervised fine-tuning of a run on instruction examples",
          add_sft_arguments)
 def sft_command(args: argparse.Namespace) -> int:
@@ -522,9 +539,7 @@ def sft_command(args: argparse.Namespace) -> int:
                                   merge_lora, save_finetuned, sft)
     model, tok, held = _finetune_setup(args)
     examples = load_examples(args.data)
-    options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr),
-               ("batch_size", args.batch_size),
-               ("precision", args.precision)) if v is not None}
+    options = _finetune_options(args)
     if args.lora: options = {"lr": 2e-3, "lora_rank": args.lora_rank} | options
     cfg = FinetuneConfig(**options)
     print(f"before: {_accuracies(model, tok, held)}", flush=True)
@@ -547,9 +562,7 @@ def dpo_command(args: argparse.Namespace) -> int:
                                   save_finetuned)
     model, tok, held = _finetune_setup(args)
     examples = preference_examples(args.data)
-    options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr),
-               ("batch_size", args.batch_size),
-               ("precision", args.precision)) if v is not None}
+    options = _finetune_options(args)
     cfg = FinetuneConfig(**({"steps": 150, "lr": 1e-5, "batch_size": 16,
                              "beta": args.beta} | options))
     print(f"before: {_accuracies(model, tok, held)}", flush=True)
@@ -559,6 +572,28 @@ def dpo_command(args: argparse.Namespace) -> int:
                                           "beta": cfg.beta, "steps": cfg.steps})
     print(f"reward accuracy {log[-1]['reward_accuracy']:.2f}, margin "
           f"{log[-1]['margin']:.3f}; run in {args.out}")
+    return 0
+
+@command("rl", "reinforcement learning of a fine-tuned run: right answers "
+         "rewarded", add_rl_arguments)
+def rl_command(args: argparse.Namespace) -> int:
+    import copy
+    from minigpt.finetune import (FinetuneConfig, load_examples, rl,
+                                  save_finetuned)
+    model, tok, held = _finetune_setup(args)
+    examples = load_examples(args.data)
+    cfg = FinetuneConfig(**(RL_DEFAULTS | {"beta": args.beta,
+                            "group": args.group} | _finetune_options(args)))
+    print(f"before: {_accuracies(model, tok, held)}", flush=True)
+    log = rl(model, copy.deepcopy(model), tok, examples, cfg)
+    print(f"after:  {_accuracies(model, tok, held)}")
+    save_finetuned(model, tok, args.out, {"method": "rl", "from": args.run,
+                                          "beta": cfg.beta, "group": cfg.group,
+                                          "steps": cfg.steps})
+    n = min(10, len(log))
+    mean = lambda rows: sum(r["reward"] for r in rows) / len(rows)
+    print(f"mean reward {mean(log[:n]):.3f} (first {n} steps) -> "
+          f"{mean(log[-n:]):.3f} (last {n}); run in {args.out}")
     return 0
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from .checkpoint import load_run, save_weights
 from .data import atomic_write
 from .device import autocast, choose_precision
 from .evaluate import read_records, score_continuations
-from .generate import SamplingConfig, generate
+from .generate import SamplingConfig, decode_steps, generate
 from .loader import (IGNORE_INDEX, document_mask,
                             document_positions)
 from .model import GPT, GPTConfig, token_logprobs
@@ -30,8 +30,10 @@ from .train import TrainConfig, learning_rate
 __all__ = ['FIELDS', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'load_examples', 'speeches', 'work_of', 'work_title',
            'check_task_pool', 'task_examples', 'add_chat_tokens', 'resize_vocab', 'text_ids', 'role_ids', 'chat_ids',
            'instruction_text', 'prompt_ids', 'encode_example', 'pack_examples', 'sft_loss', 'FinetuneConfig',
-           'finetune', 'sft', 'answer_accuracy', 'option_pairs', 'option_accuracy', 'response_logprobs', 'dpo_loss',
-           'preference_pairs', 'dpo', 'LoRALinear', 'add_lora', 'merge_lora', 'trainable', 'save_finetuned',
+           'finetune', 'sft', 'answer_accuracy', 'option_pairs', 'option_accuracy', 'response_token_logprobs',
+           'response_logprobs', 'dpo_loss', 'preference_pairs', 'freeze_reference', 'dpo', 'LoRALinear', 'add_lora',
+           'merge_lora', 'trainable', 'task_rewards', 'sample_group', 'group_advantages', 'grpo_loss', 'rl',
+           'reward_model', 'sequence_rewards', 'train_reward_model', 'pair_accuracy', 'save_finetuned',
            'load_for_finetuning', 'preference_examples']
 
 # %% ../nbs/09_finetuning.ipynb #5035029e
@@ -207,13 +209,15 @@ def sft_loss(model: GPT, ids: torch.Tensor, labels: torch.Tensor, user: int):
 # %% ../nbs/09_finetuning.ipynb #1de2b7f7
 @dataclass
 class FinetuneConfig:
-    "Choices of a fine-tuning run (SFT or DPO)."
+    "Choices of a fine-tuning run (SFT, DPO or RL)."
     steps: int = 300
     batch_size: int = 8
     lr: float = 3e-4
     warmup_steps: int = 20
     grad_clip: float = 1.0
-    beta: float = 0.5          # DPO: strength of the pull to the reference
+    beta: float = 0.5          # DPO, RL: strength of the pull to the reference
+    group: int = 8             # RL: responses sampled per prompt
+    temperature: float = 1.0   # RL: of the sampling
     lora_rank: int = 0         # 0: fine-tune every parameter
     lora_alpha: float = 16.0
     precision: str = "auto"
@@ -289,8 +293,9 @@ def option_accuracy(model: GPT, tok, examples: list[dict]) -> float:
     return right / len(examples)
 
 # %% ../nbs/09_finetuning.ipynb #3aa81907
-def response_logprobs(model: GPT, pairs) -> torch.Tensor:
-    "(B,) summed log-probabilities of each response given its prompt."
+def response_token_logprobs(model: GPT, pairs):
+    """(B, L) log-probability of each response token given its prompt and the
+    tokens before it, 0 elsewhere; and the (B, L) mask of response tokens."""
     rows = [p + r for p, r in pairs]
     L = max(len(r) for r in rows)
     x = torch.zeros(len(rows), L - 1, dtype=torch.long)
@@ -300,7 +305,11 @@ def response_logprobs(model: GPT, pairs) -> torch.Tensor:
         y[b, len(p) - 1:len(row) - 1] = torch.tensor(r)    # response targets
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    return token_logprobs(model(x)[0], y).sum(-1)
+    return token_logprobs(model(x)[0], y), y != IGNORE_INDEX
+
+def response_logprobs(model: GPT, pairs) -> torch.Tensor:
+    "(B,) summed log-probabilities of each response given its prompt."
+    return response_token_logprobs(model, pairs)[0].sum(-1)
 
 def dpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float):
     "(loss, chosen rewards, rejected rewards) of the DPO loss; inputs (B,)."
@@ -318,14 +327,18 @@ def preference_pairs(tok, examples: list[dict]) -> list[tuple]:
     return out
 
 # %% ../nbs/09_finetuning.ipynb #ba04cfb0
-def dpo(model: GPT, reference: GPT, tok, examples: list[dict],
-        cfg: FinetuneConfig):
-    "DPO against a frozen `reference`; the logged rows with reward numbers."
+def freeze_reference(model: GPT, reference: GPT) -> GPT:
+    "`reference`, frozen, if it has the shape of `model`; else a clear error."
     if reference.cfg != model.cfg:
         raise ValueError("the reference model does not match the model: "
                          f"{reference.cfg} != {model.cfg}; use the SFT run "
                          "the model starts from")
-    reference.eval().requires_grad_(False)
+    return reference.eval().requires_grad_(False)
+
+def dpo(model: GPT, reference: GPT, tok, examples: list[dict],
+        cfg: FinetuneConfig):
+    "DPO against a frozen `reference`; the logged rows with reward numbers."
+    reference = freeze_reference(model, reference)
     pairs = preference_pairs(tok, examples)
     rng = random.Random(cfg.seed)
     def next_loss(step):
@@ -388,6 +401,119 @@ def trainable(model: nn.Module) -> int:
     "Parameters that training changes (a LoRA model: only new embedding rows)."
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return n - getattr(model, "frozen_rows", 0) * model.cfg.d_model
+
+# %% ../nbs/09_finetuning.ipynb #a7f10002
+def task_rewards(answers: list[str], examples: list[dict]) -> list[float]:
+    "1 for each answer that is exactly the right one, else 0: checked, not learned."
+    return [float(a.strip() == ex["output"]) for a, ex in zip(answers, examples)]
+
+def sample_group(model: GPT, tok, prompts: list[list[int]], group: int,
+                 temperature: float = 1.0, max_new_tokens: int = 12,
+                 seed: int | None = None) -> list[list[int]]:
+    """`group` sampled responses per prompt, in order: their ids, up to and
+    with <|end|> (a response cut at `max_new_tokens` has none)."""
+    end = tok.special_tokens[END]
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                         seed=seed)
+    rows = [p for p in prompts for _ in range(group)]
+    out, done = [[] for _ in rows], [False] * len(rows)
+    banned = (tok.special_tokens[PAD],)
+    for nxt, _ in decode_steps(model, rows, cfg, vocab_size=tok.vocab_size,
+                               banned=banned):
+        for b, i in enumerate(nxt.tolist()):
+            if not done[b]: out[b].append(i); done[b] = i == end
+        if all(done): break
+    return out
+
+# %% ../nbs/09_finetuning.ipynb #a7f10004
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    "(P, G) rewards of G responses per prompt -> their advantages in the group."
+    mean = rewards.mean(-1, keepdim=True)
+    return (rewards - mean) / (rewards.std(-1, keepdim=True, correction=0) + eps)
+
+def grpo_loss(logp, ref_logp, mask, advantages, beta: float):
+    """(loss, mean KL) of the RL loss: logp, ref_logp and mask (N, L) per
+    response token, advantages (N,)."""
+    n = mask.sum(-1).clamp(min=1)                        # tokens per response
+    pg = -(advantages[:, None] * logp * mask).sum(-1) / n
+    d = (ref_logp - logp) * mask                         # log rho, 0 off-mask
+    kl = ((torch.exp(d) - d - 1) * mask).sum(-1) / n
+    return (pg + beta * kl).mean(), kl.mean().detach()
+
+# %% ../nbs/09_finetuning.ipynb #a7f10008
+def rl(model: GPT, reference: GPT, tok, examples: list[dict],
+       cfg: FinetuneConfig, reward=task_rewards) -> list[dict]:
+    """GRPO-style RL against a frozen `reference`: `reward(answers, examples)`
+    scores sampled answers; the logged rows with mean reward and KL."""
+    if cfg.group < 2:
+        raise ValueError(f"group={cfg.group}: GRPO compares each response with "
+                         "the others of its group; use 2 or more (8 is usual)")
+    reference = freeze_reference(model, reference)
+    rng, end = random.Random(cfg.seed), tok.special_tokens[END]
+    device = next(model.parameters()).device
+    def next_loss(step):
+        batch = rng.sample(examples, min(cfg.batch_size, len(examples)))
+        prompts = [prompt_ids(tok, ex) for ex in batch]
+        model.eval()                            # sampling: no dropout
+        with torch.no_grad():
+            responses = sample_group(model, tok, prompts, cfg.group,
+                                     cfg.temperature,
+                                     seed=cfg.seed * 1_000_003 + step)
+        model.train()
+        asked = [ex for ex in batch for _ in range(cfg.group)]
+        answers = [tok.decode([i for i in r if i != end]) for r in responses]
+        rewards = torch.tensor(reward(answers, asked)).view(len(batch), -1)
+        advantages = group_advantages(rewards).flatten().to(device)
+        pairs = [(p, r) for p, r in zip((p for p in prompts
+                                         for _ in range(cfg.group)), responses)]
+        logp, mask = response_token_logprobs(model, pairs)
+        with torch.no_grad(): ref_logp, _ = response_token_logprobs(reference,
+                                                                  pairs)
+        loss, kl = grpo_loss(logp, ref_logp, mask, advantages, cfg.beta)
+        return loss, {"reward": rewards.mean().item(), "kl": kl.item()}
+    return finetune(model, next_loss, cfg, log_every=1)
+
+# %% ../nbs/09_finetuning.ipynb #a7f1000d
+def reward_model(model: GPT) -> GPT:
+    "A copy of `model` whose head gives one number, a reward, not V logits."
+    rm = copy.deepcopy(model)                # the body: the SFT model's
+    rm.lm_head = nn.Linear(model.cfg.d_model, 1).to(rm.tok_emb.weight.device)
+    nn.init.zeros_(rm.lm_head.weight); nn.init.zeros_(rm.lm_head.bias)
+    return rm                                # every reward starts at 0
+
+def sequence_rewards(rm: GPT, pairs) -> torch.Tensor:
+    "(B,) the reward of each (prompt, response), read at its last token."
+    rows = [p + r for p, r in pairs]
+    x = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    for b, row in enumerate(rows): x[b, :len(row)] = torch.tensor(row)
+    device = rm.tok_emb.weight.device
+    scores = rm(x.to(device))[0][..., 0].float()          # (B, L)
+    last = torch.tensor([len(r) - 1 for r in rows], device=device)
+    return scores[torch.arange(len(rows), device=device), last]
+
+def train_reward_model(rm: GPT, tok, examples: list[dict],
+                       cfg: FinetuneConfig) -> list[dict]:
+    "Fit `rm` to the preference pairs of `examples`; the logged rows."
+    pairs, rng = preference_pairs(tok, examples), random.Random(cfg.seed)
+    def next_loss(step):
+        batch = rng.sample(pairs, min(cfg.batch_size, len(pairs)))
+        r = sequence_rewards(rm, [(p, w) for p, w, _ in batch]
+                             + [(p, l) for p, _, l in batch])
+        chosen, rejected = r[:len(batch)], r[len(batch):]
+        return (-F.logsigmoid(chosen - rejected).mean(),
+                {"accuracy": (chosen > rejected).float().mean().item()})
+    return finetune(rm, next_loss, cfg)
+
+@torch.no_grad()
+def pair_accuracy(rm: GPT, tok, examples: list[dict]) -> float:
+    "Share of preference pairs whose chosen response gets the higher reward."
+    pairs, right = preference_pairs(tok, examples), 0
+    for i in range(0, len(pairs), 32):
+        batch = pairs[i:i + 32]
+        r = sequence_rewards(rm.eval(), [(p, w) for p, w, _ in batch]
+                             + [(p, l) for p, _, l in batch])
+        right += int((r[:len(batch)] > r[len(batch):]).sum())
+    return right / len(pairs)
 
 # %% ../nbs/09_finetuning.ipynb #04094063
 def save_finetuned(model: GPT, tok, run_dir: str | Path, info: dict) -> Path:

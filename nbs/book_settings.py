@@ -45,6 +45,7 @@ class Settings:
     sft_steps: int             # ch. 9: steps of supervised fine-tuning
     dpo_steps: int             # ch. 9: steps of DPO
     lora_steps: int            # ch. 9: steps of SFT with LoRA
+    rl_steps: int              # ch. 9: steps of RL
 
 
 def sizes(book: bool) -> Settings:
@@ -73,7 +74,8 @@ def sizes(book: bool) -> Settings:
         heldout_examples=pick(400, 40),
         sft_steps=pick(300, 8),
         dpo_steps=pick(150, 6),
-        lora_steps=pick(300, 8))
+        lora_steps=pick(300, 8),
+        rl_steps=pick(100, 4))
 
 
 SETTINGS = sizes(BOOK)
