@@ -3,9 +3,21 @@
 # %% ../nbs/08_evaluation.ipynb #25889cd0
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import itertools
 import json
+import math
+import os
 import random
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
 from contextlib import nullcontext
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +34,13 @@ from .model import token_logprobs
 from .tokenizer import ENDOFTEXT
 
 # %% auto #0
-__all__ = ['TASKS', 'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'body_lines', 'next_line_items',
+__all__ = ['GSM8K_URL', 'GSM8K_STOP', 'NUMBER', 'HUMANEVAL_URL', 'HUMANEVAL_FIELDS', 'HUMANEVAL_STOP', 'SANDBOX', 'TASKS',
+           'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'body_lines', 'next_line_items',
            'split_texts', 'choice_accuracy', 'write_records', 'read_records', 'load_choice_items',
-           'rolling_loglikelihood', 'MinigptLM', 'harness_task', 'run_harness', 'distinct_n', 'repetition_rate',
-           'evaluate_run']
+           'rolling_loglikelihood', 'MinigptLM', 'harness_task', 'run_harness', 'normalize_number', 'final_number',
+           'strip_calculator', 'gsm8k_prompt', 'cut_at', 'benchmark_file', 'load_gsm8k', 'score_gsm8k',
+           'load_humaneval', 'humaneval_program', 'run_program', 'last_line', 'kill_process_group', 'pass_at_k',
+           'score_humaneval', 'completion_fn', 'distinct_n', 'repetition_rate', 'evaluate_run']
 
 # %% ../nbs/08_evaluation.ipynb #ba4f0950
 def split_metrics(model, tokens: np.ndarray, tok, batch_size: int = 16,
@@ -149,9 +164,11 @@ def write_records(records: list[dict], path: str | Path) -> Path:
     return path
 
 def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
-    "The records of a JSON Lines file; a clear error names a bad line."
-    records = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    "The records of a JSON Lines file (or .gz); a clear error names a bad line."
+    path, records = Path(path), []
+    text = (gzip.open(path, "rt").read() if path.suffix == ".gz"
+            else path.read_text())
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip(): continue
         try: record = json.loads(line)
         except json.JSONDecodeError as e:
@@ -266,6 +283,235 @@ def run_harness(lm, tasks: list[str], include_path: str | Path | None = None,
     return lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit,
                                    task_manager=manager, log_samples=False,
                                    bootstrap_iters=0)
+
+# %% ../nbs/08_evaluation.ipynb #7a5fd56a
+GSM8K_URL = ("https://raw.githubusercontent.com/openai/grade-school-math/"
+             "master/grade_school_math/data/test.jsonl")
+GSM8K_STOP = ("Question:", "\n\n")   # where the prompt's answers end
+
+# a sign, a $, digits with thousands commas or without, decimals; never the
+# middle of a word or of another number ("3-4" is 3 and 4)
+NUMBER = re.compile(r"(?<![\w.])-?\$?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+def normalize_number(text: str) -> str:
+    "A number as one canonical string: '$1,234.50' -> '1234.5', '-$7' -> '-7'."
+    value = Decimal(text.replace("$", "").replace(",", "").replace("-", ""))
+    digits = format(value.normalize(), "f")          # 3.50 -> 3.5, 1E+2 -> 100
+    negative = text.count("-") % 2 == 1 and value != 0
+    return "-" + digits if negative else digits
+
+def final_number(text: str) -> str | None:
+    """The answer of a worked solution: the number after its last '####', else
+    after its last 'The answer is', else its last number; None if none."""
+    for mark in ("####", "the answer is"):
+        at = text.lower().rfind(mark)
+        found = NUMBER.search(text, at + len(mark)) if at >= 0 else None
+        if found: return normalize_number(found.group())
+    numbers = NUMBER.findall(text)
+    return normalize_number(numbers[-1]) if numbers else None
+
+# %% ../nbs/08_evaluation.ipynb #8c3e76b4
+def strip_calculator(solution: str) -> str:
+    "A GSM8K solution without its calculator annotations <<6*3.5=21>>."
+    return re.sub(r"<<[^>]*>>", "", solution)
+
+def gsm8k_prompt(question: str, shots: list[dict] = ()) -> str:
+    "Solved examples, then the question, open after 'Answer:'."
+    solved = "".join(f"Question: {s['question']}\nAnswer: "
+                     f"{strip_calculator(s['answer'])}\n\n" for s in shots)
+    return solved + f"Question: {question}\nAnswer:"
+
+def cut_at(text: str, stops: tuple[str, ...]) -> str:
+    "`text` up to the first of the stop strings."
+    return text[:min([text.find(s) for s in stops if s in text] or [len(text)])]
+
+def benchmark_file(path: str | Path, url: str) -> Path:
+    "The downloaded benchmark file at `path`; an error says where to get it."
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; download the "
+                                f"benchmark from {url}")
+    return path
+
+def load_gsm8k(path: str | Path) -> list[dict]:
+    "GSM8K problems from its JSON Lines: {question, answer ending '#### n'}."
+    tasks = read_records(benchmark_file(path, GSM8K_URL),
+                         ("question", "answer"))
+    for n, t in enumerate(tasks, 1):
+        if "####" not in t["answer"] or final_number(t["answer"]) is None:
+            raise ValueError(f"{path}, record {n}: the answer does not end "
+                             "in '#### <number>', as GSM8K's answers do")
+    return tasks
+
+# %% ../nbs/08_evaluation.ipynb #a0a3b2cd
+def score_gsm8k(generate_fn, tasks: list[dict], k_shot: int = 5,
+                shots: list[dict] | None = None) -> dict:
+    """Exact match of the final number. `generate_fn(prompt) -> completion`
+    answers each task after k_shot solved examples (from `shots`, the
+    training problems; else the other tasks)."""
+    pool_size = len(tasks) - 1 if shots is None else len(shots)
+    if not tasks or pool_size < k_shot:
+        raise ValueError(f"{k_shot}-shot scoring of {len(tasks)} task(s) "
+                         f"needs {k_shot} solved examples; pass shots= (the "
+                         "training problems) or lower k_shot")
+    rows = []
+    for i, task in enumerate(tasks):
+        pool = shots if shots is not None else tasks[:i] + tasks[i + 1:]
+        prompt = gsm8k_prompt(task["question"], pool[:k_shot])
+        completion = cut_at(generate_fn(prompt), GSM8K_STOP)
+        predicted, reference = final_number(completion), \
+            final_number(task["answer"])
+        rows.append({"completion": completion, "predicted": predicted,
+                     "reference": reference,
+                     "correct": predicted == reference})
+    return {"exact_match": sum(r["correct"] for r in rows) / len(rows),
+            "results": rows}
+
+# %% ../nbs/08_evaluation.ipynb #2198800d
+HUMANEVAL_URL = ("https://github.com/openai/human-eval/raw/master/data/"
+                 "HumanEval.jsonl.gz")
+HUMANEVAL_FIELDS = ("task_id", "prompt", "canonical_solution", "test",
+                    "entry_point")
+HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")   # Codex's
+
+def load_humaneval(path: str | Path) -> list[dict]:
+    "HumanEval problems from its JSON Lines (.jsonl or .jsonl.gz)."
+    return read_records(benchmark_file(path, HUMANEVAL_URL), HUMANEVAL_FIELDS)
+
+def humaneval_program(task: dict, completion: str) -> str:
+    "The file that decides one sample: prompt, completion, tests, the call."
+    return (task["prompt"] + completion + "\n\n" + task["test"] + "\n\n"
+            f"check({task['entry_point']})\n")
+
+# %% ../nbs/08_evaluation.ipynb #55466b24
+# The child's code, run before the candidate: limits, then an audit hook that
+# refuses the network, new processes and writes outside the child's folder.
+SANDBOX = r"""
+import os, sys
+try:
+    import resource                                  # POSIX only
+    cpu, memory, size = (int(a) for a in sys.argv[1:4])
+    for limit, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1),
+                              (resource.RLIMIT_AS, memory, memory),
+                              (resource.RLIMIT_FSIZE, size, size)):
+        try: resource.setrlimit(limit, (soft, hard))
+        except (ValueError, OSError): pass      # not settable here (macOS)
+except ImportError: pass
+HOME = os.getcwd() + os.sep
+REFUSED = ("socket.", "subprocess.", "os.system", "os.exec", "os.spawn",
+           "os.posix_spawn", "os.fork", "os.forkpty", "os.kill",
+           "os.killpg", "ctypes.")
+CHANGES = ("os.remove", "os.rename", "os.replace", "os.rmdir", "os.mkdir",
+           "os.truncate", "os.chmod", "os.chown", "os.link", "os.symlink",
+           "os.utime", "shutil.rmtree", "shutil.copyfile", "shutil.move")
+WRITE = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+def outside(path):
+    if not isinstance(path, (str, bytes, os.PathLike)): return False  # fd
+    return not os.path.abspath(os.fsdecode(path)).startswith(HOME)
+
+def guard(event, args):
+    if event.startswith(REFUSED):
+        raise PermissionError(f"sandbox refused {event}")
+    if (event == "open" and args[2] & WRITE and outside(args[0])
+            or event in CHANGES and any(outside(a) for a in args[:2])):
+        raise PermissionError(f"sandbox refused {event} outside its folder")
+
+token = sys.stdin.readline().strip()     # printed once the tests return
+program = open("program.py").read()
+sys.addaudithook(guard)                  # from here on, for good
+try:
+    exec(compile(program, "program.py", "exec"), {"__name__": "candidate"})
+except SystemExit as e:
+    raise RuntimeError(f"the program exited ({e.code}) before its tests")
+print(token)
+"""
+
+def run_program(program: str, timeout: float = 3.0, memory_mb: int = 1024,
+                output_mb: int = 16) -> dict:
+    """Run `program` in a new Python process in a temporary folder, under
+    SANDBOX: {outcome: passed | failed | timed out, error: its last line}."""
+    token = secrets.token_hex(16)
+    limits = [str(math.ceil(timeout) + 1), str(memory_mb << 20),
+              str(output_mb << 20)]          # CPU seconds, bytes, bytes
+    with tempfile.TemporaryDirectory(prefix="minigpt-sandbox-") as folder:
+        home = Path(folder)
+        (home / "program.py").write_text(program)
+        with open(home / "stdout", "w+b") as out, \
+             open(home / "stderr", "w+b") as err:     # files: no pipe fills
+            child = subprocess.Popen(
+                [sys.executable, "-I", "-B", "-X", "utf8", "-c", SANDBOX,
+                 *limits], cwd=home, env={}, stdin=subprocess.PIPE,
+                stdout=out, stderr=err, start_new_session=True)
+            try:
+                child.communicate((token + "\n").encode(), timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill_process_group(child)
+                return {"outcome": "timed out",
+                        "error": f"still running after {timeout:g} s"}
+            out.seek(0); err.seek(0)
+            passed = token in out.read().decode(errors="replace").split()
+            error = last_line(err.read()[-4096:].decode(errors="replace"))
+    if passed: return {"outcome": "passed", "error": ""}
+    code = child.returncode
+    if not error and code < 0: error = f"killed by {signal.Signals(-code).name}"
+    return {"outcome": "failed",
+            "error": error or f"exit status {code} before its tests ended"}
+
+def last_line(text: str) -> str:
+    "The last line of `text` that is not blank."
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+def kill_process_group(child: subprocess.Popen):
+    "Kill the child and whatever it started (its process group on POSIX)."
+    try: os.killpg(child.pid, signal.SIGKILL)
+    except (AttributeError, ProcessLookupError, PermissionError): child.kill()
+    child.wait()
+
+# %% ../nbs/08_evaluation.ipynb #c2167abb
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem from n samples of which c passed:
+    1 - C(n-c, k) / C(n, k), computed as a product (no huge binomials)."""
+    if not 0 <= c <= n:
+        raise ValueError(f"c = {c} correct samples of n = {n}: "
+                         "need 0 <= c <= n")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs at least k = {k} samples per "
+                         f"problem, got n = {n}: draw more samples (n >= k)")
+    if n - c < k: return 1.0           # every k of the samples hold a pass
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+# %% ../nbs/08_evaluation.ipynb #d1fd7bdd
+def score_humaneval(generate_fn, tasks: list[dict], n_samples: int,
+                    k: int | tuple[int, ...] = 1, timeout: float = 3.0) -> dict:
+    """pass@k of `generate_fn(prompt) -> completion` on HumanEval-style tasks:
+    n_samples completions per task, each run against the task's tests."""
+    ks = (k,) if isinstance(k, int) else tuple(k)
+    for kk in ks: pass_at_k(n_samples, 0, kk)          # n >= k, or refused
+    results = []
+    for task in tasks:
+        samples = []
+        for _ in range(n_samples):
+            completion = cut_at(generate_fn(task["prompt"]), HUMANEVAL_STOP)
+            run = run_program(humaneval_program(task, completion), timeout)
+            samples.append(run | {"completion": completion})
+        c = sum(s["outcome"] == "passed" for s in samples)
+        results.append({"task_id": task["task_id"], "correct": c,
+                        "samples": samples} |
+                       {f"pass@{kk}": pass_at_k(n_samples, c, kk) for kk in ks})
+    return {f"pass@{kk}": float(np.mean([r[f"pass@{kk}"] for r in results]))
+            for kk in ks} | {"results": results}
+
+# %% ../nbs/08_evaluation.ipynb #443e2f68
+def completion_fn(model, tok, cfg: SamplingConfig):
+    """`prompt -> completion` with minigpt's generation, for the scorers; call
+    i samples with seed cfg.seed + i, so repeated samples differ."""
+    calls = itertools.count()
+    def complete(prompt: str) -> str:
+        seed = None if cfg.seed is None else cfg.seed + next(calls)
+        return generate(model, tok, prompt, dataclasses.replace(cfg, seed=seed))
+    return complete
 
 # %% ../nbs/08_evaluation.ipynb #d84082c6
 def distinct_n(texts: list[str], n: int) -> float:

@@ -1,0 +1,149 @@
+"""GSM8K's and HumanEval's protocols (chapter 8) on small task files in the real formats,
+with a scripted "model" whose completions are right, wrong, slow, raising or networking."""
+import gzip
+import itertools
+import json
+import math
+import socket
+import time
+
+import pytest
+
+from minigpt.evaluate import (final_number, load_gsm8k, load_humaneval, pass_at_k,
+                              run_program, score_gsm8k, score_humaneval)
+
+
+def write_jsonl(path, records):
+    "One JSON object a line, gzipped when the name ends in .gz (as HumanEval ships)."
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt") as f: f.write(text)
+    else: path.write_text(text)
+    return path
+
+
+GSM_TRAIN = [{"question": "Ann has 2 cats and gets 3 more. How many cats?",
+              "answer": "2 + 3 = <<2+3=5>>5\n#### 5"},
+             {"question": "A pen costs $2. What do 4 pens cost?",
+              "answer": "4 * 2 = <<4*2=8>>8\n#### 8"}]
+GSM_TEST = [{"question": "Bo saves $1,000 a month for 2 months and earns 234 more. "
+                         "How much does he have?",
+             "answer": "1000 * 2 = <<1000*2=2000>>2000\n2000 + 234 = 2234\n#### 2,234"},
+            {"question": "A cup of tea costs $3.50. What do 2 cups cost?",
+             "answer": "2 * 3.5 = <<2*3.5=7>>7\n#### 7"},
+            {"question": "It is 3 degrees and gets 8 degrees colder. What is it?",
+             "answer": "3 - 8 = <<3-8=-5>>-5\n#### -5"},
+            {"question": "Cy has 10 eggs and breaks 4. How many are left?",
+             "answer": "10 - 4 = <<10-4=6>>6\n#### 6"}]
+GSM_ANSWERS = {   # question -> the scripted completion
+    GSM_TEST[0]["question"]: " He saves 2,000 and has 2,234.\n#### 2,234",           # right
+    GSM_TEST[1]["question"]: " 2 * 3.50 = 7. The answer is $7.00.",                  # right
+    GSM_TEST[2]["question"]: " 8 - 3 = 5 degrees.\n#### 5",                          # sign
+    GSM_TEST[3]["question"]: " 10 - 4 = 6 eggs.\n\nQuestion: Di has 9 dogs and 1 cat."}  # cut
+
+
+def test_gsm8k_exact_match_of_the_final_number(tmp_path):
+    train = load_gsm8k(write_jsonl(tmp_path / "train.jsonl", GSM_TRAIN))
+    test = load_gsm8k(write_jsonl(tmp_path / "test.jsonl.gz", GSM_TEST))
+    prompts = []
+
+    def model(prompt):
+        prompts.append(prompt)
+        return GSM_ANSWERS[prompt.rsplit("Question: ", 1)[1].split("\n")[0]]
+
+    r = score_gsm8k(model, test, k_shot=2, shots=train)
+    assert [x["predicted"] for x in r["results"]] == ["2234", "7", "5", "6"]
+    assert [x["correct"] for x in r["results"]] == [True, True, False, True]
+    assert r["exact_match"] == 3 / 4
+    for p, t in zip(prompts, test):    # 2 solved training problems, then the question
+        assert p.count("Question:") == 3 and "<<" not in p and "#### 8" in p
+        assert p.endswith(f"Question: {t['question']}\nAnswer:")
+    # without training problems, each question is shown the others
+    assert score_gsm8k(model, test, k_shot=3)["exact_match"] == 3 / 4
+    with pytest.raises(ValueError, match="needs 4 solved examples"):
+        score_gsm8k(model, test, k_shot=4)
+
+
+@pytest.mark.parametrize("text, number", [
+    ("#### 1,234", "1234"), ("The answer is $3.50.", "3.5"), ("so 12 apples.", "12"),
+    ("It is -$7 now", "-7"), ("3.0", "3"), ("between 3-4 hours", "4"),
+    ("#### 18\nand then 7", "18"), ("nothing", None)])
+def test_final_number(text, number):
+    assert final_number(text) == number
+
+
+def test_bad_and_missing_files_are_refused(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "?", "answer": "7"}])
+    with pytest.raises(ValueError, match="#### <number>"): load_gsm8k(bad)
+    with pytest.raises(FileNotFoundError, match="download the benchmark from https://"):
+        load_humaneval(tmp_path / "HumanEval.jsonl.gz")
+    half = write_jsonl(tmp_path / "half.jsonl", [{"task_id": "x", "prompt": "def f():"}])
+    with pytest.raises(ValueError, match="entry_point"): load_humaneval(half)
+
+
+def humaneval_task(name, doc, asserts):
+    return {"task_id": f"Test/{name}", "entry_point": name,
+            "prompt": f'def {name}(x):\n    """{doc}"""\n',
+            "canonical_solution": "    return x\n",
+            "test": "def check(candidate):\n" + "".join(f"    assert {a}\n" for a in asserts)}
+
+
+def test_humaneval_outcomes_and_pass_at_k(tmp_path):
+    tasks = load_humaneval(write_jsonl(tmp_path / "HumanEval.jsonl.gz", [
+        humaneval_task("double", "2 * x.", ["candidate(2) == 4", "candidate(-1) == -2"]),
+        humaneval_task("first", "The first item of x.", ["candidate([7, 8]) == 7"])]))
+    with socket.socket() as server:         # a listener the networking sample aims at
+        server.bind(("127.0.0.1", 0)); server.listen(); server.settimeout(0.5)
+        port = server.getsockname()[1]
+        bodies = {"double": ["return 2 * x", "return x + x", "return x * x",
+                             "while True:\n        pass"],
+                  "first": ["return x[1]", "raise ValueError('no idea')",
+                            f"import socket\n    socket.create_connection(('127.0.0.1', {port}))",
+                            "return x[0]"]}
+        queue = {t["prompt"]: iter(bodies[t["entry_point"]]) for t in tasks}
+        start = time.perf_counter()
+        r = score_humaneval(lambda p: "    " + next(queue[p]) + "\nprint('extra')\n",
+                            tasks, n_samples=4, k=(1, 2, 4), timeout=2)
+        took = time.perf_counter() - start
+        with pytest.raises(socket.timeout): server.accept()     # nothing connected
+    double, first = r["results"]
+    assert [s["outcome"] for s in double["samples"]] == ["passed", "passed", "failed", "timed out"]
+    assert [s["outcome"] for s in first["samples"]] == ["failed", "failed", "failed", "passed"]
+    errors = [s["error"] for s in first["samples"]]
+    assert errors[0] == "AssertionError" and errors[1] == "ValueError: no idea"
+    assert errors[2].startswith("PermissionError: sandbox refused socket.")
+    assert all("print" not in s["completion"] for s in double["samples"])    # cut
+    assert (double["correct"], first["correct"]) == (2, 1)
+    assert double["pass@1"] == 0.5 and first["pass@1"] == 0.25
+    assert math.isclose(double["pass@2"], 1 - math.comb(2, 2) / math.comb(4, 2))
+    assert math.isclose(first["pass@2"], 1 - math.comb(3, 2) / math.comb(4, 2))
+    assert double["pass@4"] == first["pass@4"] == 1.0
+    assert math.isclose(r["pass@1"], (0.5 + 0.25) / 2)
+    assert took < 10                        # the endless sample stopped at its limit
+    with pytest.raises(ValueError, match="draw more samples"):
+        score_humaneval(lambda p: "", tasks, n_samples=2, k=3)
+
+
+def test_pass_at_k_is_the_share_of_k_subsets_with_a_pass():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(range(n), k))
+                hit = sum(any(i < c for i in s) for s in subsets) / len(subsets)
+                assert math.isclose(pass_at_k(n, c, k), hit, abs_tol=1e-12)
+            assert math.isclose(pass_at_k(n, c, 1), c / n, abs_tol=1e-12)
+    assert math.isclose(pass_at_k(200, 7, 100), 1 - math.comb(193, 100) / math.comb(200, 100))
+    with pytest.raises(ValueError, match="draw more samples"): pass_at_k(3, 1, 4)
+    with pytest.raises(ValueError, match="0 <= c <= n"): pass_at_k(3, 4, 1)
+
+
+def test_sandbox_refuses_writes_outside_and_new_processes(tmp_path):
+    outside = tmp_path / "outside.txt"
+    r = run_program(f"open({str(outside)!r}, 'w').write('x')\n")
+    assert r["outcome"] == "failed" and "outside its folder" in r["error"]
+    assert not outside.exists()
+    r = run_program("import os\nos.system('true')\n")
+    assert "sandbox refused os.system" in r["error"]
+    r = run_program("import sys\nsys.exit(0)\n")            # exiting early is no pass
+    assert r["outcome"] == "failed"
+    assert run_program("open('mine.txt', 'w').write('x')\n")["outcome"] == "passed"
