@@ -404,8 +404,9 @@ def trainable(model: nn.Module) -> int:
 
 # %% ../nbs/09_finetuning.ipynb #a7f10002
 def task_rewards(answers: list[str], examples: list[dict]) -> list[float]:
-    "1 for each answer that is exactly the right one, else 0: checked, not learned."
-    return [float(a.strip() == ex["output"]) for a, ex in zip(answers, examples)]
+    "1 for each answer that is exactly the right one, else 0: checked."
+    return [float(a.strip() == ex["output"])
+            for a, ex in zip(answers, examples)]
 
 def sample_group(model: GPT, tok, prompts: list[list[int]], group: int,
                  temperature: float = 1.0, max_new_tokens: int = 12,
@@ -429,7 +430,8 @@ def sample_group(model: GPT, tok, prompts: list[list[int]], group: int,
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     "(P, G) rewards of G responses per prompt -> their advantages in the group."
     mean = rewards.mean(-1, keepdim=True)
-    return (rewards - mean) / (rewards.std(-1, keepdim=True, correction=0) + eps)
+    std = rewards.std(-1, keepdim=True, correction=0)
+    return (rewards - mean) / (std + eps)
 
 def grpo_loss(logp, ref_logp, mask, advantages, beta: float):
     """(loss, mean KL) of the RL loss: logp, ref_logp and mask (N, L) per
