@@ -32,6 +32,7 @@ class Settings:
     pretrain_run: dict         # ch. 6: TrainConfig fields of the CPU run
     baseline_seconds: float    # ch. 6: training time of each baseline
     baseline_eval_every: int   # ch. 6: steps between their evaluations
+    baseline_seeds: int        # ch. 6: seeds of each baseline
     val_batches: int | None    # ch. 6, 8: validation batches (None: all)
     shared_run_name: str       # ch. 7-9: the run in runs/ they share
     shared_run_train: dict     # ch. 7-9: its TrainConfig fields
@@ -46,6 +47,7 @@ class Settings:
     dpo_steps: int             # ch. 9: steps of DPO
     lora_steps: int            # ch. 9: steps of SFT with LoRA
     rl_steps: int              # ch. 9: steps of RL
+    finetune_seeds: int        # ch. 9: seeds of each fine-tuning method
 
 
 def sizes(book: bool) -> Settings:
@@ -58,6 +60,7 @@ def sizes(book: bool) -> Settings:
                                eval_batches=4)),
         baseline_seconds=pick(90, 6),
         baseline_eval_every=pick(10, 2),
+        baseline_seeds=pick(3, 2),
         val_batches=pick(None, 4),
         shared_run_name=pick("book-cpu", "test-cpu"),
         shared_run_train=pick(dict(max_steps=1200, warmup_steps=50,
@@ -75,7 +78,8 @@ def sizes(book: bool) -> Settings:
         sft_steps=pick(300, 8),
         dpo_steps=pick(150, 6),
         lora_steps=pick(300, 8),
-        rl_steps=pick(100, 4))
+        rl_steps=pick(100, 4),
+        finetune_seeds=pick(3, 2))
 
 
 SETTINGS = sizes(BOOK)
