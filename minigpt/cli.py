@@ -522,7 +522,7 @@ def add_dpo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta", type=float, default=0.5)
 
 # what `minigpt rl` does without options: chapter 9's RL run
-RL_DEFAULTS = dict(steps=100, lr=1e-4, batch_size=8, warmup_steps=5,
+RL_DEFAULTS = dict(steps=100, lr=3e-5, batch_size=8, warmup_steps=5,
                    beta=0.04)
 
 def add_rl_arguments(parser: argparse.ArgumentParser) -> None:
