@@ -121,16 +121,18 @@ def test_a_second_ctrl_c_stops_at_once(data, tmp_path):
             err.append(ch)
             if ch == "\n" and "again to stop at once" in "".join(err[-80:]):
                 handled.set()
-    reader = threading.Thread(target=read_stderr)
-    reader.start()
+    out = []                                # stdout, read by a thread of its own:
+    readers = [threading.Thread(target=read_stderr),   # communicate() would read
+               threading.Thread(target=lambda: out.append(p.stdout.read()))]
+    for r in readers: r.start()             # stderr too and race the reader
     p.send_signal(signal.SIGINT)            # the save evaluates, then writes
     # two signals during one long C call (a step) would count as one: wait
     # until the first is handled, then press again at once, during the save
     assert handled.wait(timeout=120), "".join(err)
     p.send_signal(signal.SIGINT)            # during it: out, nothing saved
-    out = p.communicate(timeout=120)[0]
-    reader.join()
-    err = "".join(err)
+    p.wait(timeout=120)
+    for r in readers: r.join(timeout=60)
+    out, err = "".join(out), "".join(err)
     assert p.returncode == 130 and "interrupted" in err, (out, err)
     assert "Traceback" not in err
     assert not (run / "checkpoints").exists() or not list(
