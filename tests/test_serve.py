@@ -250,6 +250,7 @@ def test_chat_page_streams_and_stops_in_chromium(server, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium())
         page = browser.new_page()
+        page.set_default_timeout(120_000)        # a busy 2-core machine is slow
         page.goto(server[0])
         page.wait_for_function("document.getElementById('model').textContent"
                                ".includes('chat')")
