@@ -25,7 +25,7 @@ __all__ = ['COMMANDS', 'RL_DEFAULTS', 'Command', 'command', 'system_info', 'info
            'parse_overrides', 'train_command', 'add_generate_arguments', 'generate_command', 'add_eval_arguments',
            'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments',
            'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command', 'add_chat_arguments',
-           'chat_command', 'add_plan_arguments', 'plan_command']
+           'chat_command', 'add_serve_arguments', 'serve_command', 'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -627,6 +627,25 @@ def chat_command(args: argparse.Namespace) -> int:
                 print(piece, end="", flush=True); reply += piece
         print()
         turns.append(reply)
+    return 0
+
+# %% ../nbs/11_cli.ipynb #35e82a07
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="a run directory")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this "
+                        "machine only; 0.0.0.0: the network, unauthenticated)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="port to listen on (default 8000)")
+    add_device_arguments(parser)
+
+@command("serve", "an OpenAI-compatible server and a chat page for a run",
+         add_serve_arguments)
+def serve_command(args: argparse.Namespace) -> int:
+    from minigpt.device import resolve_device
+    from minigpt.serve import serve
+    serve(args.run, args.host, args.port, device=resolve_device(args.device),
+          precision=args.precision or "auto")
     return 0
 
 # %% ../nbs/11_cli.ipynb #8c9528e9
