@@ -290,8 +290,12 @@ def test_llama_cpp_tokenizes_as_we_do(tokenizers, tmp_path, training_text,
 # deviation. f32: the llama shape differs by summation order only (measured
 # ~1e-5); llama.cpp's CPU GELU reads a table at the f16-rounded input
 # (ggml's GGML_GELU_FP16), a relative error up to 2^-11 per activation, so
-# the gpt2 shape differs by ~1e-3. f16 and q8_0 round the weights besides.
-LOGIT_TOL = {"f32": 1e-4, "f16": 1e-2, "q8_0": 3e-2}
+# the gpt2 shape differs by ~1e-3. f16 rounds the weights besides; q8_0
+# rounds them to 8 bits per block and llama.cpp's q8_0 product rounds the
+# activations to 8 bits too (ggml quantises each input row to q8_0):
+# measured 0.06-0.09 on these models. A misplaced or unpermuted weight
+# changes the logits by about their spread (1.0).
+LOGIT_TOL = {"f32": 1e-4, "f16": 1e-2, "q8_0": 0.15}
 GELU_TABLE_TOL = 3e-3
 
 
@@ -342,12 +346,16 @@ def our_greedy(model, tok, ids, n):
     return out
 
 
-PROMPTS = ["ROMEO:\nBut soft", "KING HENRY:\n", "To be, or not", "Привет 👍 123"]
+PROMPTS = ["ROMEO:\nBut soft", "To be, or not", "Привет 👍 123"]
+
+
+GREEDY_CASES = [*((name, "f32") for name in SHAPES),
+                ("llama-gqa-untied", "f16"), ("gpt2", "f16"),
+                ("llama-tied", "q8_0")]
 
 
 @needs_llama
-@pytest.mark.parametrize("dtype", ["f32", "f16"])
-@pytest.mark.parametrize("name", SHAPES)
+@pytest.mark.parametrize("name,dtype", GREEDY_CASES)
 def test_llama_cpp_greedy_equals_ours(models, files, name, dtype):
     """The same greedy tokens (and text, from `generate`) in f32 for the llama
     shape; otherwise the two may part only where our top two logits are
@@ -358,12 +366,12 @@ def test_llama_cpp_greedy_equals_ours(models, files, name, dtype):
                                               model.cfg.vocab_size)]
     for prompt in PROMPTS:
         ids = tok.encode(prompt)
-        ours = our_greedy(model, tok, ids, 24)
-        theirs = llama_greedy(llm, ids, 24, banned)
+        ours = our_greedy(model, tok, ids, 16)
+        theirs = llama_greedy(llm, ids, 16, banned)
         if dtype == "f32" and "gpt2" not in name:
             assert theirs == ours, (prompt, theirs, ours)
             assert generate(model, tok, prompt, SamplingConfig(
-                max_new_tokens=24, temperature=0)) == tok.decode(theirs)
+                max_new_tokens=16, temperature=0)) == tok.decode(theirs)
             continue
         k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b),
                  None)
