@@ -18,14 +18,15 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['COMMANDS', 'RL_DEFAULTS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'command_in', 'main',
-           'add_clean_arguments', 'clean_config', 'add_corpus_argument', 'add_data_arguments', 'print_table',
-           'print_cleaning', 'print_split_note', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command',
-           'add_prepare_arguments', 'prepare_command', 'add_device_arguments', 'device_context', 'add_train_arguments',
-           'parse_overrides', 'train_command', 'add_generate_arguments', 'generate_command', 'add_eval_arguments',
-           'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments',
-           'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command', 'add_chat_arguments',
-           'chat_command', 'add_plan_arguments', 'plan_command']
+__all__ = ['COMMANDS', 'RL_DEFAULTS', 'EXPORTERS', 'Command', 'command', 'system_info', 'info_command', 'build_parser',
+           'command_in', 'main', 'add_clean_arguments', 'clean_config', 'add_corpus_argument', 'add_data_arguments',
+           'print_table', 'print_cleaning', 'print_split_note', 'data_command', 'add_tokenizer_arguments',
+           'tokenizer_command', 'add_prepare_arguments', 'prepare_command', 'add_device_arguments', 'device_context',
+           'add_train_arguments', 'parse_overrides', 'train_command', 'add_generate_arguments', 'generate_command',
+           'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments',
+           'add_sft_arguments', 'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command',
+           'add_chat_arguments', 'chat_command', 'add_export_arguments', 'export_command', 'add_plan_arguments',
+           'plan_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -627,6 +628,37 @@ def chat_command(args: argparse.Namespace) -> int:
                 print(piece, end="", flush=True); reply += piece
         print()
         turns.append(reply)
+    return 0
+
+# %% ../nbs/11_cli.ipynb #7542ecda
+def _export_hf(model, tok, out: Path) -> Path:
+    from minigpt.export import export_hf
+    return export_hf(model, tok, out)
+
+# --format NAME -> the function that writes a run's model and tokenizer there
+EXPORTERS: dict[str, Callable] = {"hf": _export_hf}
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="a run directory")
+    parser.add_argument("--format", default="hf", choices=list(EXPORTERS),
+                        help="hf: a Hugging Face model folder (default)")
+    parser.add_argument("--out", required=True, help="the folder to write")
+    parser.add_argument("--weights", choices=["best", "model"],
+                        default="best", help="best or latest weights")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it is not empty")
+
+@command("export", "write a run in another program's format",
+         add_export_arguments)
+def export_command(args: argparse.Namespace) -> int:
+    from minigpt.checkpoint import load_run
+    from minigpt.export import check_export_dir
+    model, tok = load_run(args.run, args.weights, device="cpu")
+    out = check_export_dir(args.out, args.force)
+    EXPORTERS[args.format](model, tok, out)
+    for f in sorted(out.iterdir()):
+        print(f"{f.stat().st_size:>14,}  {f}")
+    print(f"{args.run} -> {out} ({args.format})")
     return 0
 
 # %% ../nbs/11_cli.ipynb #8c9528e9

@@ -84,9 +84,9 @@ def sizes(book: bool) -> Settings:
         finetune_seeds=pick(3, 2),
         llama_run_name=pick("hf-llama-book", "hf-llama-test"),
         llama_run_train=pick(dict(max_steps=300, warmup_steps=30,
-                                  eval_every=100),
+                                  eval_every=100, batch_size=8, seq_len=128),
                              dict(max_steps=8, warmup_steps=2, eval_every=4,
-                                  eval_batches=2)))
+                                  eval_batches=2, batch_size=8, seq_len=128)))
 
 
 SETTINGS = sizes(BOOK)
