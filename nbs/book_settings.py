@@ -48,8 +48,6 @@ class Settings:
     lora_steps: int            # ch. 9: steps of SFT with LoRA
     rl_steps: int              # ch. 9: steps of RL
     finetune_seeds: int        # ch. 9: seeds of each fine-tuning method
-    llama_run_name: str        # ch. 10: the Llama-shaped run it exports
-    llama_run_train: dict      # ch. 10: its TrainConfig fields
 
 
 def sizes(book: bool) -> Settings:
@@ -81,12 +79,7 @@ def sizes(book: bool) -> Settings:
         dpo_steps=pick(150, 6),
         lora_steps=pick(300, 8),
         rl_steps=pick(100, 4),
-        finetune_seeds=pick(3, 2),
-        llama_run_name=pick("hf-llama-book", "hf-llama-test"),
-        llama_run_train=pick(dict(max_steps=300, warmup_steps=30,
-                                  eval_every=100, batch_size=8, seq_len=128),
-                             dict(max_steps=8, warmup_steps=2, eval_every=4,
-                                  eval_batches=2, batch_size=8, seq_len=128)))
+        finetune_seeds=pick(3, 2))
 
 
 SETTINGS = sizes(BOOK)
