@@ -11,7 +11,8 @@ import torch
 from minigpt.checkpoint import save_weights
 from minigpt.data import load_shakespeare
 from minigpt.generate import SamplingConfig, decode_steps, generate
-from minigpt.gguf import (F16, F32, Q8_0, bytes_to_unicode, export_gguf,
+from minigpt.export import BYTE_CHARS
+from minigpt.gguf import (F16, F32, Q8_0, export_gguf,
                           write_gguf)
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import (ENDOFTEXT, GPT2_PATTERN, GPT4_PATTERN, PAD,
@@ -144,7 +145,7 @@ def test_metadata_read_back(models, files, name):
         assert field(r, "gpt2.attention.layer_norm_epsilon") == \
             pytest.approx(cfg.norm_eps)
     # the tokenizer: every token's text maps back to its bytes
-    u2b = {c: b for b, c in bytes_to_unicode().items()}
+    u2b = {c: b for b, c in BYTE_CHARS.items()}
     tokens = field(r, "tokenizer.ggml.tokens")
     types = field(r, "tokenizer.ggml.token_type")
     assert len(tokens) == len(types) == cfg.vocab_size
