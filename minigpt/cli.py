@@ -18,14 +18,15 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['COMMANDS', 'RL_DEFAULTS', 'Command', 'command', 'system_info', 'info_command', 'build_parser', 'command_in', 'main',
-           'add_clean_arguments', 'clean_config', 'add_corpus_argument', 'add_data_arguments', 'print_table',
-           'print_cleaning', 'print_split_note', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command',
-           'add_prepare_arguments', 'prepare_command', 'add_device_arguments', 'device_context', 'add_train_arguments',
-           'parse_overrides', 'train_command', 'add_generate_arguments', 'generate_command', 'add_eval_arguments',
-           'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments',
-           'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command', 'add_chat_arguments',
-           'chat_command', 'add_plan_arguments', 'plan_command']
+__all__ = ['COMMANDS', 'RL_DEFAULTS', 'EXPORTERS', 'Command', 'command', 'system_info', 'info_command', 'build_parser',
+           'command_in', 'main', 'add_clean_arguments', 'clean_config', 'add_corpus_argument', 'add_data_arguments',
+           'print_table', 'print_cleaning', 'print_split_note', 'data_command', 'add_tokenizer_arguments',
+           'tokenizer_command', 'add_prepare_arguments', 'prepare_command', 'add_device_arguments', 'device_context',
+           'add_train_arguments', 'parse_overrides', 'train_command', 'add_generate_arguments', 'generate_command',
+           'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments',
+           'add_sft_arguments', 'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command',
+           'add_chat_arguments', 'chat_command', 'add_export_arguments', 'export_command', 'add_serve_arguments',
+           'serve_command', 'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -627,6 +628,64 @@ def chat_command(args: argparse.Namespace) -> int:
                 print(piece, end="", flush=True); reply += piece
         print()
         turns.append(reply)
+    return 0
+
+# %% ../nbs/11_cli.ipynb #7542ecda
+def _export_hf(args: argparse.Namespace) -> list[Path]:
+    from minigpt.checkpoint import load_run
+    from minigpt.export import check_export_dir, export_hf
+    out = check_export_dir(args.out, args.force)    # before loading a model
+    model, tok = load_run(args.run, args.weights, device="cpu")
+    export_hf(model, tok, out)
+    return sorted(out.iterdir())
+
+def _export_gguf(args: argparse.Namespace) -> list[Path]:
+    from minigpt.gguf import export_gguf
+    return [export_gguf(args.run, args.out, args.dtype, args.force,
+                        args.weights)]
+
+# --format NAME -> the function that writes the run there; the files written
+EXPORTERS: dict[str, Callable] = {"hf": _export_hf, "gguf": _export_gguf}
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="a run directory")
+    parser.add_argument("--format", default="hf", choices=list(EXPORTERS),
+                        help="hf: a Hugging Face model folder (default); "
+                        "gguf: one file for llama.cpp, Ollama, LM Studio")
+    parser.add_argument("--out", required=True,
+                        help="the folder (hf) or the file (gguf) to write")
+    parser.add_argument("--dtype", choices=["f32", "f16", "q8_0"],
+                        default="f16", help="gguf: the weights' type")
+    parser.add_argument("--weights", choices=["best", "model"],
+                        default="best", help="best or latest weights")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out, or replace it")
+
+@command("export", "write a run in another program's format",
+         add_export_arguments)
+def export_command(args: argparse.Namespace) -> int:
+    for f in EXPORTERS[args.format](args):
+        print(f"{f.stat().st_size:>14,}  {f}")
+    print(f"{args.run} -> {args.out} ({args.format})")
+    return 0
+
+# %% ../nbs/11_cli.ipynb #35e82a07
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="a run directory")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this "
+                        "machine only; 0.0.0.0: the network, unauthenticated)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="port to listen on (default 8000)")
+    add_device_arguments(parser)
+
+@command("serve", "an OpenAI-compatible server and a chat page for a run",
+         add_serve_arguments)
+def serve_command(args: argparse.Namespace) -> int:
+    from minigpt.device import resolve_device
+    from minigpt.serve import serve
+    serve(args.run, args.host, args.port, device=resolve_device(args.device),
+          precision=args.precision or "auto")
     return 0
 
 # %% ../nbs/11_cli.ipynb #8c9528e9

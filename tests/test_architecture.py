@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "minigpt"
-SOURCE = re.compile(r"File to edit: \.\./nbs/(\d+)_\w+\.ipynb")
+SOURCE = re.compile(r"File to edit: \.\./nbs/(\d+)[a-z]?_\w+\.ipynb")   # 10s_: a part
 
 
 def chapter(module: Path) -> int:

@@ -1,0 +1,288 @@
+"""`minigpt serve` as a user runs it: a subprocess on a free loopback port, called with the
+official `openai` client, by eight clients at once, with bad requests, and from Chromium."""
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+BIN = Path(sys.executable).parent / "minigpt"
+SMALL = ["--set", "n_layer=1", "--set", "d_model=64", "--set", "n_head=2",
+         "--seq-len", "64", "--batch-size", "4", "--precision", "fp32"]
+PROMPT = "ROMEO:\n"
+
+
+def minigpt(*args, **kw):
+    r = subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True,
+                       timeout=600, **kw)
+    return r
+
+
+def ok(r):
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    "A tiny pretrained run and its SFT (chat) run, through the command line."
+    tmp = tmp_path_factory.mktemp("serve")
+    ok(minigpt("prepare", "--corpus", "shakespeare", "--vocab-size", "512",
+               "--out", tmp / "data"))
+    ok(minigpt("train", "--data", tmp / "data", "--out", tmp / "base", "--max-steps", 2,
+               "--eval-every", 2, *SMALL))
+    ok(minigpt("tasks", "--out", tmp / "tasks", "--examples", 16, "--heldout", 4))
+    ok(minigpt("sft", "--run", tmp / "base", "--data", tmp / "tasks" / "sft.jsonl",
+               "--out", tmp / "chat", "--steps", 2, "--batch-size", 2))
+    return tmp / "base", tmp / "chat"
+
+
+def start_server(run, port):
+    p = subprocess.Popen([str(BIN), "serve", "--run", str(run), "--port", str(port),
+                          "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if p.poll() is not None:
+            raise AssertionError(f"minigpt serve exited: {p.stderr.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return p
+        except OSError:
+            time.sleep(0.2)
+    p.kill()
+    raise AssertionError("minigpt serve did not start in 120 s")
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    "`minigpt serve` of the chat run: (base URL, run)."
+    port = free_port()
+    p = start_server(runs[1], port)
+    yield f"http://127.0.0.1:{port}", runs[1]
+    p.terminate()
+    p.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0)
+
+
+def post(url, path, body, raw=False):
+    "POST to the server without a client library: (status, parsed JSON body)."
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn.request("POST", path, body if raw else json.dumps(body),
+                 {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    return r.status, json.loads(r.read())
+
+
+def test_models_lists_the_run(client, server):
+    models = client.models.list().data
+    assert [m.id for m in models] == [server[1].name]
+    assert models[0].chat is True
+
+
+def test_completions_equal_minigpt_generate_at_temperature_0(client, server):
+    ask = dict(model=server[1].name, prompt=PROMPT, max_tokens=12, temperature=0)
+    whole = client.completions.create(**ask)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(**ask, stream=True))
+    out = ok(minigpt("generate", "--run", server[1], "--prompt", PROMPT, "--max-new-tokens", 12,
+                     "--temperature", 0, "--no-stream", "--device", "cpu"))
+    assert out == PROMPT + whole.choices[0].text + "\n"
+    assert streamed == whole.choices[0].text
+    u = whole.usage
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens and u.prompt_tokens >= 1
+    if whole.choices[0].finish_reason == "length":
+        assert u.completion_tokens == 12
+
+
+def test_sampling_with_a_seed_is_repeatable_and_stop_cuts(client, server):
+    ask = dict(model=server[1].name, prompt=PROMPT, max_tokens=20, temperature=1.0,
+               top_p=0.9, seed=7)
+    a = client.completions.create(**ask).choices[0].text
+    b = "".join(c.choices[0].text for c in client.completions.create(**ask, stream=True))
+    assert a == b
+    out = ok(minigpt("generate", "--run", server[1], "--prompt", PROMPT, "--max-new-tokens", 20,
+                     "--temperature", 1.0, "--top-p", 0.9, "--seed", 7, "--device", "cpu"))
+    assert out == PROMPT + a + "\n"
+    if len(a) > 2:                    # a stop string from inside the text cuts it there
+        stop = a[len(a) // 2:len(a) // 2 + 2]
+        r = client.completions.create(**ask, stop=[stop, "never"])
+        assert r.choices[0].text == a[:a.find(stop)]
+        assert r.choices[0].finish_reason == "stop"
+
+
+def test_chat_streamed_equals_whole_and_usage(client, server):
+    ask = dict(model=server[1].name, messages=[
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Who speaks these lines? Answer ROMEO or JULIET."}],
+        max_tokens=10, temperature=0)
+    whole = client.chat.completions.create(**ask)
+    chunks = list(client.chat.completions.create(
+        **ask, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert whole.choices[0].message.role == "assistant"
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == \
+        whole.choices[0].finish_reason
+    # the reference: the chat template of chapter 9 and chapter 7's stream, in-process
+    from minigpt.checkpoint import load_run
+    from minigpt.finetune import END, chat_ids
+    from minigpt.generate import SamplingConfig, stream
+    model, tok = load_run(server[1], device="cpu")
+    ids = chat_ids(tok, ["Answer briefly.\n\nWho speaks these lines? Answer ROMEO or JULIET."])
+    assert whole.usage.prompt_tokens == len(ids)
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0, stop=(END,))
+    assert text == "".join(stream(model, tok, ids, cfg))
+
+
+def test_eight_clients_at_once_get_their_own_answers(client, server):
+    ask = lambda seed: dict(model=server[1].name, prompt=PROMPT, max_tokens=16,
+                            temperature=1.0, seed=seed)
+    alone = [client.completions.create(**ask(s)).choices[0].text for s in range(8)]
+    assert len(set(alone)) > 1
+
+    def one(seed):
+        if seed % 2:     # half of them stream
+            return "".join(c.choices[0].text
+                           for c in client.completions.create(**ask(seed), stream=True))
+        return client.completions.create(**ask(seed)).choices[0].text
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, range(8)))
+    print(f"8 concurrent clients: {time.perf_counter() - start:.2f} s")
+    assert together == alone
+
+
+BAD = [  # (path, body, status, param)
+    ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": -3}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "temperature": -1}, 400, "temperature"),
+    ("/v1/completions", {"prompt": "x", "temperature": "warm"}, 400, "temperature"),
+    ("/v1/completions", {"prompt": "x", "top_p": 1.5}, 400, "top_p"),
+    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n"),
+    ("/v1/completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("/v1/completions", {"prompt": "ROMEO " * 600}, 400, "prompt"),
+    ("/v1/completions", {"prompt": [10 ** 9]}, 400, "prompt"),
+    ("/v1/completions", {"prompt": {"text": "x"}}, 400, "prompt"),
+    ("/v1/chat/completions", {"messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "x"}]},
+     400, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x " * 600}]},
+     400, "messages"),
+    ("/v1/completions", [1, 2], 400, None),
+]
+
+
+@pytest.mark.parametrize("path, body, status, param", BAD)
+def test_bad_request_gets_an_openai_error_and_the_server_goes_on(server, client, path, body,
+                                                                 status, param):
+    got, answer = post(server[0], path, body)
+    assert got == status
+    assert set(answer["error"]) == {"message", "type", "param", "code"}
+    assert answer["error"]["param"] == param and answer["error"]["message"]
+    assert client.completions.create(model=server[1].name, prompt="x", max_tokens=1)
+
+
+def test_malformed_json_and_unknown_paths(server, client):
+    status, answer = post(server[0], "/v1/completions", "{not json", raw=True)
+    assert status == 400 and answer["error"]["code"] == "invalid_json"
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.completions.create(model=server[1].name, prompt="x", temperature=9)
+    status, answer = post(server[0], "/v1/embeddings", {"input": "x"})
+    assert status == 404 and "error" in answer
+
+
+def test_a_run_without_chat_template_serves_completions_and_refuses_chat(runs):
+    from minigpt.serve import Engine, Server, create_app
+    with Server(create_app(Engine(runs[0], device="cpu"))) as s:
+        c = openai.OpenAI(base_url=f"{s.url}/v1", api_key="-", max_retries=0)
+        assert c.models.list().data[0].chat is False
+        c.completions.create(model=runs[0].name, prompt=PROMPT, max_tokens=3)
+        with pytest.raises(openai.BadRequestError, match="no chat template"):
+            c.chat.completions.create(model=runs[0].name,
+                                      messages=[{"role": "user", "content": "hi"}])
+
+
+def test_port_in_use_and_missing_packages_are_one_line(runs, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); s.listen()
+        r = minigpt("serve", "--run", runs[0], "--port", s.getsockname()[1])
+    assert r.returncode == 1 and "cannot listen on 127.0.0.1" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    (tmp_path / "fastapi.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'fastapi'\", name='fastapi')\n")
+    import os
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    r = minigpt("serve", "--run", runs[0], env=env)
+    assert r.returncode == 1 and 'pip install "minigpt[serve]"' in r.stderr, r.stderr
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium binary on this machine "
+                    "(apt-get install -y chromium; .ci/run installs it)")
+def test_chat_page_streams_and_stops_in_chromium(server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium())
+        page = browser.new_page()
+        page.set_default_timeout(120_000)        # a busy 2-core machine is slow
+        page.goto(server[0])
+        page.wait_for_function("document.getElementById('model').textContent"
+                               ".includes('chat')")
+        page.fill("#max_tokens", "12")
+        page.fill("#prompt", "Who speaks these lines? Answer ROMEO or JULIET.")
+        page.click("#send")
+        page.wait_for_function("document.querySelectorAll('.msg').length == 2"
+                               " && !document.getElementById('send').disabled")
+        first = page.inner_text(".assistant")
+        assert "error" not in page.get_attribute(".msg:nth-child(2)", "class")
+        # a long answer: it grows while streaming, and Stop ends it
+        page.fill("#max_tokens", "100000")
+        page.fill("#temperature", "1")
+        page.fill("#prompt", "And then?")
+        page.click("#send")
+        answer = ".msg:nth-child(4)"
+        page.wait_for_function(f"document.querySelector('{answer}')"
+                               ".textContent.length > 0")
+        n1 = len(page.inner_text(answer))
+        page.wait_for_function(f"document.querySelector('{answer}')"
+                               f".textContent.length > {n1}")
+        page.click("#stop")
+        page.wait_for_function("!document.getElementById('send').disabled")
+        assert "stopped" in page.get_attribute(answer, "class")
+        stopped = page.inner_text(answer)
+        time.sleep(0.5)
+        assert page.inner_text(answer) == stopped          # nothing more arrives
+        page.screenshot(path=tmp_path / "chat.png")
+        browser.close()
+    assert (tmp_path / "chat.png").stat().st_size > 1000
+    assert first is not None
+    # the server is free again at once: the stopped generation did not go on
+    start = time.perf_counter()
+    status, answer = post(server[0], "/v1/completions", {"prompt": "x", "max_tokens": 2})
+    assert status == 200 and time.perf_counter() - start < 10
