@@ -14,6 +14,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
+from minigpt.serve import free_port     # noqa: E402 (after the skips)
 
 BIN = Path(sys.executable).parent / "minigpt"
 SMALL = ["--set", "n_layer=1", "--set", "d_model=64", "--set", "n_head=2",
@@ -30,12 +31,6 @@ def minigpt(*args, **kw):
 def ok(r):
     assert r.returncode == 0, r.stderr
     return r.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
