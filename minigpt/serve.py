@@ -24,10 +24,10 @@ try: from fastapi import Request    # the routes' annotations name it
 except ImportError: Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
-__all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'CHAT_PAGE', 'APIError', 'number', 'stop_strings', 'sampling_config',
-           'completion_prompt', 'message_text', 'chat_turns', 'Reply', 'reply_pieces', 'Engine', 'usage', 'choice',
-           'response', 'sse', 'events', 'create_app', 'require_serve_packages', 'check_port', 'free_port', 'Server',
-           'serve']
+__all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'CHAT_PAGE', 'APIError', 'number', 'stop_strings', 'flag', 'ServeConfig',
+           'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'Reply', 'end_tokens', 'reply_pieces',
+           'Engine', 'usage', 'choice', 'response', 'sse', 'events', 'create_app', 'require_serve_packages',
+           'check_port', 'free_port', 'Server', 'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
 class APIError(Exception):
@@ -77,8 +77,23 @@ def stop_strings(body: dict) -> tuple[str, ...]:
                        f"to {MAX_STOP} of them", "stop", "invalid_value")
     return tuple(stop)
 
-def sampling_config(body: dict) -> SamplingConfig:
-    "The SamplingConfig a request asks for (OpenAI's names and defaults)."
+def flag(body: dict, name: str) -> bool:
+    "body[name], true or false (default false)."
+    x = body.get(name, False)
+    if not isinstance(x, bool):
+        raise APIError(400, f"{name} must be true or false, not {x!r}", name,
+                       "invalid_type")
+    return x
+
+@dataclass
+class ServeConfig(SamplingConfig):
+    """SamplingConfig and one field OpenAI lacks, named as llama.cpp's and
+    vLLM's servers name it: with ignore_eos the model may not end the reply
+    (its end tokens are banned), it runs to max_tokens or a stop string."""
+    ignore_eos: bool = False
+
+def sampling_config(body: dict) -> ServeConfig:
+    "The ServeConfig a request asks for (OpenAI's names and defaults)."
     if number(body, "n", 1, integer=True) != 1:
         raise APIError(400, "n must be 1: one completion per request",
                        "n", "invalid_value")
@@ -87,10 +102,11 @@ def sampling_config(body: dict) -> SamplingConfig:
                         DEFAULT_MAX_TOKENS, 1, integer=True)
     top_p = number(body, "top_p", 1.0, 0, 1, above=True)
     seed = number(body, "seed", None, integer=True)
-    return SamplingConfig(max_new_tokens=max_tokens,
-                          temperature=number(body, "temperature", 1.0, 0, 2),
-                          top_p=None if top_p == 1 else top_p,
-                          stop=stop_strings(body), seed=seed)
+    return ServeConfig(max_new_tokens=max_tokens,
+                       temperature=number(body, "temperature", 1.0, 0, 2),
+                       top_p=None if top_p == 1 else top_p,
+                       stop=stop_strings(body), seed=seed,
+                       ignore_eos=flag(body, "ignore_eos"))
 
 # %% ../nbs/10_using.ipynb #22b3e8c3
 def completion_prompt(body: dict, tok) -> list[int]:
@@ -147,14 +163,20 @@ class Reply:
     tokens: int = 0
     finish_reason: str = "length"      # or "stop", as OpenAI names them
 
-def reply_pieces(model, tok, ids: list[int], cfg: SamplingConfig,
+def end_tokens(tok) -> tuple[int, ...]:
+    "The tokens that end a reply: <|endoftext|>, and <|end|> in a chat model."
+    return tuple(i for s, i in tok.special_tokens.items()
+                 if s in (ENDOFTEXT, END))
+
+def reply_pieces(model, tok, ids: list[int], cfg: ServeConfig,
                  reply: Reply, cancelled: threading.Event | None = None):
     """Yield the continuation of `ids` piece by piece, as `stream` does, and
     fill `reply`: the server also reports tokens and the finish reason."""
     eot, piece = tok.special_tokens[ENDOFTEXT], _piece_decoder(tok)
     sent, hold = 0, max((len(s) for s in cfg.stop), default=1) - 1
+    banned = _banned(tok) + (end_tokens(tok) if cfg.ignore_eos else ())
     for nxt, _ in decode_steps(model, [ids], cfg, True, tok.vocab_size,
-                               _banned(tok)):
+                               banned):
         reply.tokens += 1
         i = int(nxt[0])
         if i == eot and cfg.stop_at_eot: reply.finish_reason = "stop"; break
@@ -414,6 +436,10 @@ async function send(text) {
                     : {...settings, prompt: text};
   bubble("user", text);
   const out = bubble("assistant", "");
+  // the text is drawn once a frame, however fast the tokens come
+  let answer = "", frame = 0;
+  const draw = () => { frame = 0; out.textContent = answer;
+                       $("log").scrollTop = $("log").scrollHeight; };
   controller = new AbortController(); busy(true);
   try {
     const r = await fetch(chat ? "/v1/chat/completions" : "/v1/completions",
@@ -433,14 +459,15 @@ async function send(text) {
         const j = JSON.parse(data);
         if (j.error) throw new Error(j.error.message);
         const c = j.choices[0];
-        if (c) out.textContent += chat ? (c.delta.content || "") : c.text;
-        $("log").scrollTop = $("log").scrollHeight;
+        if (c) answer += chat ? (c.delta.content || "") : c.text;
+        if (!frame) frame = requestAnimationFrame(draw);
       }
     }
   } catch (e) {
     if (e.name === "AbortError") out.classList.add("stopped");
-    else { out.className = "msg error"; out.textContent = e.message; }
+    else { out.className = "msg error"; answer = e.message; }
   }
+  cancelAnimationFrame(frame); draw();
   if (chat && !out.classList.contains("error"))
     history.push({role: "user", content: text},
                  {role: "assistant", content: out.textContent});

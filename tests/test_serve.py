@@ -151,6 +151,39 @@ def test_chat_streamed_equals_whole_and_usage(client, server):
     assert text == "".join(stream(model, tok, ids, cfg))
 
 
+def test_ignore_eos_runs_to_max_tokens_with_the_end_tokens_banned(client, server):
+    from minigpt.checkpoint import load_run
+    from minigpt.device import autocast, choose_precision
+    from minigpt.finetune import END
+    from minigpt.generate import SamplingConfig, decode_steps
+    from minigpt.tokenizer import ENDOFTEXT, PAD
+    ask = dict(model=server[1].name, prompt=PROMPT, max_tokens=12, temperature=0,
+               extra_body={"ignore_eos": True})
+    whole = client.completions.create(**ask)
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage.completion_tokens == 12
+    # the reference: greedy decoding with padding and both end tokens banned,
+    # in the server's precision
+    model, tok = load_run(server[1], device="cpu")
+    banned = tuple(tok.special_tokens[s] for s in (PAD, ENDOFTEXT, END))
+    device = next(model.parameters()).device
+    with autocast(device, choose_precision(device)):
+        steps = decode_steps(model, [tok.encode(PROMPT)],
+                             SamplingConfig(max_new_tokens=12, temperature=0), True,
+                             tok.vocab_size, banned)
+        ids = [int(nxt[0]) for nxt, _ in steps]
+    assert whole.choices[0].text == tok.decode(ids)
+    for seed in range(4):        # sampled chat answers: none ends by itself
+        r = client.chat.completions.create(
+            model=server[1].name, messages=[{"role": "user", "content": "And then?"}],
+            max_tokens=40, temperature=1.0, seed=seed, extra_body={"ignore_eos": True})
+        assert r.choices[0].finish_reason == "length"
+        assert r.usage.completion_tokens == 40
+        assert "<|end" not in r.choices[0].message.content
+    got, answer = post(server[0], "/v1/completions", {"prompt": "x", "ignore_eos": 1})
+    assert got == 400 and answer["error"]["param"] == "ignore_eos"
+
+
 def test_eight_clients_at_once_get_their_own_answers(client, server):
     ask = lambda seed: dict(model=server[1].name, prompt=PROMPT, max_tokens=16,
                             temperature=1.0, seed=seed)
@@ -256,7 +289,13 @@ def test_chat_page_streams_and_stops_in_chromium(server, tmp_path):
                                " && !document.getElementById('send').disabled")
         first = page.inner_text(".assistant")
         assert "error" not in page.get_attribute(".msg:nth-child(2)", "class")
-        # a long answer: it grows while streaming, and Stop ends it
+        # a long answer: it grows while streaming, and Stop ends it. The tiny model
+        # often ends a turn by itself within a few tokens, so the page's next
+        # request gets ignore_eos on the way: an answer that only Stop can end
+        def without_end(route):
+            body = route.request.post_data_json
+            route.continue_(post_data=json.dumps(body | {"ignore_eos": True}))
+        page.route("**/v1/chat/completions", without_end)
         page.fill("#max_tokens", "100000")
         page.fill("#temperature", "1")
         page.fill("#prompt", "And then?")
