@@ -18,15 +18,16 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['COMMANDS', 'RL_DEFAULTS', 'EXPORTERS', 'Command', 'command', 'system_info', 'info_command', 'build_parser',
-           'command_in', 'main', 'add_clean_arguments', 'clean_config', 'add_corpus_argument', 'add_data_arguments',
-           'print_table', 'print_cleaning', 'print_split_note', 'data_command', 'add_tokenizer_arguments',
-           'tokenizer_command', 'add_prepare_arguments', 'prepare_command', 'add_device_arguments', 'device_context',
-           'add_train_arguments', 'parse_overrides', 'train_command', 'add_generate_arguments', 'generate_command',
-           'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments',
-           'add_sft_arguments', 'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command',
-           'add_chat_arguments', 'chat_command', 'add_export_arguments', 'export_command', 'add_serve_arguments',
-           'serve_command', 'add_plan_arguments', 'plan_command']
+__all__ = ['COMMANDS', 'PLOT_FORMATS', 'RL_DEFAULTS', 'EXPORTERS', 'Command', 'command', 'system_info', 'info_command',
+           'build_parser', 'command_in', 'main', 'add_clean_arguments', 'clean_config', 'add_corpus_argument',
+           'add_data_arguments', 'print_table', 'print_cleaning', 'print_split_note', 'data_command',
+           'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments', 'prepare_command',
+           'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides', 'train_command',
+           'add_plot_arguments', 'plot_command', 'add_generate_arguments', 'generate_command', 'add_eval_arguments',
+           'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments',
+           'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command', 'add_chat_arguments',
+           'chat_command', 'add_export_arguments', 'export_command', 'add_serve_arguments', 'serve_command',
+           'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/11_cli.ipynb #adee5c61
 @dataclass
@@ -358,6 +359,38 @@ def train_command(args: argparse.Namespace) -> int:
     print(val)
     if result["reason"] in ("SIGINT", "SIGTERM"):  # saved; the shell's code
         return 128 + signal.Signals[result["reason"]].value
+    return 0
+
+# %% ../nbs/11_cli.ipynb #40258871
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, nargs="+",
+                        help="a run directory, or several for one figure")
+    parser.add_argument("--out", help="the image: .png, .pdf or .svg "
+                        "(default: metrics.png in the first run)")
+    parser.add_argument("--panels", nargs="+", metavar="PANEL",
+                        help="any of loss, lr, tokens_per_s, grad_norm "
+                        "(default: all four)")
+    parser.add_argument("--labels", nargs="+", metavar="LABEL",
+                        help="a legend name per run (default: folder names)")
+
+@command("plot", "draw the metrics of runs: loss, learning rate, speed, "
+         "gradient norm", add_plot_arguments)
+def plot_command(args: argparse.Namespace) -> int:
+    from minigpt.metrics import PANELS, plot_runs
+    out = Path(args.out) if args.out else Path(args.run[0]) / "metrics.png"
+    if out.suffix.lower() not in PLOT_FORMATS:
+        raise ValueError(f"--out {out}: name a file ending in "
+                         f"{', '.join(PLOT_FORMATS)}")
+    if args.labels and len(args.labels) != len(args.run):
+        raise ValueError(f"--labels: one per run ({len(args.run)}), "
+                         f"not {len(args.labels)}")
+    panels = args.panels or list(PANELS)
+    fig = plot_runs(args.run, panels, args.labels)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    print(f"{', '.join(panels)} of {len(args.run)} run(s) -> {out}")
     return 0
 
 # %% ../nbs/11_cli.ipynb #9cd06656

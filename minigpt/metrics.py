@@ -16,7 +16,8 @@ from .data import atomic_write
 from .loader import IGNORE_INDEX, eval_batches
 
 # %% auto #0
-__all__ = ['perplexity', 'bits_per_byte', 'eval_batch_count', 'validation_loss', 'text_bytes', 'trim_metrics']
+__all__ = ['PANELS', 'perplexity', 'bits_per_byte', 'eval_batch_count', 'validation_loss', 'text_bytes', 'trim_metrics',
+           'read_metrics', 'plot_runs']
 
 # %% ../nbs/06_pretraining.ipynb #fbaac409
 def perplexity(loss: float) -> float: return math.exp(loss)
@@ -80,3 +81,68 @@ def trim_metrics(run: Path, step: int) -> None:
     rows = [r for r in path.read_text().splitlines(keepends=True)
             if (s := logged_step(r)) is not None and s <= step]
     atomic_write(path, lambda tmp: tmp.write_text("".join(rows)))
+
+# %% ../nbs/06_pretraining.ipynb #37ded25c
+PANELS = {  # panel -> (metrics.jsonl field, axis label)
+    "loss": ("loss", "loss (nats per token)"),
+    "lr": ("lr", "learning rate"),
+    "tokens_per_s": ("tokens_per_s", "tokens per second"),
+    "grad_norm": ("grad_norm", "gradient norm (before clipping)"),
+}
+
+def read_metrics(run) -> list[dict]:
+    "The rows of a run's metrics.jsonl; a last line cut short is skipped."
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {run} is not a run "
+                                "directory (minigpt train --out makes one)")
+    lines = path.read_text().splitlines()
+    rows = []
+    for k, line in enumerate(lines):
+        try: rows.append(json.loads(line))
+        except ValueError:
+            if k == len(lines) - 1: break       # torn by a crash: the last only
+            raise ValueError(f"{path}: line {k + 1} is not JSON; the file is "
+                             "damaged") from None
+    if not rows:
+        raise ValueError(f"{path} has no measurements yet: the run logs one "
+                         "line every --log-every steps")
+    return rows
+
+def plot_runs(runs, panels=tuple(PANELS), labels=None):
+    """A figure of the runs' metrics: one panel per name in `panels`, one
+    colour per run; the loss panel adds the validation loss as points."""
+    from matplotlib.figure import Figure   # not pyplot: no window, any backend
+    if unknown := [p for p in panels if p not in PANELS]:
+        raise ValueError(f"no panel {unknown[0]!r}; the panels are "
+                         f"{', '.join(PANELS)}")
+    labels = labels or [Path(r).name for r in runs]
+    data = [read_metrics(r) for r in runs]      # every run read before drawing
+    cols = min(2, len(panels)); rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(6.4, 2.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, name in zip(axes.flat, panels):
+        field, ylabel = PANELS[name]
+        for k, (metrics, label) in enumerate(zip(data, labels)):
+            colour, tag = f"C{k}", f"{label}: " if len(runs) > 1 else ""
+            points = [(r["step"], r[field]) for r in metrics if field in r]
+            if points:
+                ax.plot(*zip(*points), lw=0.8, color=colour,
+                        label=tag + ("training (batch)" if name == "loss"
+                                     else label))
+            val = [(r["step"], r["val_loss"]) for r in metrics
+                   if "val_loss" in r]
+            if name == "loss" and val:
+                ax.plot(*zip(*val), "o-", ms=3, color=colour,
+                        alpha=0.6 if len(runs) > 1 else 1,
+                        label=tag + "validation")
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"no {field} in metrics.jsonl", ha="center",
+                    transform=ax.transAxes)
+        ax.set_xlabel("step"); ax.set_ylabel(ylabel)
+        if name == "lr": ax.ticklabel_format(axis="y", scilimits=(-2, 2))
+        if ax.lines and (name == "loss" or len(runs) > 1):
+            ax.legend(frameon=False, fontsize=8)
+    for ax in axes.flat[len(panels):]: ax.set_visible(False)
+    fig.tight_layout()
+    return fig
