@@ -18,7 +18,7 @@ from .tokenizer import ENDOFTEXT, PAD
 # %% auto #0
 __all__ = ['top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'SamplingConfig', 'sampling_generator', 'next_token',
            'positions_of', 'padding_mask', 'KVCache', 'window_start', 'decode_steps', 'is_token_id', 'checked_ids',
-           'encode_prompt', 'is_one_prompt', 'stream', 'generate', 'Int8Linear', 'quantize_int8']
+           'encode_prompt', 'is_one_prompt', 'Continuation', 'stream', 'generate', 'Int8Linear', 'quantize_int8']
 
 # %% ../nbs/07_generation.ipynb #6b07aae0
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -222,23 +222,36 @@ def is_one_prompt(prompts) -> bool:
     return isinstance(prompts, str) or (
         len(prompts) > 0 and all(is_token_id(i) for i in prompts))
 
+@dataclass
+class Continuation:
+    "What `stream` generated: the text, the tokens drawn and why it ended."
+    text: str = ""
+    tokens: int = 0                  # drawn, an end token included
+    finish_reason: str = "length"    # or "stop": an end token, a stop string
+
 def stream(model: GPT, tok, prompt: str | list[int], cfg: SamplingConfig,
-           use_cache: bool = True, allow_special: bool = False):
-    "Yield the continuation of `prompt` piece by piece, as it is generated."
+           use_cache: bool = True, allow_special: bool = False,
+           banned: tuple[int, ...] = (), out: Continuation | None = None):
+    """Yield the continuation of `prompt` piece by piece, as it is generated;
+    `out` records all of it. `banned` tokens are never drawn."""
     ids = encode_prompt(tok, prompt, allow_special)
+    out = Continuation() if out is None else out
     eot, piece = tok.special_tokens[ENDOFTEXT], _piece_decoder(tok)
-    text, sent = "", 0
-    hold = max((len(s) for s in cfg.stop), default=1) - 1   # may start a stop
+    sent, hold = 0, max((len(s) for s in cfg.stop), default=1) - 1
     for nxt, _ in decode_steps(model, [ids], cfg, use_cache, tok.vocab_size,
-                               _banned(tok)):
+                               _banned(tok) + tuple(banned)):
+        out.tokens += 1
         i = int(nxt[0])
-        if i == eot and cfg.stop_at_eot: break
-        text += piece(i)
-        cut = min((text.find(s) for s in cfg.stop if s in text), default=-1)
-        if cut >= 0: text = text[:cut]; break
-        if len(text) - hold > sent:
-            yield text[sent:len(text) - hold]; sent = len(text) - hold
-    if len(text) > sent: yield text[sent:]
+        if i == eot and cfg.stop_at_eot: out.finish_reason = "stop"; break
+        out.text += piece(i)
+        cut = min((out.text.find(s) for s in cfg.stop if s in out.text),
+                  default=-1)
+        if cut >= 0:
+            out.text, out.finish_reason = out.text[:cut], "stop"; break
+        if len(out.text) - hold > sent:       # hold back a possible stop
+            yield out.text[sent:len(out.text) - hold]
+            sent = len(out.text) - hold
+    if len(out.text) > sent: yield out.text[sent:]
 
 def generate(model: GPT, tok, prompts: str | list[int] | list,
              cfg: SamplingConfig, use_cache: bool = True,

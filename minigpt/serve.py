@@ -16,8 +16,8 @@ from pathlib import Path
 from .checkpoint import load_run
 from .device import autocast, choose_precision
 from .finetune import CHAT_TOKENS, END, chat_ids
-from .generate import (SamplingConfig, _banned, _piece_decoder,
-                              decode_steps, encode_prompt)
+from .generate import (Continuation, SamplingConfig, encode_prompt,
+                              stream)
 from .tokenizer import ENDOFTEXT
 
 try: from fastapi import Request    # the routes' annotations name it
@@ -25,9 +25,9 @@ except ImportError: Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
 __all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'CHAT_PAGE', 'APIError', 'number', 'stop_strings', 'flag', 'ServeConfig',
-           'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'Reply', 'end_tokens', 'reply_pieces',
-           'Engine', 'usage', 'choice', 'response', 'sse', 'events', 'create_app', 'require_serve_packages',
-           'check_port', 'free_port', 'Server', 'serve']
+           'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Engine', 'usage',
+           'choice', 'response', 'sse', 'events', 'create_app', 'require_serve_packages', 'check_port', 'free_port',
+           'Server', 'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
 class APIError(Exception):
@@ -156,40 +156,10 @@ def chat_turns(messages) -> list[str]:
     return texts
 
 # %% ../nbs/10_using.ipynb #2567f6ef
-@dataclass
-class Reply:
-    "What one request produced: the text, tokens generated and why it ended."
-    text: str = ""
-    tokens: int = 0
-    finish_reason: str = "length"      # or "stop", as OpenAI names them
-
 def end_tokens(tok) -> tuple[int, ...]:
     "The tokens that end a reply: <|endoftext|>, and <|end|> in a chat model."
     return tuple(i for s, i in tok.special_tokens.items()
                  if s in (ENDOFTEXT, END))
-
-def reply_pieces(model, tok, ids: list[int], cfg: ServeConfig,
-                 reply: Reply, cancelled: threading.Event | None = None):
-    """Yield the continuation of `ids` piece by piece, as `stream` does, and
-    fill `reply`: the server also reports tokens and the finish reason."""
-    eot, piece = tok.special_tokens[ENDOFTEXT], _piece_decoder(tok)
-    sent, hold = 0, max((len(s) for s in cfg.stop), default=1) - 1
-    banned = _banned(tok) + (end_tokens(tok) if cfg.ignore_eos else ())
-    for nxt, _ in decode_steps(model, [ids], cfg, True, tok.vocab_size,
-                               banned):
-        reply.tokens += 1
-        i = int(nxt[0])
-        if i == eot and cfg.stop_at_eot: reply.finish_reason = "stop"; break
-        reply.text += piece(i)
-        cut = min((reply.text.find(s) for s in cfg.stop if s in reply.text),
-                  default=-1)
-        if cut >= 0:
-            reply.text, reply.finish_reason = reply.text[:cut], "stop"; break
-        if len(reply.text) - hold > sent:
-            yield reply.text[sent:len(reply.text) - hold]
-            sent = len(reply.text) - hold
-        if cancelled is not None and cancelled.is_set(): return
-    if len(reply.text) > sent: yield reply.text[sent:]
 
 # %% ../nbs/10_using.ipynb #4abb94eb
 class Engine:
@@ -238,22 +208,23 @@ class Engine:
         if chat: cfg.stop = cfg.stop + (END,)     # the end of the turn
         return self.prompt_ids(body, chat), cfg
 
-    def pieces(self, ids, cfg, reply: Reply, cancelled=None):
-        "reply_pieces under the server's precision (in the worker thread)."
+    def pieces(self, ids, cfg: ServeConfig, reply: Continuation):
+        "`stream` under the server's precision (in the worker thread)."
+        banned = end_tokens(self.tok) if cfg.ignore_eos else ()
         with autocast(self.device, self.precision):
-            yield from reply_pieces(self.model, self.tok, ids, cfg, reply,
-                                    cancelled)
+            yield from stream(self.model, self.tok, ids, cfg, banned=banned,
+                              out=reply)
 
-    async def complete(self, ids, cfg) -> Reply:
+    async def complete(self, ids, cfg) -> Continuation:
         "The whole reply, generated in the worker thread when its turn comes."
-        reply = Reply()
+        reply = Continuation()
         def work():
             for _ in self.pieces(ids, cfg, reply): pass
             return reply
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.worker, work)
 
-    async def stream(self, ids, cfg, reply: Reply):
+    async def stream(self, ids, cfg, reply: Continuation):
         """Yield the reply's pieces as the worker thread makes them; stop it
         when the consumer stops (the client went away)."""
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
@@ -263,8 +234,10 @@ class Engine:
             except RuntimeError: pass              # the loop closed
         def work():
             try:
-                if not cancelled.is_set():
-                    for p in self.pieces(ids, cfg, reply, cancelled): put(p)
+                if not cancelled.is_set():          # not gone while queued
+                    for p in self.pieces(ids, cfg, reply):
+                        if cancelled.is_set(): break    # gone now
+                        put(p)
             except Exception as e: put(e)
             finally: put(done)
         loop.run_in_executor(self.worker, work)
@@ -275,7 +248,7 @@ class Engine:
         finally: cancelled.set()
 
 # %% ../nbs/10_using.ipynb #1f2e76ec
-def usage(ids: list[int], reply: Reply) -> dict:
+def usage(ids: list[int], reply: Continuation) -> dict:
     return {"prompt_tokens": len(ids), "completion_tokens": reply.tokens,
             "total_tokens": len(ids) + reply.tokens}
 
@@ -303,7 +276,7 @@ async def events(engine: Engine, ids, cfg, chat: bool, include_usage: bool):
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     kind = "chat.completion.chunk" if chat else "text_completion"
     chunk = lambda c, **kw: sse(response(kind, rid, engine.name, c, **kw))
-    reply = Reply()
+    reply = Continuation()
     if chat: yield chunk([choice(chat, None, None, delta=True, first=True)])
     try:
         async for piece in engine.stream(ids, cfg, reply):
