@@ -312,6 +312,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
     parser.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile the model (pays on GPUs)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        default=None, help="keep only each block's input and "
+                        "recompute the rest in backward: less memory, ~1/3 "
+                        "more compute")
     parser.add_argument("--parallel", choices=["ddp", "fsdp"],
                         help="with several processes (torchrun): ddp or fsdp")
     for name in ("batch-size", "grad-accum", "seq-len", "warmup-steps",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import codecs
 import copy
+import functools
+import itertools
 import operator
 from dataclasses import dataclass
 
@@ -17,8 +19,9 @@ from .tokenizer import ENDOFTEXT, PAD
 
 # %% auto #0
 __all__ = ['top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'SamplingConfig', 'sampling_generator', 'next_token',
-           'positions_of', 'padding_mask', 'KVCache', 'window_start', 'decode_steps', 'is_token_id', 'checked_ids',
-           'encode_prompt', 'is_one_prompt', 'Continuation', 'stream', 'generate', 'Int8Linear', 'quantize_int8']
+           'positions_of', 'padding_mask', 'KVCache', 'window_start', 'token_buffer', 'cache_dtype', 'decode_steps',
+           'is_token_id', 'checked_ids', 'encode_prompt', 'is_one_prompt', 'Continuation', 'stream', 'generate',
+           'decode_step', 'compiled_step', 'fixed_shape_inputs', 'Int8Linear', 'quantize_int8']
 
 # %% ../nbs/07_generation.ipynb #6b07aae0
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -112,6 +115,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0                        # positions filled so far
+        self.slot = None    # fixed-shape steps: where the next key goes, (1,)
 
     @property
     def max_len(self) -> int: return self.k.shape[3]
@@ -120,7 +124,13 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, h_kv, T, d_head) of `layer` after the filled
-        positions; return all of the layer's keys and values so far."""
+        positions; return all of the layer's keys and values so far. With a
+        `slot`, store one position there and return all max_len of them:
+        the same shapes at every step (a mask hides the empty ones)."""
+        if self.slot is not None:
+            self.k[layer].index_copy_(2, self.slot, k.to(self.k.dtype))
+            self.v[layer].index_copy_(2, self.slot, v.to(self.v.dtype))
+            return self.k[layer], self.v[layer]
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions; "
@@ -138,44 +148,69 @@ def window_start(start: int | None, length: int, block_size: int) -> int:
     return length - block_size // 2
 
 # %% ../nbs/07_generation.ipynb #22e58fe2
+def token_buffer(rows: list[list[int]], room: int, device):
+    """ids and valid (B, L + room): the rows left-padded to the longest, L,
+    and `room` columns after them for the tokens to come."""
+    B, L = len(rows), max(len(r) for r in rows)
+    ids = torch.zeros(B, L + room, dtype=torch.long, device=device)
+    valid = torch.zeros(B, L + room, dtype=torch.bool, device=device)
+    for b, r in enumerate(rows):
+        ids[b, L - len(r):L] = torch.tensor(r, dtype=torch.long)
+        valid[b, L - len(r):L] = True
+    return ids, valid
+
+def cache_dtype(model: GPT) -> torch.dtype:
+    "What the keys and values come out as: autocast's dtype if on, else the model's."
+    p = next(model.parameters())
+    kind = p.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return p.dtype
+
 @torch.no_grad()
 def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
                  use_cache: bool = True, vocab_size: int | None = None,
-                 banned: tuple[int, ...] = ()):
-    "Yield (next tokens (B,), logits (B, V)) per step; rows are left-padded."
+                 banned: tuple[int, ...] = (), compile: bool | str = False):
+    """Yield (next tokens (B,), logits (B, V)) per step; rows are left-padded.
+    `compile`: run the cached steps compiled, over fixed shapes (True: with
+    inductor, and CUDA graphs on a GPU; or a torch.compile backend's name)."""
     device, block = next(model.parameters()).device, model.cfg.block_size
     B, L = len(rows), max(len(r) for r in rows)
-    ids = torch.zeros(B, L, dtype=torch.long, device=device)
-    valid = torch.zeros(B, L, dtype=torch.bool, device=device)
-    for b, r in enumerate(rows):
-        ids[b, L - len(r):] = torch.tensor(r, dtype=torch.long)
-        valid[b, L - len(r):] = True
+    ids, valid = token_buffer(rows, cfg.max_new_tokens, device)  # no growth
+    padded = min(len(r) for r in rows) < L          # known here: no sync
+    banned = torch.tensor(banned, dtype=torch.long, device=device)
     gen = sampling_generator(device, cfg.seed)
-    cache = KVCache(model.cfg, B, block, device) if use_cache else None
+    cache = (KVCache(model.cfg, B, block, device, cache_dtype(model))
+             if use_cache else None)
+    step = compiled_step(cache, compile) if use_cache and compile else None
     start = None                                # nothing computed yet
-    for _ in range(cfg.max_new_tokens):
-        new_start = window_start(start, ids.shape[1], block)
-        x, v = ids[:, new_start:], valid[:, new_start:]
-        padded = not bool(v.all())
+    for n in range(L, L + cfg.max_new_tokens):  # n: columns filled
+        new_start = window_start(start, n, block)
+        x, v = ids[:, new_start:n], valid[:, new_start:n]
         if not use_cache:          # the whole window, every step
             mask = padding_mask(v, v.shape[1]) if padded else None
-            logits, _ = model(x, positions=positions_of(v), mask=mask)
+            logits = model(x, positions=positions_of(v), mask=mask)[0][:, -1]
         elif new_start != start:   # prefill: the window into an empty cache
-            cache.length = 0
-            mask = padding_mask(v, v.shape[1])
-            logits, _ = model(x, positions=positions_of(v), mask=mask,
-                              cache=cache)
-        else:                      # one new token per row
+            cache.slot, cache.length = None, 0
+            logits = model(x, positions=positions_of(v), cache=cache,
+                           mask=padding_mask(v, v.shape[1]))[0][:, -1]
+            if step: keys, pos = fixed_shape_inputs(cache, v)
+        elif step is None:         # one new token per row
             mask = padding_mask(v, 1) if padded else None
-            logits, _ = model(x[:, -1:], positions=positions_of(v)[:, -1:],
-                              mask=mask, cache=cache)
+            logits = model(x[:, -1:], positions=positions_of(v)[:, -1:],
+                           mask=mask, cache=cache)[0][:, -1]
+        else:                      # the same, compiled over fixed shapes
+            keys.index_fill_(2, cache.slot, True)     # its own key, visible
+            torch.compiler.cudagraph_mark_step_begin()
+            logits = step(model, nxt[:, None], pos, keys, cache).clone()
+            cache.slot.add_(1); pos.add_(1); cache.length += 1
         start = new_start
-        z = logits[:, -1, :vocab_size].float()        # (B, V) decodable ids
-        if banned: z[:, list(banned)] = float("-inf")
-        seen = torch.where(v, x, x[:, -1:])           # padding: not a token
+        z = logits[:, :vocab_size].float()            # (B, V) decodable ids
+        if banned.numel(): z.index_fill_(1, banned, float("-inf"))
+        seen = (torch.where(v, x, x[:, -1:])          # padding: not a token
+                if cfg.repetition_penalty != 1 else None)
         nxt = next_token(z, seen, cfg, gen)            # (B,)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        valid = torch.cat([valid, valid.new_ones(B, 1)], dim=1)
+        ids[:, n], valid[:, n] = nxt, True
         yield nxt, z
 
 # %% ../nbs/07_generation.ipynb #1753f84d
@@ -231,15 +266,17 @@ class Continuation:
 
 def stream(model: GPT, tok, prompt: str | list[int], cfg: SamplingConfig,
            use_cache: bool = True, allow_special: bool = False,
-           banned: tuple[int, ...] = (), out: Continuation | None = None):
+           banned: tuple[int, ...] = (), out: Continuation | None = None,
+           compile: bool | str = False):
     """Yield the continuation of `prompt` piece by piece, as it is generated;
-    `out` records all of it. `banned` tokens are never drawn."""
+    `out` records all of it. `banned` tokens are never drawn; `compile` as in
+    `decode_steps`."""
     ids = encode_prompt(tok, prompt, allow_special)
     out = Continuation() if out is None else out
     eot, piece = tok.special_tokens[ENDOFTEXT], _piece_decoder(tok)
     sent, hold = 0, max((len(s) for s in cfg.stop), default=1) - 1
     for nxt, _ in decode_steps(model, [ids], cfg, use_cache, tok.vocab_size,
-                               _banned(tok) + tuple(banned)):
+                               _banned(tok) + tuple(banned), compile):
         out.tokens += 1
         i = int(nxt[0])
         if i == eot and cfg.stop_at_eot: out.finish_reason = "stop"; break
@@ -255,16 +292,16 @@ def stream(model: GPT, tok, prompt: str | list[int], cfg: SamplingConfig,
 
 def generate(model: GPT, tok, prompts: str | list[int] | list,
              cfg: SamplingConfig, use_cache: bool = True,
-             allow_special: bool = False):
+             allow_special: bool = False, compile: bool | str = False):
     """Continuations of one prompt (a string or a list of ids) or of a batch
-    (a list of them)."""
+    (a list of them); `compile` as in `decode_steps`."""
     one = is_one_prompt(prompts)
     rows = [encode_prompt(tok, p, allow_special)
             for p in ([prompts] if one else prompts)]
     eot = tok.special_tokens[ENDOFTEXT]
     new, done = [[] for _ in rows], [False] * len(rows)
     for nxt, _ in decode_steps(model, rows, cfg, use_cache, tok.vocab_size,
-                               _banned(tok)):
+                               _banned(tok), compile):
         for b, i in enumerate(nxt.tolist()):
             if done[b]: continue
             if i == eot and cfg.stop_at_eot: done[b] = True; continue
@@ -276,6 +313,37 @@ def generate(model: GPT, tok, prompts: str | list[int] | list,
     for s in cfg.stop:
         texts = [t[:t.find(s)] if s in t else t for t in texts]
     return texts[0] if one else texts
+
+# %% ../nbs/07_generation.ipynb #dd5d5aa4
+def decode_step(model: GPT, tokens: torch.Tensor, positions: torch.Tensor,
+                keys: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Logits (B, V) of one token per row (tokens, positions: (B, 1)), its
+    key and value stored at `cache.slot`, attending to the cache slots that
+    `keys` (B, 1, max_len) marks: the same shapes at every step."""
+    return model(tokens, positions=positions, mask=keys, cache=cache)[0][:, -1]
+
+@functools.cache
+def _compiled_decode_step(device_type: str, backend: str):
+    graphs = device_type == "cuda" and backend == "inductor"   # CUDA graphs
+    return torch.compile(decode_step, backend=backend, dynamic=False,
+                         mode="reduce-overhead" if graphs else None)
+
+def compiled_step(cache: KVCache, compile: bool | str = True):
+    """`decode_step` compiled for the cache's device (True: inductor, or a
+    backend's name); the cache stays where it is, never copied per step."""
+    for t in (cache.k, cache.v): torch._dynamo.mark_static_address(t)
+    backend = "inductor" if compile is True else compile
+    return _compiled_decode_step(cache.k.device.type, backend)
+
+def fixed_shape_inputs(cache: KVCache, valid: torch.Tensor):
+    """After a prefill of a window with `valid` (B, w): the cache slots with
+    keys (B, 1, max_len) and the next token's positions (B, 1); the next
+    key's slot goes to `cache.slot`."""
+    B, w = valid.shape
+    keys = valid.new_zeros(B, 1, cache.max_len)
+    keys[:, 0, :w] = valid
+    cache.slot = torch.full((1,), w, dtype=torch.long, device=valid.device)
+    return keys, positions_of(valid)[:, -1:] + 1
 
 # %% ../nbs/07_generation.ipynb #ce1b7adc
 class Int8Linear(nn.Module):

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .loader import IGNORE_INDEX
 from .attention import (CausalSelfAttention, rope_angles,
@@ -178,6 +179,7 @@ class GPT(nn.Module):
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights: self.lm_head.weight = self.tok_emb.weight
+        self.activation_checkpointing = False   # see TrainConfig
         self.apply(self._init_weights)
         for name, p in self.named_parameters():     # residual-stream writers
             if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
@@ -216,13 +218,17 @@ class GPT(nn.Module):
             n = self.cfg.block_size
             raise ValueError(f"a sequence of {T} tokens is longer than the "
                              f"context window of {n}; crop it to the last {n}")
-        start = 0 if cache is None else cache.length   # positions so far
-        if positions is None:
+        if positions is None:             # after the cached ones, if any
+            start = 0 if cache is None else cache.length
             positions = torch.arange(start, start + T, device=idx.device)
         x, rope = self.embed(idx, positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache, i)
-        if cache is not None: cache.length += T
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, rope, mask, cache, i,  # keep x only,
+                               use_reentrant=False)            # redo in backward
+            else: x = block(x, rope, mask, cache, i)
+        if cache is not None and cache.slot is None:   # a fixed-shape step's
+            cache.length += T                          # caller counts (ch. 7)
         logits = self.unembed(x)                                  # (B, T, V)
         if targets is None: return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)),

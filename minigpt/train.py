@@ -37,7 +37,8 @@ from .tokenizer import ENDOFTEXT, save_tokenizer
 # %% auto #0
 __all__ = ['FIT_PROBE_STEPS', 'FIXED_ON_RESUME', 'TrainConfig', 'train_config_rules', 'learning_rate', 'fit_steps',
            'fitted_config', 'parameter_groups_for_decay', 'make_optimizer', 'sample_text', 'resumed_config',
-           'record_resume', 'resume_checkpoint', 'Trainer', 'setup', 'train_step', 'evaluate_and_save', 'train']
+           'record_resume', 'resume_checkpoint', 'Trainer', 'setup', 'to_device', 'train_step', 'evaluate_and_save',
+           'train']
 
 # %% ../nbs/06_pretraining.ipynb #c995899c
 @dataclass
@@ -63,6 +64,7 @@ class TrainConfig:
     log_every: int = 10
     precision: str = "auto"          # auto, fp32, bf16, fp16
     compile: bool = False
+    activation_checkpointing: bool = False   # recompute blocks in backward
     parallel: str = "ddp"            # ddp or fsdp, with several processes
     seed: int = 0
 
@@ -290,6 +292,7 @@ def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
     if device.type == "cuda": torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(cfg.seed); random.seed(cfg.seed); np.random.seed(cfg.seed)
     model = GPT(model_cfg).to(device)
+    model.activation_checkpointing = cfg.activation_checkpointing
     if resume:                  # the newest checkpoint, every file checked
         checkpoint = resume_checkpoint(run)
         manifest = verify_checkpoint(checkpoint)
@@ -326,26 +329,31 @@ def _divergence_advice(t: Trainer) -> str:
     return (f"The last good checkpoint, {checkpoint.name}, is unchanged; "
             f"continue from it with --resume and {fix}")
 
+def to_device(batch: tuple, device: torch.device) -> tuple:
+    "The tensors of a CPU batch on `device`; to a GPU without waiting for it."
+    if device.type != "cuda": return tuple(b.to(device) for b in batch)
+    return tuple(b.pin_memory().to(device, non_blocking=True) for b in batch)
+
 def train_step(t: Trainer, step_model, ctx) -> dict:
     "One optimizer step: accumulate, unscale, clip, update; its numbers."
     step, cfg = t.progress["step"], t.cfg
     lr = learning_rate(step, cfg)
     for g in t.optimizer.param_groups: g["lr"] = lr
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), device=t.device)
     for i in range(cfg.grad_accum):
-        x, y = (b.to(t.device) for b in t.sampler.next_batch())
+        x, y = to_device(t.sampler.next_batch(), t.device)
         with grad_sync(t.step_model, on=i == cfg.grad_accum - 1):
             with ctx: _, loss = step_model(x, y)
             t.scaler.scale(loss / cfg.grad_accum).backward()
-        loss_sum += loss.item() / cfg.grad_accum
+        loss_sum += loss.detach().float() / cfg.grad_accum   # no wait here
+    t.scaler.unscale_(t.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
+    if hasattr(norm, "full_tensor"): norm = norm.full_tensor()  # FSDP: DTensor
+    loss_sum, norm = torch.stack([loss_sum, norm.float()]).tolist()  # one wait
     loss_sum = mean_over_ranks(loss_sum, t.world_size, t.device)
     if not math.isfinite(loss_sum):
         raise FloatingPointError(f"the loss is {loss_sum} at step {step}: "
                                  f"training diverged. {_divergence_advice(t)}")
-    t.scaler.unscale_(t.optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
-    if hasattr(norm, "full_tensor"): norm = norm.full_tensor()  # FSDP: DTensor
-    norm = float(norm)
     if not math.isfinite(norm) and not t.scaler.is_enabled():  # fp16: skipped
         raise FloatingPointError(f"the gradient norm is {norm} at step "
                                  f"{step} (the loss is finite). "

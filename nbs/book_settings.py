@@ -37,6 +37,7 @@ class Settings:
     shared_run_name: str       # ch. 7-9: the run in runs/ they share
     shared_run_train: dict     # ch. 7-9: its TrainConfig fields
     latency_tokens: int        # ch. 7: tokens timed with and without cache
+    compile_backend: str       # ch. 7: torch.compile backend of the timed step
     int8_tokens: int           # ch. 7: tokens generated per int8 variant
     benchmark_items: int       # ch. 8: items of the next-line benchmark
     sample_prompts: int        # ch. 8: prompts of the sample statistics
@@ -69,6 +70,7 @@ def sizes(book: bool) -> Settings:
                                    eval_every=20, eval_batches=4,
                                    keep_every=20)),
         latency_tokens=pick(250, 60),
+        compile_backend=pick("inductor", "eager"),
         int8_tokens=pick(200, 30),
         benchmark_items=pick(400, 40),
         sample_prompts=pick(16, 4),
