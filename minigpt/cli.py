@@ -417,6 +417,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         default="best", help="best or latest weights")
     parser.add_argument("--no-stream", action="store_true",
                         help="print the text once it is complete")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the decoding step (CUDA graphs on a GPU; "
+                        "slow to start, pays for long texts)")
     add_device_arguments(parser)
 
 @command("generate", "continue a prompt with a trained model",
@@ -439,10 +442,10 @@ def generate_command(args: argparse.Namespace) -> int:
     print(args.prompt, end="", flush=True)
     with ctx:
         if args.no_stream:
-            print(generate(model, tok, args.prompt, cfg,
+            print(generate(model, tok, args.prompt, cfg, compile=args.compile,
                            allow_special=args.allow_special), end="")
         else:
-            for piece in stream(model, tok, args.prompt, cfg,
+            for piece in stream(model, tok, args.prompt, cfg, compile=args.compile,
                                 allow_special=args.allow_special):
                 print(piece, end="", flush=True)
     print()

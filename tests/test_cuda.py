@@ -66,10 +66,11 @@ from pathlib import Path
 import torch
 
 from minigpt.checkpoint import load_run
-from minigpt.device import choose_precision, cpu_has_bf16, default_device, resolve_device
+from minigpt.device import (autocast, choose_precision, cpu_has_bf16, default_device,
+                            resolve_device)
 from minigpt.generate import SamplingConfig, generate
 from minigpt.loader import prepare
-from minigpt.model import GPTConfig
+from minigpt.model import GPT, GPTConfig
 from minigpt.train import TrainConfig, train
 
 pytestmark = pytest.mark.cuda   # `-m "not cuda"` leaves the module out
@@ -366,6 +367,52 @@ def test_greedy_with_cache_equals_without(shape, request):
     assert cached == plain
 
 
+COMPILE_HERE = CUDA or os.environ.get("MINIGPT_TEST_COMPILE") == "1"
+NO_COMPILE = ("torch.compile is checked on CUDA (elsewhere set MINIGPT_TEST_COMPILE=1: "
+              "inductor compiles C++ for minutes)")
+
+
+@pytest.mark.skipif(not COMPILE_HERE, reason=NO_COMPILE)
+@pytest.mark.parametrize("shape", ["gpt2", "llama"])
+def test_compiled_decoding_equals_eager(shape, request):
+    "Fixed-shape steps, compiled (CUDA graphs on a GPU), draw the eager steps' tokens in fp32."
+    run = request.getfixturevalue("base_run" if shape == "gpt2" else "llama_run")[0]
+    model, tok = load_run(run, device=DEV)
+    prompts = ["ROMEO:\n", "To be, or not to be", ""]      # padded rows; the window slides
+    cfg = SamplingConfig(max_new_tokens=model.cfg.block_size + 40, temperature=0,
+                         stop_at_eot=False)
+    with exact_fp32(), cuda_peak() as peak:
+        eager = generate(model, tok, prompts, cfg)
+        compiled = generate(model, tok, prompts, cfg, compile=True)
+        again = generate(model, tok, prompts[:1], cfg, compile=True)   # another batch size
+    assert_on_device(peak["bytes"], "compiled decoding")
+    assert compiled == eager and again[0] == eager[0]
+    with autocast(resolve_device(DEV), MIXED):              # and in the device's precision
+        assert all(generate(model, tok, prompts, cfg, compile=True))
+
+
+def test_activation_checkpointing_same_gradients():
+    "Recomputing the blocks in backward changes neither the loss nor a gradient."
+    dev = resolve_device(DEV)
+    torch.manual_seed(0)
+    model = GPT(model_cfg(**LLAMA, dropout=0.1)).to(dev).train()
+    x, y = (torch.randint(0, VOCAB, (4, 64), device=dev) for _ in range(2))
+    def loss_and_grads(recompute: bool):
+        model.activation_checkpointing = recompute
+        model.zero_grad(set_to_none=True); torch.manual_seed(1)     # the same dropout
+        loss = model(x, y)[1]
+        loss.backward()
+        return loss.item(), [p.grad for p in model.parameters()]
+    torch.use_deterministic_algorithms(True)      # fp32, kernels that add in a fixed order
+    try:
+        with exact_fp32():
+            (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert l0 == l1
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(g0, g1))
+
+
 def test_sampling_with_a_seed_repeats(base_run):
     model, tok = load_run(base_run[0], device=DEV)
     cfg = lambda seed: SamplingConfig(max_new_tokens=64, temperature=1.0, top_k=50,
@@ -384,6 +431,16 @@ def test_generate_command_with_a_seed_repeats(base_run):
     assert ok(r1) == ok(r2) and r1.stdout.startswith("ROMEO:")
     assert len(r1.stdout.strip()) > len("ROMEO:")
     assert_on_device(peak, "minigpt generate")
+
+
+@pytest.mark.skipif(not COMPILE_HERE, reason=NO_COMPILE)
+def test_generate_command_compiled(base_run):
+    "`--compile` streams the text that the eager steps stream (greedy, the device's precision)."
+    args = ["generate", "--run", base_run[0], "--device", DEV, "--prompt", "ROMEO:",
+            "--max-new-tokens", 64, "--temperature", 0, "--precision", "fp32"]
+    (eager, _), (compiled, peak) = minigpt(*args), minigpt(*args, "--compile")
+    assert ok(compiled) == ok(eager) and len(eager.stdout.strip()) > len("ROMEO:")
+    assert_on_device(peak, "minigpt generate --compile")
 
 
 @pytest.mark.skipif(not CUDA, reason="the control for the CUDA measurement")
