@@ -2,7 +2,8 @@
 it, and with compiled fixed-shape steps; the llama-1b preset in 24 GB.
 
     python bench/gpu.py [--device cuda] [--steps 10] [--batch-size 16] [--precision auto]
-                        [--new-tokens 256] [--batches 1 32] [--llama-batches 1 2 4]
+                        [--new-tokens 256] [--batches 1 32] [--decode-models gpt2]
+                        [--llama-batches 1 2 4]
                         [--parts train decode memory] [--no-compile] [--small] [--out F.json]
 
 Training: the library's `train_step` (the loop's step: forward, loss, backward, clipping,
@@ -20,10 +21,11 @@ apart), the mean of --steps timed steps between two device synchronisations. MFU
 
 Decoding: `decode_steps`, the loop that `minigpt.generate.generate` runs, so that exactly
 --new-tokens are made (a random model would stop at a random <|endoftext|>), greedy, from
-random 16-token prompts, for each of --batches, without the cache, with it (eager steps) and
-with compiled fixed-shape steps (`compile=True`: CUDA graphs on a GPU), in fp32 and under
-autocast in the chosen precision; tokens/s counts the new tokens of the whole batch, after a
-warm-up call (which compiles). "same" says whether the compiled steps drew the eager steps'
+random 16-token prompts, of the --decode-models (gpt2 by default), without the cache, with it
+(eager steps) and with compiled fixed-shape steps (`compile=True`: CUDA graphs on a GPU),
+under autocast in the chosen precision for each of --batches, and in fp32 for the first
+batch size; tokens/s counts the new tokens of the whole batch, after a warm-up call (which
+compiles). "same" says whether the compiled steps drew the eager steps'
 tokens.
 
 Memory (CUDA only): the llama-1b preset (1.1B parameters, 2,048-token context) trained
@@ -230,6 +232,8 @@ def main():
                    help="decoded tokens (default 256; 32 with --small)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32],
                    help="decoding batch sizes (default 1 32)")
+    p.add_argument("--decode-models", nargs="+", default=["gpt2"], choices=["gpt2", "llama"],
+                   help="shapes to decode with (default gpt2)")
     p.add_argument("--llama-batches", type=int, nargs="+", default=[1, 2, 4],
                    help="llama-1b micro-batches tried in 24 GB, until one fails")
     p.add_argument("--parts", nargs="+", default=["train", "decode", "memory"],
@@ -306,9 +310,10 @@ def main():
               f"{'cache':>10} | {'compiled':>10} | {'compiled/cache':>14} | same |")
         print(f"|{'-' * 8}|{'-' * 11}|{'-' * 7}|{'-' * 12}|{'-' * 12}|{'-' * 12}|"
               f"{'-' * 16}|{'-' * 6}|")
-        for mname, cfg in models.items():
+        for mname in args.decode_models:
+            cfg = models[mname]
             for prec in precisions:
-                for batch in args.batches:
+                for batch in args.batches if prec == precision else args.batches[:1]:
                     got = {m: guarded(decode_speed, {"model": mname, "batch": batch,
                                                      "mode": m, "precision": prec},
                                       mname, cfg, batch, m, prec, args, device)

@@ -160,12 +160,11 @@ def token_buffer(rows: list[list[int]], room: int, device):
     return ids, valid
 
 def cache_dtype(model: GPT) -> torch.dtype:
-    "What the keys and values come out as: autocast's dtype if on, else the model's."
+    "The dtype of keys and values: autocast's if it is on, else the model's."
     p = next(model.parameters())
-    kind = p.device.type
-    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return p.dtype
+    on = torch.amp.is_autocast_available(p.device.type) and \
+        torch.is_autocast_enabled(p.device.type)
+    return torch.get_autocast_dtype(p.device.type) if on else p.dtype
 
 @torch.no_grad()
 def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,

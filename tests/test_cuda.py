@@ -68,7 +68,7 @@ import torch
 from minigpt.checkpoint import load_run
 from minigpt.device import (autocast, choose_precision, cpu_has_bf16, default_device,
                             resolve_device)
-from minigpt.generate import SamplingConfig, generate
+from minigpt.generate import SamplingConfig, decode_steps, generate
 from minigpt.loader import prepare
 from minigpt.model import GPT, GPTConfig
 from minigpt.train import TrainConfig, train
@@ -389,6 +389,22 @@ def test_compiled_decoding_equals_eager(shape, request):
     assert compiled == eager and again[0] == eager[0]
     with autocast(resolve_device(DEV), MIXED):              # and in the device's precision
         assert all(generate(model, tok, prompts, cfg, compile=True))
+
+
+@pytest.mark.skipif(not CUDA, reason="only CUDA reports the waits (set_sync_debug_mode)")
+@pytest.mark.parametrize("temperature", [0, 0.8])
+def test_decode_steps_never_wait_for_the_gpu(base_run, temperature):
+    "After the first step (which copies the prompts), the loop queues work and never waits."
+    model, tok = load_run(base_run[0], device=DEV)
+    cfg = SamplingConfig(max_new_tokens=model.cfg.block_size + 8, temperature=temperature,
+                         top_k=50, top_p=0.95, seed=0, stop_at_eot=False)   # slides, too
+    steps = decode_steps(model, [tok.encode("ROMEO:"), tok.encode("To be")], cfg,
+                         vocab_size=tok.vocab_size)
+    first = next(steps)
+    torch.cuda.set_sync_debug_mode("error")       # a synchronising call raises
+    try: rest = [t for t, _ in steps]
+    finally: torch.cuda.set_sync_debug_mode(0)
+    assert len(rest) == cfg.max_new_tokens - 1 and first[0].device.type == "cuda"
 
 
 def test_activation_checkpointing_same_gradients():

@@ -19,6 +19,9 @@
 # (TEST_TIMEOUT=300, BENCH_TIMEOUT=240 seconds), so that one that hangs leaves time for the
 # other and the whole ends inside a 600 s device call: run(command="bash tools/gpu_check.sh",
 # carry=[".whl"], timeout_s=600).
+# The benchmark's full run (compiled training, compiled decoding, llama-1b in 24 GB) may
+# outgrow BENCH_TIMEOUT; gpu.json keeps every row measured before a limit, and --parts picks
+# a part, e.g. BENCH_TIMEOUT=500 BENCH_ARGS="--parts decode memory" with WHAT=bench.
 # Exit status: 0 when every part that ran passed. TEST_ARGS and BENCH_ARGS add arguments
 # (e.g. TEST_ARGS="-k 'not compiled'", BENCH_ARGS="--no-compile --steps 5").
 set -uo pipefail
