@@ -445,8 +445,9 @@ def generate_command(args: argparse.Namespace) -> int:
             print(generate(model, tok, args.prompt, cfg, compile=args.compile,
                            allow_special=args.allow_special), end="")
         else:
-            for piece in stream(model, tok, args.prompt, cfg, compile=args.compile,
-                                allow_special=args.allow_special):
+            for piece in stream(model, tok, args.prompt, cfg,
+                                allow_special=args.allow_special,
+                                compile=args.compile):
                 print(piece, end="", flush=True)
     print()
     return 0

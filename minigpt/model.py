@@ -225,7 +225,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, rope, mask, cache, i,  # keep x only,
-                               use_reentrant=False)            # redo in backward
+                               use_reentrant=False)    # redo the rest later
             else: x = block(x, rope, mask, cache, i)
         if cache is not None and cache.slot is None:   # a fixed-shape step's
             cache.length += T                          # caller counts (ch. 7)
