@@ -1,7 +1,8 @@
 """`make stale`: a notebook whose saved outputs are older than its code is named, with the
-reason; an up-to-date one is not. On a repository in miniature (a package `pkg`, notebooks,
-a book module beside them), with records made the way tools/execute_nbs.py makes them, and
-nothing executed."""
+reason (the definitions or cells whose meaning changed); an up-to-date one is not, and neither
+is one whose code changed only in comments, docstrings or layout. On a repository in miniature
+(a package `pkg`, notebooks, a book module beside them), with records made the way
+tools/execute_nbs.py makes them, and nothing executed."""
 import argparse
 import subprocess
 import sys
@@ -18,11 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PACKAGE = {
     "__init__.py": '__version__ = "0.1"\n',
-    "base.py": "def f(): return 1\n",
+    "base.py": "def f():\n    return 1\n\n\ndef g():\n    return 2\n",
     "model.py": "from .base import f\n",                                   # relative
     "train.py": "def train():\n    from pkg.model import f\n    return f()\n",  # in a function
-    "cli.py": "import pkg.train\n",
-    "__main__.py": "from .cli import *\n",
+    "cli.py": "import pkg.train\n\n\ndef main():\n    return pkg.train.train()\n",
+    "__main__.py": "from .cli import *\nmain()\n",
     "unused.py": "X = 1\n",
 }
 
@@ -70,13 +71,64 @@ def edit(path: Path, text: str = "\n# edited\n") -> None:
     path.write_text(path.read_text() + text)
 
 
-def test_a_change_in_a_module_imported_transitively_makes_it_stale(layout):
+def replace(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_a_change_in_a_definition_reached_transitively_makes_it_stale(layout):
     nb = save(notebook("from pkg.train import train", "print(train())"), layout, "01_a.ipynb")
     assert reasons(nb, layout) == []
-    edit(layout.lib / "unused.py")                 # not imported: still up to date
+    edit(layout.lib / "unused.py", "X = 2\n")     # not imported: still up to date
+    replace(layout.lib / "base.py", "return 2", "return 3")   # g: in an imported module, unused
     assert reasons(nb, layout) == []
-    edit(layout.lib / "base.py")                   # train -> model -> base
-    assert reasons(nb, layout) == ["changed: pkg/base.py"]
+    replace(layout.lib / "base.py", "return 1", "return 4")   # train -> model's f -> base.f
+    assert reasons(nb, layout) == ["changed: pkg/base.py (f)"]
+    edit(layout.lib / "base.py", "Y = 1\n")        # the top level runs on every import
+    assert reasons(nb, layout) == ["changed: pkg/base.py (<module>, f)"]
+
+
+def test_comments_docstrings_and_layout_stale_nothing(layout):
+    "What a function computes, not how it is written: the issue's comment-only change."
+    nb = save(notebook("from pkg.base import f  # the first", "print(f())"), layout, "01_a.ipynb")
+    replace(layout.lib / "base.py", "def f():\n    return 1",
+            '# a comment\ndef f():  # another\n    "A docstring."\n    return (\n        1)')
+    edit(layout.lib / "base.py", "# the end\n")
+    assert reasons(nb, layout) == []
+    cells = pv.code_cells(pv.read_notebook(nb))
+    record = pv.read_notebook(nb)["metadata"][pv.KEY]
+    reworded = notebook("from pkg.base import f  # the function", "print(f( ))\n# done")
+    reworded["metadata"][pv.KEY] = record
+    assert pv.stale_reasons(reworded, layout) == []
+    assert cells != pv.code_cells(reworded)
+    # a cell's own leading string is shown by the cell: it counts
+    shown = notebook("from pkg.base import f", '"a text"')
+    shown["metadata"][pv.KEY] = pv.code_record(shown, layout)
+    shown["cells"][2]["source"] = ['"another text"']
+    assert pv.stale_reasons(shown, layout) == ['1 code cell(s) edited or added: "\\"another text\\""']
+
+
+def test_a_book_module_counts_only_for_the_functions_a_chapter_uses(layout):
+    "Book scaffolding: drawing with one function does not depend on the others' imports."
+    (layout.nbs / "drawings.py").write_text(
+        "def simple():\n    return 0\n\n\ndef with_model():\n"
+        "    from pkg.model import f\n    return f()\n")
+    nb = save(notebook("from drawings import simple", "simple()"), layout, "01_a.ipynb")
+    assert set(pv.read_notebook(nb)["metadata"][pv.KEY]["definitions"]) == {"nbs/drawings.py"}
+    replace(layout.lib / "base.py", "return 1", "return 4")
+    assert reasons(nb, layout) == []
+
+
+def test_definitions_a_decorator_of_ours_registers_count_on_import(layout):
+    (layout.lib / "cmds.py").write_text(
+        "COMMANDS = {}\n\n\ndef command(f):\n    COMMANDS[f.__name__] = f\n    return f\n\n\n"
+        "@command\ndef hello():\n    return 1\n\n\ndef helper():\n    return 2\n")
+    nb = save(notebook("from pkg.cmds import COMMANDS", "COMMANDS['hello']()"), layout, "01_a.ipynb")
+    assert set(pv.read_notebook(nb)["metadata"][pv.KEY]["definitions"]["pkg/cmds.py"]) == {
+        "<module>", "command", "hello"}
+    replace(layout.lib / "cmds.py", "return 1", "return 3")
+    assert reasons(nb, layout) == ["changed: pkg/cmds.py (hello)"]
 
 
 def test_an_edited_added_or_removed_cell_makes_it_stale(layout):
@@ -96,7 +148,7 @@ def test_an_edited_added_or_removed_cell_makes_it_stale(layout):
     assert stale_with(cells[0], cells[2], cells[1]) == ["code cells reordered"]
     # a new import is a new dependency, named with the cell that brings it
     assert stale_with(*cells, "import book") == [
-        "newly imported: nbs/book.py", '1 code cell(s) edited or added: "import book"']
+        "newly used: nbs/book.py (<module>)", '1 code cell(s) edited or added: "import book"']
 
 
 def test_the_books_directives_do_not_make_it_stale_but_eval_does(layout):
@@ -135,39 +187,39 @@ def test_no_record_is_stale_and_no_code_is_never_stale(layout):
 ])
 def test_a_cell_that_runs_the_command_depends_on_what_the_command_imports(layout, cell):
     path = save(notebook(cell), layout, "01_a.ipynb")
-    modules = pv.read_notebook(path)["metadata"][pv.KEY]["modules"]
+    modules = pv.read_notebook(path)["metadata"][pv.KEY]["definitions"]
     assert set(modules) == {f"pkg/{m}" for m in ("__init__.py", "__main__.py", "cli.py",
                                                  "train.py", "model.py", "base.py")}
-    edit(layout.lib / "model.py")
-    assert reasons(path, layout) == ["changed: pkg/model.py"]
+    edit(layout.lib / "model.py", "X = 1\n")
+    assert reasons(path, layout) == ["changed: pkg/model.py (<module>)"]
 
 
 def test_imports_under_magics_and_in_functions_count(layout):
-    path = save(notebook("%%time\nimport pkg.cli", "%matplotlib inline\ndef f():\n"
+    path = save(notebook("%%time\nimport pkg.cli\npkg.cli.main()", "%matplotlib inline\ndef f():\n"
                          "    from pkg import unused\n    return unused.X"), layout, "01_a.ipynb")
-    modules = pv.read_notebook(path)["metadata"][pv.KEY]["modules"]
+    modules = pv.read_notebook(path)["metadata"][pv.KEY]["definitions"]
     assert set(modules) == {f"pkg/{m}" for m in ("__init__.py", "cli.py", "train.py", "model.py",
                                                  "base.py", "unused.py")}
 
 
 def test_the_book_module_beside_the_notebooks_counts(layout):
     path = save(notebook("from book import FULL", "print(FULL)"), layout, "01_a.ipynb")
-    modules = pv.read_notebook(path)["metadata"][pv.KEY]["modules"]
+    modules = pv.read_notebook(path)["metadata"][pv.KEY]["definitions"]
     assert set(modules) == {"nbs/book.py", "pkg/__init__.py", "pkg/base.py"}
     edit(layout.nbs / "book.py", "FULL = False\n")
-    assert reasons(path, layout) == ["changed: nbs/book.py"]
+    assert reasons(path, layout) == ["changed: nbs/book.py (<module>)"]
 
 
 def test_make_stale_names_the_stale_ones_and_execute_picks_them(layout, capsys):
     save(notebook(), layout, "00_index.ipynb", executed=False)
     save(notebook("import pkg.model"), layout, "01_fresh.ipynb")
-    save(notebook("import pkg.train"), layout, "02_old.ipynb")
+    save(notebook("import pkg.train", "pkg.train.train()"), layout, "02_old.ipynb")
     save(notebook("print(1)"), layout, "03_new.ipynb", executed=False)
-    edit(layout.lib / "train.py")
+    replace(layout.lib / "train.py", "return f()", "return f() + 1")
 
     assert stale.main(layout.root) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out == ["stale: nbs/02_old.ipynb: changed: pkg/train.py",
+    assert out == ["stale: nbs/02_old.ipynb: changed: pkg/train.py (train)",
                    "stale: nbs/03_new.ipynb: no record of the code that produced its outputs",
                    "stale: 2 of 4 notebooks; `make execute` re-runs them"]
     default = argparse.Namespace(notebooks=[], all=False)
@@ -214,5 +266,6 @@ def test_the_repository_keeps_the_record_key():
     assert pv.KEY in get_config(path=ROOT).get("allowed_metadata_keys")
     layout = pv.project_layout(ROOT)
     assert (layout.nbs, layout.lib) == (ROOT / "nbs", ROOT / "minigpt")
-    main = pv.code_record(pv.read_notebook(ROOT / "nbs" / "99_main.ipynb"), layout)
-    assert {"minigpt/__init__.py", "minigpt/cli.py"} <= set(main["modules"])   # from minigpt.cli import main
+    cli = pv.code_record(pv.read_notebook(ROOT / "nbs" / "11_cli.ipynb"), layout)
+    assert {"minigpt/__init__.py", "minigpt/__main__.py", "minigpt/model.py"} <= set(
+        cli["definitions"])                  # the chapter runs the command

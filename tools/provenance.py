@@ -1,18 +1,24 @@
 """What code produced a notebook's saved outputs, and what of it has changed since.
 
 `execute_nbs.py` records, in the metadata of each notebook it executes (`metadata.minigpt`),
-a hash of the code that ran: the notebook's code cells, and the source of every module of
-ours it imports, transitively (the package's modules and the modules beside the notebooks,
-such as `nbs/book.py`). `stale.py` compares that record with the code as it is now.
-`pyproject.toml` lists the key in nbdev's `allowed_metadata_keys`, so `nbdev-clean` keeps it.
+a hash of the code that ran: of each code cell, and of each definition of ours the cells reach
+(the package's modules and the modules beside the notebooks, such as `nbs/book_settings.py`).
+`stale.py` compares that record with the code as it is now. `pyproject.toml` lists the key in
+nbdev's `allowed_metadata_keys`, so `nbdev-clean` keeps it.
 
-Imports are read from the source (ast), not from a run: in cells, in module bodies and inside
-functions, plus the modules a cell runs as a command (`["-m", "minigpt"]`, `bin / "minigpt"`,
-`!minigpt ...`). A notebook without code cells has printed nothing, so it is never stale.
+What a notebook reaches is read from the source (ast), not from a run. A module is cut into its
+top-level functions and classes and the rest of its top level (`<module>`: what importing it
+runs). The cells' names, resolved through their imports (at the top or inside functions), are
+the roots; each definition adds the names it uses, transitively; a module a cell runs as a
+command (`["-m", "minigpt"]`, `bin / "minigpt"`, `!minigpt ...`) counts whole. So a notebook
+that draws with one function of `nbs/diagrams.py` depends on that function and what it calls,
+not on the modules the file's other functions import.
 
-A cell's hash covers the code that runs, not the `#|` directives that only tell the book how to
-print it (a caption, `echo`, `check`, `fold`, `export`): rewording a caption leaves the outputs
-as they are. `#| eval:` decides whether the cell runs, so it counts.
+Hashes are of syntax trees without comments and docstrings: a comment, a docstring or a line
+wrapped differently changes no output, and stales nothing. A cell's hash leaves out the `#|`
+directives that only tell the book how to print it (a caption, `echo`, `fold`, `export`);
+`#| eval:` decides whether the cell runs, so it counts. A notebook without code cells has
+printed nothing, so it is never stale.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import platform
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -66,15 +72,19 @@ def write_notebook(nb: dict, path: Path) -> None:
                           encoding="utf-8")
 
 
-_RENDER_ONLY = re.compile(r"^#\|(?!\s*eval\s*:).*$\n?", re.M)
+_EVAL = re.compile(r"^#\|\s*eval\s*:.*$", re.M)
 
 
-def executed_code(source: str) -> str:
-    "The part of a cell's source that decides what it runs: all but the book's `#|` directives."
-    return _RENDER_ONLY.sub("", source)
-
-
-def cell_hash(source: str) -> str: return short_hash(executed_code(source))
+def cell_hash(source: str) -> str:
+    """What a cell runs: its syntax tree without comments and the docstrings of what it defines
+    (a cell's own leading string stays: the cell shows it), its shell and magic lines, and an
+    `#| eval:` directive, which decides whether it runs. The book's other `#|` directives (a
+    caption, `echo`, `fold`, `export`) only tell the book how to print it, and do not count."""
+    evals = [re.sub(r"\s+", "", line) for line in _EVAL.findall(source)]
+    python, shell = _shell_lines(source)
+    try: code = tree_hash([_strip_docstrings(ast.parse(python), module_too=False)])
+    except SyntaxError: code = source                # not Python: the text itself
+    return short_hash(json.dumps([evals, code, [line.strip() for line in shell]]))
 
 
 def code_cells(nb: dict) -> list[str]:
@@ -136,36 +146,6 @@ def _run_as_main(modules: set[str]) -> set[str]:
     return modules | {f"{m}.__main__" for m in modules}
 
 
-def _imports(tree: ast.AST, package: str | None = None) -> set[str]:
-    """Names of the modules `tree` imports, wherever the statement is.
-    `package`: the package of the file, to resolve relative imports (None in a notebook).
-    `from x import y` names both x and x.y: y may be a module (only existing files count)."""
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                if package is None: continue
-                parts = package.split(".")
-                if node.level > len(parts): continue
-                base = ".".join(parts[:len(parts) - node.level + 1])
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module
-            names.add(module)
-            names |= {f"{module}.{a.name}" for a in node.names if a.name != "*"}
-    return names
-
-
-def cell_imports(source: str, package: str) -> set[str]:
-    "Modules a code cell imports or runs as a command (`package`: the name of our package)."
-    python, shell = _shell_lines(source)
-    try: tree = ast.parse(python)
-    except SyntaxError: tree = ast.Module(body=[], type_ignores=[])   # fails when run anyway
-    return _imports(tree) | _run_as_main(_commands(tree, package) | _shell_commands(shell, package))
-
-
 def module_file(name: str, layout: Layout) -> Path | None:
     "The file of module `name` if it is ours (in the package or beside the notebooks), else None."
     top, *rest = name.split(".")
@@ -176,44 +156,277 @@ def module_file(name: str, layout: Layout) -> Path | None:
     return None
 
 
-def local_modules(names: set[str], layout: Layout) -> dict[str, Path]:
-    "Our modules among `names`, with their parent packages and what they import, transitively."
-    found, seen, todo = {}, set(), set(names)
-    while todo:
-        name = todo.pop()
-        seen.add(name)
-        parts = name.split(".")
-        todo |= {".".join(parts[:i]) for i in range(1, len(parts))} - seen  # a.b runs a/__init__.py
-        if (path := module_file(name, layout)) is None: continue
-        found[name] = path
-        package = name if path.name == "__init__.py" else ".".join(parts[:-1])
-        try: tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        except SyntaxError: continue             # its hash still counts; running it fails anyway
-        todo |= _imports(tree, package) - seen
+
+
+# ---- the definitions a notebook runs, read from source
+#
+# A module is cut into its top-level definitions (functions and classes, each hashed whole,
+# methods included) and the rest of its top level ("<module>": imports, constants, registry
+# calls), which runs whenever the module is imported. A notebook depends on the definitions its
+# cells name, and transitively on the ones those name; on every imported module's top level.
+# Hashes are of the syntax tree without comments and docstrings (ast.dump without positions):
+# a reworded comment, a docstring or a wrapped line changes no output.
+
+TOP = "<module>"   # the part of a module that runs on import
+
+
+def _strip_docstrings(tree: ast.AST, module_too: bool = True) -> ast.AST:
+    "`tree` without the docstrings of its functions and classes (and of the module itself)."
+    for node in ast.walk(tree):
+        kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef) + ((ast.Module,) if module_too else ())
+        if isinstance(node, kinds) and node.body and _is_str(getattr(node.body[0], "value", None)) \
+                and isinstance(node.body[0], ast.Expr):
+            node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
+def tree_hash(nodes) -> str:
+    "One hash of these syntax trees: what they compute, not how they are written."
+    return short_hash("\n".join(ast.dump(n, include_attributes=False) for n in nodes))
+
+
+@dataclass
+class Definition:
+    "A top-level function or class of a module (or the module's top level): its hash and names."
+    hash: str
+    names: set[str]          # dotted names it refers to: "f", "np.zeros", "generate.top_k"
+    decorators: set[str] = field(default_factory=set)   # the names its decorators use
+    imports: set[str] = field(default_factory=set)      # modules it imports: their top levels run
+
+
+@dataclass
+class ModuleInfo:
+    "A module of ours cut into definitions, with what its names are bound to."
+    path: Path
+    definitions: dict[str, Definition]
+    bindings: dict[str, str]  # local name -> dotted target ("minigpt.model.GPT", "minigpt.model")
+    star: list[str]           # modules it imports with *
+
+
+def _bindings(tree: ast.AST, package: str | None) -> tuple[dict[str, str], list[str]]:
+    "Names that import statements anywhere in `tree` bind, to their dotted targets; and * imports."
+    bound, star = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname: bound[a.asname] = a.name
+                else: bound[a.name.split(".")[0]] = a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(node, package)
+            if module is None: continue
+            for a in node.names:
+                if a.name == "*": star.append(module)
+                else: bound[a.asname or a.name] = f"{module}.{a.name}"
+    return bound, star
+
+
+def imported_modules(tree: ast.AST, package: str | None) -> set[str]:
+    "Dotted names of what import statements in `tree` import (`from x import y`: x and x.y)."
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (module := _absolute(node, package)):
+            found |= {module} | {f"{module}.{a.name}" for a in node.names if a.name != "*"}
     return found
+
+
+def _absolute(node: ast.ImportFrom, package: str | None) -> str | None:
+    "The module a `from ... import` names, relative imports resolved against `package`."
+    if not node.level: return node.module
+    if package is None: return None
+    parts = package.split(".")
+    if node.level > len(parts): return None
+    base = ".".join(parts[:len(parts) - node.level + 1])
+    return f"{base}.{node.module}" if node.module else base
+
+
+def _dotted(node: ast.AST) -> str | None:
+    "'a.b.c' for the expression a.b.c, else None."
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name): return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def referenced_names(tree: ast.AST) -> set[str]:
+    "Every name and whole attribute chain `tree` uses: {'f', 'torch.zeros', 'm.GPT', ...}."
+    names = set()
+
+    def visit(node):
+        if isinstance(node, (ast.Attribute, ast.Name)) and (dotted := _dotted(node)):
+            names.add(dotted)                    # m.GPT, not also m: m is not used whole
+            return
+        for child in ast.iter_child_nodes(node): visit(child)
+    visit(tree)
+    return names
+
+
+def module_info(path: Path, package: str) -> ModuleInfo:
+    "Module file `path` (of package `package`) cut into definitions."
+    text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    try: tree = _strip_docstrings(ast.parse(text, filename=str(path)))
+    except SyntaxError:                          # it fails when run: any change counts
+        return ModuleInfo(path, {TOP: Definition(short_hash(text), set())}, {}, [])
+    bindings, star = _bindings(tree, package)
+    defs, top = {}, []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            old = defs.get(node.name)            # a name defined twice: both count
+            nodes = (old[0] if old else []) + [node]
+            defs[node.name] = (nodes, None)
+        else:
+            top.append(node)
+    def definition(nodes):
+        return Definition(tree_hash(nodes), set().union(set(), *map(referenced_names, nodes)),
+                          set().union(set(), *(referenced_names(d) for n in nodes
+                                               for d in getattr(n, "decorator_list", []))),
+                          set().union(set(), *(imported_modules(n, package) for n in nodes)))
+    out = {name: definition(nodes) for name, (nodes, _) in defs.items()}
+    out[TOP] = definition(top)
+    return ModuleInfo(path, out, bindings, star)
+
+
+class CodeIndex:
+    "The modules of ours (in the package and beside the notebooks), read once each."
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self._modules: dict[str, ModuleInfo | None] = {}
+
+    def module(self, name: str) -> ModuleInfo | None:
+        if name not in self._modules:
+            path = module_file(name, self.layout)
+            package = None
+            if path is not None:
+                package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+            self._modules[name] = None if path is None else module_info(path, package or name)
+        return self._modules[name]
+
+    def resolve(self, dotted: str) -> list[tuple[str, str]]:
+        """The (module, definition) pairs a dotted target reaches: 'minigpt.model.GPT' is GPT
+        of minigpt.model (with the top levels of minigpt and minigpt.model, which importing
+        runs); 'minigpt.model' alone is the whole module; a name not ours reaches nothing."""
+        parts = dotted.split(".")
+        found = []
+        for i in range(1, len(parts) + 1):
+            name = ".".join(parts[:i])
+            info = self.module(name)
+            if info is None:
+                if i > 1 and self.module(".".join(parts[:i - 1])) is not None:
+                    found += self._definition(".".join(parts[:i - 1]), parts[i - 1])
+                    return found
+                continue
+            found.append((name, TOP))
+        if found and self.module(dotted) is not None:      # the module itself, used whole
+            found += [(dotted, d) for d in self.module(dotted).definitions]
+        return found
+
+    def top_levels(self, imported: set[str]) -> list[tuple[str, str]]:
+        "The top levels of ours that importing these dotted names runs (a.b runs a, then a.b)."
+        found = []
+        for dotted in imported:
+            parts = dotted.split(".")
+            found += [(m, TOP) for m in (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+                      if self.module(m) is not None]
+        return found
+
+    def _definition(self, module: str, name: str) -> list[tuple[str, str]]:
+        "Definition `name` of `module`, or where the module imported `name` from."
+        info = self.module(module)
+        if name in info.definitions: return [(module, name)]
+        if name in info.bindings: return self.resolve(info.bindings[name])
+        for other in info.star:
+            if self.module(other) and name in self.module(other).definitions:
+                return [(other, TOP), (other, name)]
+        return []                                         # a global set at the top level
+
+    def names_in(self, names: set[str], bindings: dict[str, str], star: list[str],
+                 module: str | None = None) -> list[tuple[str, str]]:
+        "What the dotted `names` of some code reach, given its import bindings."
+        stars = [m for m in star if self.module(m)]
+        found = [(m, TOP) for m in stars]
+        for dotted in names:
+            head, _, rest = dotted.partition(".")
+            if head in bindings:
+                found += self.resolve(bindings[head] + (f".{rest}" if rest else ""))
+            elif module is not None and head in self.module(module).definitions:
+                found.append((module, head))
+            else:
+                found += [(m, head) for m in stars if head in self.module(m).definitions]
+        return found
+
+    def closure(self, roots: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        "Every definition reachable from `roots`, with its hash."
+        seen, todo = {}, list(roots)
+        while todo:
+            module, name = todo.pop()
+            info = self.module(module)
+            if (module, name) in seen or info is None or name not in info.definitions: continue
+            definition = info.definitions[name]
+            seen[(module, name)] = definition.hash
+            todo.append((module, TOP))
+            parts = module.split(".")
+            todo += [(".".join(parts[:i]), TOP) for i in range(1, len(parts))]  # parent packages
+            todo += self.names_in(definition.names, info.bindings, info.star, module)
+            todo += self.top_levels(definition.imports)
+            if name == TOP: todo += self._registered(module)
+        return seen
+
+    def _registered(self, module: str) -> list[tuple[str, str]]:
+        """The definitions of `module` that a decorator of ours registers when the module is
+        imported (`@command("train", ...)`): they run without being named."""
+        info = self.module(module)
+        return [(module, name) for name, d in info.definitions.items()
+                if d.decorators and self.names_in(d.decorators, info.bindings, info.star, module)]
 
 
 # ---- the record
 
-def _file_hash(path: Path) -> str:
-    # line endings normalised: a Windows checkout (autocrlf) is the same code
-    return short_hash(path.read_text(encoding="utf-8").replace("\r\n", "\n"))
+def _python(source: str) -> ast.Module | None:
+    "The Python of a code cell (magics and shell lines blanked), parsed; None if it is not Python."
+    try: return ast.parse(_shell_lines(source)[0])
+    except SyntaxError: return None
+
+
+def notebook_roots(sources: list[str], index: CodeIndex) -> list[tuple[str, str]]:
+    """The definitions of ours that the cells use by name (through the imports of any cell), and
+    the whole of every module a cell runs as a command (`python -m minigpt`, `!minigpt ...`)."""
+    package = index.layout.lib.name
+    bindings, star, names, commands, imported = {}, [], set(), set(), set()
+    for source, tree in zip(sources, map(_python, sources)):
+        commands |= _shell_commands(_shell_lines(source)[1], package)
+        if tree is None: continue
+        bound, starred = _bindings(tree, None)
+        bindings.update(bound)
+        imported |= imported_modules(tree, None)
+        star += starred
+        names |= referenced_names(tree)
+        commands |= _commands(tree, package)
+    roots = index.names_in(names, bindings, star) + index.top_levels(imported)
+    for module in sorted(_run_as_main(commands)):
+        roots += index.resolve(module)
+    return roots
 
 
 def code_record(nb: dict, layout: Layout) -> dict:
     """The code behind the outputs of notebook `nb`: a hash per code cell (`cell_hashes`), a
-    hash per module of ours it uses (`modules`, by path relative to the root), and `code_hash`,
-    one hash of them all."""
+    hash per definition of ours it reaches (`definitions`: {module path: {name: hash}}, paths
+    relative to the root, `<module>` for a module's top level), and `code_hash`, one of them all."""
     sources = code_cells(nb)
-    imported = set().union(*(cell_imports(s, layout.lib.name) for s in sources))
-    modules = {p.relative_to(layout.root).as_posix(): _file_hash(p)
-               for p in local_modules(imported, layout).values()}
+    index = CodeIndex(layout)
+    definitions = {}
+    for (module, name), h in index.closure(notebook_roots(sources, index)).items():
+        path = index.module(module).path.relative_to(layout.root).as_posix()
+        definitions.setdefault(path, {})[name] = h
+    definitions = {p: dict(sorted(d.items())) for p, d in sorted(definitions.items())}
     cells = [cell_hash(s) for s in sources]
-    whole = json.dumps({"cells": cells, "modules": modules}, sort_keys=True)
+    whole = json.dumps({"cells": cells, "definitions": definitions}, sort_keys=True)
     # not "cells": nbdev's notebook writer (fastcore's nb2dict) reads any list under that key
     # as notebook cells, at any depth, and nbdev-clean then fails on the notebook
     return {"code_hash": hashlib.sha256(whole.encode()).hexdigest(), "cell_hashes": cells,
-            "modules": dict(sorted(modules.items()))}
+            "definitions": definitions}
 
 
 def machine(env: dict) -> dict:
@@ -268,11 +481,22 @@ def _cell_changes(recorded: list[str], sources: list[str]) -> list[str]:
     return out
 
 
-def _module_changes(recorded: dict, current: dict) -> list[str]:
-    changed = sorted(p for p in current.keys() & recorded.keys() if current[p] != recorded[p])
-    groups = [("changed", changed), ("newly imported", sorted(current.keys() - recorded.keys())),
-              ("no longer imported", sorted(recorded.keys() - current.keys()))]
-    return [f"{what}: {', '.join(paths)}" for what, paths in groups if paths]
+def _listed(changes: dict[str, list[str]], most: int = 4) -> str:
+    "'a.py (f, g), b.py (<module>)': the definitions per file, at most `most` names each."
+    def names(n):
+        return ", ".join(n[:most]) + (f" and {len(n) - most} more" if len(n) > most else "")
+    return ", ".join(f"{path} ({names(n)})" for path, n in changes.items())
+
+
+def _definition_changes(recorded: dict, current: dict) -> list[str]:
+    groups = {"changed": {}, "newly used": {}, "no longer used": {}}
+    for path in sorted(recorded.keys() | current.keys()):
+        was, now = recorded.get(path, {}), current.get(path, {})
+        for what, names in (("changed", [n for n in now if n in was and now[n] != was[n]]),
+                            ("newly used", [n for n in now if n not in was]),
+                            ("no longer used", [n for n in was if n not in now])):
+            if names: groups[what][path] = sorted(names)
+    return [f"{what}: {_listed(changes)}" for what, changes in groups.items() if changes]
 
 
 def stale_reasons(nb: dict, layout: Layout) -> list[str]:
@@ -282,8 +506,10 @@ def stale_reasons(nb: dict, layout: Layout) -> list[str]:
     recorded = nb.get("metadata", {}).get(KEY)
     if not isinstance(recorded, dict) or "code_hash" not in recorded:
         return ["no record of the code that produced its outputs"]
+    if "definitions" not in recorded:
+        return ["its record is of whole files, from before definitions were tracked"]
     now = code_record(nb, layout)
     if now["code_hash"] == recorded["code_hash"]: return []
-    reasons = (_module_changes(recorded.get("modules", {}), now["modules"])
+    reasons = (_definition_changes(recorded["definitions"], now["definitions"])
                + _cell_changes(recorded.get("cell_hashes", []), sources))
     return reasons or ["its code hash differs from the recorded one"]
