@@ -7,4 +7,5 @@ __all__ = []
 from .cli import main
 
 # %% ../nbs/99_main.ipynb #d43703e8
-if __name__ == "__main__" and __package__ == "minigpt": raise SystemExit(main())
+if __name__ == "__main__" and __package__ == "minigpt":
+    raise SystemExit(main())

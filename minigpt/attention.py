@@ -27,7 +27,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    if dropout_p > 0: weights = F.dropout(weights, p=dropout_p)
+    if dropout_p > 0:
+        weights = F.dropout(weights, p=dropout_p)
     out = weights @ v                                             # (..., Tq, d)
     return (out, weights) if return_weights else out
 
@@ -74,12 +75,15 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B,h,T,dh)
         k = k.view(B, T, self.n_kv_head, -1).transpose(1, 2)      # (B,hkv,T,dh)
         v = v.view(B, T, self.n_kv_head, -1).transpose(1, 2)
-        if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None: k, v = cache.update(layer, k, v)   # (B,hkv,S,dh)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)   # (B,hkv,S,dh)
         rep = self.n_head // self.n_kv_head
         k, v = repeat_kv(k, rep), repeat_kv(v, rep)
         p = self.dropout if self.training else 0.0
-        if mask is not None and mask.dim() == 3: mask = mask[:, None]   # heads
+        if mask is not None and mask.dim() == 3:
+            mask = mask[:, None]   # heads
         S = k.shape[2]                  # keys: the cached ones and the new
         # always causal; a mask (documents, padding) hides more keys still
         fused_causal = self.use_sdpa and mask is None and S == T
@@ -108,7 +112,8 @@ def tile_schedule(Tq: int, Tk: int, block_q: int, block_k: int,
         tiles = []
         for j0 in range(0, Tk, block_k):
             j1 = min(j0 + block_k, Tk)
-            if causal and j0 > i1 - 1 + shift: break   # after the last query
+            if causal and j0 > i1 - 1 + shift:
+                break   # after the last query
             tiles.append((j0, j1, causal and j1 - 1 > i0 + shift))
         schedule.append((i0, i1, tiles))
     return schedule
@@ -263,5 +268,6 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     "Rotate x (B, h, T, d) by the angles of its positions."
-    if cos.dim() == 3: cos, sin = cos[:, None], sin[:, None]   # (B, 1, T, d)
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]   # (B, 1, T, d)
     return (x * cos + rotate_half(x) * sin).to(x.dtype)

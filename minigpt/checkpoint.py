@@ -34,7 +34,8 @@ def file_digest(path: Path) -> str:
     "SHA-256 of a file, read in chunks."
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20): h.update(chunk)
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
     return h.hexdigest()
 
 def weights_digest(model) -> str:
@@ -57,7 +58,8 @@ def load_weights(model, path: Path) -> None:
     from safetensors.torch import load_model
     redo = "the file is damaged or from another model; use another checkpoint"
     try:
-        with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
         load_model(model, str(path))
     except Exception as e:
         raise ValueError(f"{path}: cannot load these weights "
@@ -86,7 +88,8 @@ def set_rng_state(state: dict) -> None:
     name, keys, pos, has_gauss, gauss = state["numpy"]
     keys = keys.numpy().astype(np.uint32)
     np.random.set_state((name, keys, pos, has_gauss, gauss))
-    random.setstate(state["python"]); torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
 
 # %% ../nbs/06_pretraining.ipynb #2b403582
 CHECKPOINTS = "checkpoints"     # RUN/checkpoints/step-000200/, one per save
@@ -112,11 +115,14 @@ def discard(path: Path) -> None:
 
 def link_file(src: Path, dst: Path) -> None:
     "Make `dst` the file `src` (a hard link, else a copy), atomically."
-    if dst.exists() and os.path.samefile(src, dst): return   # it is already
+    if dst.exists() and os.path.samefile(src, dst):
+        return   # it is already
     def write(tmp: Path):
         tmp.unlink()                     # os.link makes the name itself
-        try: os.link(src, tmp)
-        except OSError: shutil.copyfile(src, tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
     atomic_write(dst, write)
 
 def save_checkpoint(run: Path, model, optimizer_state: dict, scaler, sampler,
@@ -127,8 +133,10 @@ def save_checkpoint(run: Path, model, optimizer_state: dict, scaler, sampler,
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(exist_ok=True)
     for tmp in folder.glob(".*"):          # left by a crash in a save
-        if tmp.is_dir() and not tmp.is_symlink(): shutil.rmtree(tmp)
-        else: tmp.unlink()
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink()
     step = progress["step"]
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=folder))
     save_weights(model, tmp / WEIGHTS)
@@ -142,18 +150,22 @@ def save_checkpoint(run: Path, model, optimizer_state: dict, scaler, sampler,
                  lambda f: f.write_text(json.dumps(manifest, indent=1)))
     fsync_path(tmp)
     final = folder / f"step-{step:06d}"
-    if final.exists(): discard(final)
+    if final.exists():
+        discard(final)
     os.rename(tmp, final)                  # the checkpoint exists from here
     fsync_path(folder)
     publish_weights(run, final, manifest)
     for old in checkpoint_folders(run)[:-1]:   # keep the newest and the kept
-        if not is_kept(old): discard(old)
+        if not is_kept(old):
+            discard(old)
     return final
 
 def is_kept(checkpoint: Path) -> bool:
     "Was `checkpoint` saved to be kept (keep_every)? Unreadable: keep it."
-    try: return json.loads((checkpoint / MANIFEST).read_text())["keep"]
-    except (OSError, ValueError, KeyError, TypeError): return True
+    try:
+        return json.loads((checkpoint / MANIFEST).read_text())["keep"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
 
 def publish_weights(run: Path, checkpoint: Path, manifest: dict) -> None:
     "RUN/model.safetensors (and best.safetensors) are the checkpoint's weights."
@@ -165,7 +177,8 @@ def publish_weights(run: Path, checkpoint: Path, manifest: dict) -> None:
 def read_manifest(checkpoint: Path) -> dict:
     "A checkpoint's manifest: its step and the hashes of its files."
     path = checkpoint / MANIFEST
-    try: manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable ({type(e).__name__}); "
                          f"{fallback_advice(checkpoint)}") from None
@@ -179,7 +192,8 @@ def fallback_advice(checkpoint: Path) -> str:
     "What to do when `checkpoint` is damaged: the checkpoint before it."
     folders = checkpoint_folders(checkpoint.parent.parent)
     older = folders[:folders.index(checkpoint)] if checkpoint in folders else []
-    if older: return f"delete {checkpoint} to resume from {older[-1].name}"
+    if older:
+        return f"delete {checkpoint} to resume from {older[-1].name}"
     return "no earlier checkpoint is kept: start the run again"
 
 def verify_checkpoint(checkpoint: Path) -> dict:
@@ -196,15 +210,19 @@ def verify_checkpoint(checkpoint: Path) -> dict:
 
 def state_tensors(obj):
     "Every tensor inside nested dictionaries and lists."
-    if isinstance(obj, torch.Tensor): yield obj
-    elif isinstance(obj, dict): yield from state_tensors(list(obj.values()))
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        yield from state_tensors(list(obj.values()))
     elif isinstance(obj, (list, tuple)):
-        for v in obj: yield from state_tensors(v)
+        for v in obj:
+            yield from state_tensors(v)
 
 def load_state(checkpoint: Path, model) -> dict:
     "The training state of a checkpoint, checked against `model`."
     path = checkpoint / STATE
-    try: state = torch.load(path, weights_only=True)
+    try:
+        state = torch.load(path, weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: the training state is damaged "
                          f"({type(e).__name__}); "
@@ -215,7 +233,8 @@ def load_state(checkpoint: Path, model) -> dict:
         moments = state["optimizer"]["state"]
         fits = all(s["exp_avg"].shape == shapes.get(n)
                    for n, s in moments.items())
-    except (KeyError, TypeError, AttributeError): fits = False
+    except (KeyError, TypeError, AttributeError):
+        fits = False
     if not fits:
         raise ValueError(f"{path}: the optimizer state does not fit the "
                          f"model; {fallback_advice(checkpoint)}")
@@ -229,15 +248,21 @@ LOCK = ".lock"     # RUN/.lock: the pid of the process that trains the run
 
 def lock_holder(path: Path) -> int | None:
     "The pid in a lock file if that process is alive here, else None."
-    try: info = json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
     except (OSError, ValueError):        # being written, or garbled:
         young = time.time() - path.stat().st_mtime < 10  # held if just made
         return -1 if young else None
-    if info.get("host") != socket.gethostname(): return info.get("pid", -1)
-    if os.name == "nt": return info.get("pid", -1)   # os.kill would kill it
-    try: os.kill(info["pid"], 0)                     # signal 0: a probe
-    except ProcessLookupError: return None           # gone: a stale lock
-    except (PermissionError, KeyError, TypeError): pass
+    if info.get("host") != socket.gethostname():
+        return info.get("pid", -1)
+    if os.name == "nt":
+        return info.get("pid", -1)   # os.kill would kill it
+    try:
+        os.kill(info["pid"], 0)                     # signal 0: a probe
+    except ProcessLookupError:
+        return None           # gone: a stale lock
+    except (PermissionError, KeyError, TypeError):
+        pass
     return info.get("pid", -1)
 
 @contextmanager
@@ -245,7 +270,8 @@ def run_lock(run: Path):
     "Hold RUN/.lock while training: one writer per run; stale locks are taken."
     path = Path(run) / LOCK
     for _ in range(2):
-        try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             pid = lock_holder(path)
             if pid is not None:
@@ -260,15 +286,18 @@ def run_lock(run: Path):
         break
     else:
         raise FileExistsError(f"{path}: cannot take the lock; try again")
-    try: yield
-    finally: path.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 def check_out_dir(run: Path, resume: bool) -> None:
     "--out must be a run to resume, or a new, empty or earlier run folder."
     if resume and not (run / "config.json").exists():
         raise FileNotFoundError(f"{run}: no run to resume (no config.json); "
                                 "start one without --resume")
-    if resume or not run.exists(): return
+    if resume or not run.exists():
+        return
     if not run.is_dir():
         raise FileExistsError(f"--out {run} is a file; choose a folder")
     if latest_checkpoint(run):
@@ -282,8 +311,10 @@ def check_out_dir(run: Path, resume: bool) -> None:
 
 def read_json(path: Path, keys: tuple[str, ...] = (), fix: str = "") -> dict:
     "A JSON file that must hold `keys`; one line naming the file if not."
-    try: data = json.loads(Path(path).read_text())
-    except FileNotFoundError: raise
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not valid JSON ({e}); {fix}") from None
     missing = [k for k in keys if not isinstance(data, dict) or k not in data]
@@ -296,7 +327,8 @@ def read_model_config(path: Path) -> GPTConfig:
     "The model settings in a run's config.json; one clear line if unusable."
     fix = "restore the file, or train the run again"
     config = read_json(path, ("model",), fix)
-    try: return GPTConfig.from_dict(config["model"])
+    try:
+        return GPTConfig.from_dict(config["model"])
     except (TypeError, ValueError, AttributeError) as e:
         raise ValueError(f'{path}: invalid "model" settings ({e}); '
                          f"{fix}") from None
@@ -310,7 +342,8 @@ def load_run(run_dir: str | Path, weights: str = "best", device=None):
                                 f"`minigpt train --out {run}`")
     files = [run / "config.json", run / "tokenizer.json",
              run / f"{weights}.safetensors"]
-    if not files[2].exists(): files[2] = run / "model.safetensors"
+    if not files[2].exists():
+        files[2] = run / "model.safetensors"
     missing = [f.name for f in files if not f.exists()]
     if missing:
         raise FileNotFoundError(f"{run} is not a complete run: "

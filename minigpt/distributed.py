@@ -36,13 +36,15 @@ def init_distributed(device=None) -> tuple[int, int, torch.device]:
 
 def wrap_model(model: GPT, parallel: str, world: int, device: torch.device):
     "The module the training step calls: the model itself, DDP or FSDP."
-    if world == 1: return model
+    if world == 1:
+        return model
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
         ids = [device.index] if device.type == "cuda" else None
         return DDP(model, device_ids=ids)
     from torch.distributed.fsdp import fully_shard
-    for block in model.blocks: fully_shard(block)   # one unit per block
+    for block in model.blocks:
+        fully_shard(block)   # one unit per block
     fully_shard(model)   # the root: embeddings, final norm, the (tied) head
     return model
 
@@ -57,18 +59,22 @@ def grad_sync(step_model, on: bool):
         step_model.set_requires_gradient_sync(on)
         yield
     elif hasattr(step_model, "no_sync") and not on:                # DDP
-        with step_model.no_sync(): yield
-    else: yield
+        with step_model.no_sync():
+            yield
+    else:
+        yield
 
 def mean_over_ranks(value: float, world: int, device) -> float:
-    if world == 1: return value
+    if world == 1:
+        return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item() / world
 
 def shared_reason(reason: str | None, world: int) -> str | None:
     "The first rank's reason to stop, if any rank has one: all stop together."
-    if world == 1: return reason
+    if world == 1:
+        return reason
     reasons = [None] * world
     dist.all_gather_object(reasons, reason)
     return next((r for r in reasons if r), None)
@@ -80,10 +86,12 @@ from torch.distributed.checkpoint.state_dict import (
 
 def full_weights(model, cfg: GPTConfig, rank: int):
     "A plain module with all the weights on rank 0, None on the other ranks."
-    if not is_sharded(model): return model if rank == 0 else None
+    if not is_sharded(model):
+        return model if rank == 0 else None
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=opts)    # every rank takes part
-    if rank != 0: return None
+    if rank != 0:
+        return None
     with torch.random.fork_rng(devices=[]):   # leave the training RNG alone
         plain = GPT(cfg)
     plain.load_state_dict(state)

@@ -68,8 +68,10 @@ def encode_pair(tok, context: str, continuation: str):
         context, continuation = context[:-n], context[-n:] + continuation
     whole = tok.encode(context + continuation, disallowed_special=())
     ctx = tok.encode(context, disallowed_special=())
-    if not ctx: ctx = [tok.special_tokens[ENDOFTEXT]]  # an empty context
-    elif whole[:len(ctx)] == ctx: return ctx, whole[len(ctx):]
+    if not ctx:
+        ctx = [tok.special_tokens[ENDOFTEXT]]  # an empty context
+    elif whole[:len(ctx)] == ctx:
+        return ctx, whole[len(ctx):]
     return ctx, tok.encode(continuation, disallowed_special=())
 
 @torch.no_grad()
@@ -83,7 +85,8 @@ def score_continuations(model, pairs: list[tuple[list[int], list[int]]],
         rows = [(c + a)[-(block + 1):] for c, a in group]   # keep the end
         L = max(len(r) for r in rows) - 1
         x = torch.zeros(len(rows), L, dtype=torch.long)
-        for b, r in enumerate(rows): x[b, :len(r) - 1] = torch.tensor(r[:-1])
+        for b, r in enumerate(rows):
+            x[b, :len(r) - 1] = torch.tensor(r[:-1])
         logits = model(x.to(device))[0].float()                # (B, L, V)
         for b, ((c, a), r) in enumerate(zip(group, rows)):
             m, end = len(a), len(r) - 1           # a: the last m targets
@@ -120,7 +123,8 @@ def next_line_items(texts: list[str], n: int, seed: int = 0,
     for d, i, answer in rng.sample(candidates, min(n, len(candidates))):
         similar = [s for e, lines_e in enumerate(pools) if e != d
                    for _, s in lines_e if 0.7 <= len(s) / len(answer) <= 1.3]
-        if len(similar) < 3: continue          # no three wrong choices
+        if len(similar) < 3:
+            continue          # no three wrong choices
         lines = texts[d].split("\n")
         context = "\n".join(lines[i - context_lines:i]) + "\n"
         choices = rng.sample(similar, 3) + [answer]
@@ -158,7 +162,8 @@ def choice_accuracy(model, tok, items: list[dict], batch_size: int = 16):
 
 def write_records(records: list[dict], path: str | Path) -> Path:
     "Write one JSON object per line, atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r) + "\n" for r in records)
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
@@ -169,8 +174,10 @@ def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
     text = (gzip.open(path, "rt").read() if path.suffix == ".gz"
             else path.read_text())
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip(): continue
-        try: record = json.loads(line)
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {n}: not JSON ({e.msg})") from None
         missing = [f for f in fields
@@ -221,7 +228,8 @@ class MinigptLM(_HarnessLM):
             raise ImportError("lm-evaluation-harness is not installed: "
                               "pip install 'minigpt[eval]'")
         super().__init__()
-        if model is None: model, tokenizer = load_run(run, weights, device)
+        if model is None:
+            model, tokenizer = load_run(run, weights, device)
         self.model, self.tok = model.eval(), tokenizer
         self.batch_size, self.max_gen_toks = int(batch_size), int(max_gen_toks)
 
@@ -249,13 +257,16 @@ class MinigptLM(_HarnessLM):
         return out
 
 if _register_model is not None:
-    try: _register_model("minigpt")(MinigptLM)
-    except ValueError: pass   # registered already in this process (a rerun)
+    try:
+        _register_model("minigpt")(MinigptLM)
+    except ValueError:
+        pass   # registered already in this process (a rerun)
 
 # %% ../nbs/08_evaluation.ipynb #ce2561e5
 def harness_task(folder: str | Path, name: str, items: list[dict]) -> Path:
     "Write a multiple-choice lm_eval task (YAML + JSON Lines) into `folder`."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     data = write_records(items, folder / f"{name}.jsonl")
     yaml = "\n".join([
         f"task: {name}", "dataset_path: json",
@@ -306,7 +317,8 @@ def final_number(text: str) -> str | None:
     for mark in ("####", "the answer is"):
         at = text.lower().rfind(mark)
         found = NUMBER.search(text, at + len(mark)) if at >= 0 else None
-        if found: return normalize_number(found.group())
+        if found:
+            return normalize_number(found.group())
     numbers = NUMBER.findall(text)
     return normalize_number(numbers[-1]) if numbers else None
 
@@ -449,12 +461,15 @@ def run_program(program: str, timeout: float = 3.0, memory_mb: int = 1024,
                 kill_process_group(child)
                 return {"outcome": "timed out",
                         "error": f"still running after {timeout:g} s"}
-            out.seek(0); err.seek(0)
+            out.seek(0)
+            err.seek(0)
             passed = token in out.read().decode(errors="replace").split()
             error = last_line(err.read()[-4096:].decode(errors="replace"))
-    if passed: return {"outcome": "passed", "error": ""}
+    if passed:
+        return {"outcome": "passed", "error": ""}
     code = child.returncode
-    if not error and code < 0: error = f"killed by {signal.Signals(-code).name}"
+    if not error and code < 0:
+        error = f"killed by {signal.Signals(-code).name}"
     return {"outcome": "failed",
             "error": error or f"exit status {code} before its tests ended"}
 
@@ -465,8 +480,10 @@ def last_line(text: str) -> str:
 
 def kill_process_group(child: subprocess.Popen):
     "Kill the child and whatever it started (its process group on POSIX)."
-    try: os.killpg(child.pid, signal.SIGKILL)
-    except (AttributeError, ProcessLookupError, PermissionError): child.kill()
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (AttributeError, ProcessLookupError, PermissionError):
+        child.kill()
     child.wait()
 
 # %% ../nbs/08_evaluation.ipynb #c2167abb
@@ -479,7 +496,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if not 1 <= k <= n:
         raise ValueError(f"pass@{k} needs at least k = {k} samples per "
                          f"problem, got n = {n}: draw more samples (n >= k)")
-    if n - c < k: return 1.0           # every k of the samples hold a pass
+    if n - c < k:
+        return 1.0           # every k of the samples hold a pass
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 # %% ../nbs/08_evaluation.ipynb #d1fd7bdd
@@ -488,7 +506,8 @@ def score_humaneval(generate_fn, tasks: list[dict], n_samples: int,
     """pass@k of `generate_fn(prompt) -> completion` on HumanEval-style tasks:
     n_samples completions per task, each run against the task's tests."""
     ks = (k,) if isinstance(k, int) else tuple(k)
-    for kk in ks: pass_at_k(n_samples, 0, kk)          # n >= k, or refused
+    for kk in ks:
+        pass_at_k(n_samples, 0, kk)          # n >= k, or refused
     results = []
     for task in tasks:
         samples = []
@@ -525,7 +544,8 @@ def repetition_rate(text: str, n: int = 4) -> float:
     words, seen, repeats = text.split(), set(), 0
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     for g in grams:
-        repeats += g in seen; seen.add(g)
+        repeats += g in seen
+        seen.add(g)
     return repeats / max(1, len(grams))
 
 # %% ../nbs/08_evaluation.ipynb #bbf1fefe

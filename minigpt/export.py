@@ -77,7 +77,8 @@ def hf_llama_state(model: GPT) -> dict[str, torch.Tensor]:
             _, i, _, _, kind = name.split(".")
             for x, part in zip("qkv", p.split(qkv_sizes(cfg))):
                 state[f"model.layers.{i}.self_attn.{x}_proj.{kind}"] = part
-        else: state[names[name]] = p
+        else:
+            state[names[name]] = p
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 # %% ../nbs/10_using.ipynb #2645318f
@@ -154,7 +155,8 @@ def gpt_config_from_hf(c: dict) -> GPTConfig:
     kind = c.get("model_type") if isinstance(c, dict) else None
     if kind not in readers:
         raise ValueError(f"model_type {kind!r}: minigpt reads gpt2 and llama")
-    try: return readers[kind](c)
+    try:
+        return readers[kind](c)
     except KeyError as e:
         raise ValueError(f"a {kind} config.json without "
                          f"{e.args[0]!r}") from None
@@ -178,7 +180,8 @@ def from_hf_state(cfg: GPTConfig, state: dict) -> GPT:
     names = _hf_gpt2_keys(cfg) if arch == "gpt2" else llama_names(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            try: t = _hf_tensor(state, cfg, arch, names, name)
+            try:
+                t = _hf_tensor(state, cfg, arch, names, name)
             except KeyError as e:
                 raise ValueError(f"the weights have no {e.args[0]!r}") from None
             if t.shape != p.shape:
@@ -209,7 +212,8 @@ def hf_merges(tok: BPETokenizer) -> list[str]:
     out = []
     for idx, (a, b) in enumerate(tok.merges, 256):
         piece = tok.vocab[idx]
-        if tok.ranks[piece] != idx: continue   # made twice: never produced
+        if tok.ranks[piece] != idx:
+            continue   # made twice: never produced
         trained = (tok.vocab[a], tok.vocab[b])
         others = [(piece[:k], piece[k:]) for k in range(1, len(piece))
                   if piece[:k] in tok.ranks and piece[k:] in tok.ranks
@@ -246,7 +250,8 @@ def hf_special_tokens(tok) -> dict:
         raise ValueError("Hugging Face export needs a byte-level BPE tokenizer "
                          f"with {ENDOFTEXT}, as `minigpt prepare` trains")
     named = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT}
-    if PAD in tok.special_tokens: named["pad_token"] = PAD
+    if PAD in tok.special_tokens:
+        named["pad_token"] = PAD
     extra = [s for s in tok.special_tokens if s not in named.values()]
     return named | ({"additional_special_tokens": extra} if extra else {})
 
@@ -271,7 +276,8 @@ def load_hf_tokenizer(path: str | Path) -> BPETokenizer:
     path = Path(path)
     fix = "export it again with `minigpt export --format hf`"
     data = read_json(path, ("model", "added_tokens", "pre_tokenizer"), fix)
-    def bad(why): return ValueError(f"{path}: {why}; {fix}")
+    def bad(why):
+        return ValueError(f"{path}: {why}; {fix}")
     try:
         pattern = data["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
         vocab, merges = data["model"]["vocab"], data["model"]["merges"]
@@ -344,8 +350,10 @@ def export_hf(model: GPT, tok, out_dir: str | Path) -> Path:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens, the "
                          f"model only {model.cfg.vocab_size}")
     out = Path(out_dir)
-    if arch == "gpt2": save_hf_gpt2(model, out)
-    else: save_hf_llama(model, out)
+    if arch == "gpt2":
+        save_hf_gpt2(model, out)
+    else:
+        save_hf_llama(model, out)
     generation = hf_generation_config(tok)
     config = json.loads((out / "config.json").read_text())
     config |= {k: v for k, v in generation.items() if k.endswith("_id")}

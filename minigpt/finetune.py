@@ -50,11 +50,14 @@ def speeches(text: str) -> list[tuple[str, str]]:
     for line in text.split("\n") + [""]:
         s = line.strip()
         if s.endswith(":") and s[:-1].isupper() and len(s) > 1:
-            if speaker and lines: out.append((speaker, "\n".join(lines)))
+            if speaker and lines:
+                out.append((speaker, "\n".join(lines)))
             speaker, lines = s[:-1], []
-        elif s and not s.startswith("[") and speaker: lines.append(s)
+        elif s and not s.startswith("[") and speaker:
+            lines.append(s)
         elif not s and speaker and lines:
-            out.append((speaker, "\n".join(lines))); speaker, lines = None, []
+            out.append((speaker, "\n".join(lines)))
+            speaker, lines = None, []
     return out
 
 def work_of(doc) -> str:
@@ -101,7 +104,8 @@ def task_examples(docs, n: int, seed: int = 0,
         d, (speaker, speech) = rng.choice(pool)
         if len(out) % 2 == 0:           # who speaks these lines?
             others = sorted({s for s, _ in speeches(d.text)} - {speaker})
-            if not others: continue
+            if not others:
+                continue
             options = [speaker, rng.choice(others)]
             task = "Who speaks these lines?"
             answer, text = speaker, speech
@@ -122,7 +126,8 @@ CHAT_TOKENS = (USER, ASSISTANT, END)
 
 def add_chat_tokens(tok: BPETokenizer) -> BPETokenizer:
     "The tokenizer with the role tokens added after its special tokens."
-    if USER in tok.special_tokens: return tok
+    if USER in tok.special_tokens:
+        return tok
     specials = list(tok.special_tokens) + list(CHAT_TOKENS)
     return BPETokenizer.from_merges(tok.merges, tok.pattern, specials)
 
@@ -189,9 +194,11 @@ def pack_examples(encoded: list[tuple[list, list]], block_size: int,
     rows, row_ids, row_labels = [], [], []
     for ids, labels in encoded:
         if len(row_ids) + len(ids) > block_size + 1:
-            rows.append((row_ids, row_labels)); row_ids, row_labels = [], []
+            rows.append((row_ids, row_labels))
+            row_ids, row_labels = [], []
         row_ids, row_labels = row_ids + ids, row_labels + labels
-    if row_ids: rows.append((row_ids, row_labels))
+    if row_ids:
+        rows.append((row_ids, row_labels))
     n = block_size + 1
     ids = torch.full((len(rows), n), pad, dtype=torch.long)
     labels = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
@@ -237,15 +244,19 @@ def finetune(model: nn.Module, next_loss, cfg: FinetuneConfig,
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     rows, model = [], model.train()
     for step in range(cfg.steps):
-        for g in opt.param_groups: g["lr"] = learning_rate(step, schedule)
-        with ctx: loss, info = next_loss(step)
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(step, schedule)
+        with ctx:
+            loss, info = next_loss(step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss.item()} at step "
                                      f"{step}; lower the learning rate")
         scaler.scale(loss).backward()
         scaler.unscale_(opt)                  # fp16 only; else it does nothing
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             rows.append({"step": step + 1, "loss": loss.item(), **info})
     return rows
@@ -346,8 +357,9 @@ def dpo(model: GPT, reference: GPT, tok, examples: list[dict],
         chosen = [(p, w) for p, w, _ in batch]
         rejected = [(p, l) for p, _, l in batch]
         pi = response_logprobs(model, chosen + rejected)
-        with torch.no_grad(): ref = response_logprobs(reference,
-                                                      chosen + rejected)
+        with torch.no_grad():
+            ref = response_logprobs(reference,
+                                    chosen + rejected)
         n = len(batch)
         loss, rw, rl = dpo_loss(pi[:n], pi[n:], ref[:n], ref[n:], cfg.beta)
         return loss, {"reward_accuracy": (rw > rl).float().mean().item(),
@@ -384,7 +396,8 @@ def add_lora(model: GPT, rank: int, alpha: float, old_vocab: int,
             if isinstance(child, nn.Linear) and name in targets:
                 setattr(module, name, LoRALinear(child, rank, alpha))
     emb = model.tok_emb.weight.requires_grad_(True)
-    keep = torch.zeros_like(emb[:, :1]); keep[old_vocab:] = 1
+    keep = torch.zeros_like(emb[:, :1])
+    keep[old_vocab:] = 1
     emb.register_hook(lambda g: g * keep)      # only the new rows learn
     model.frozen_rows = old_vocab
     return model
@@ -422,8 +435,11 @@ def sample_group(model: GPT, tok, prompts: list[list[int]], group: int,
     for nxt, _ in decode_steps(model, rows, cfg, vocab_size=tok.vocab_size,
                                banned=banned):
         for b, i in enumerate(nxt.tolist()):
-            if not done[b]: out[b].append(i); done[b] = i == end
-        if all(done): break
+            if not done[b]:
+                out[b].append(i)
+                done[b] = i == end
+        if all(done):
+            break
     return out
 
 # %% ../nbs/09_finetuning.ipynb #a7f10004
@@ -469,8 +485,9 @@ def rl(model: GPT, reference: GPT, tok, examples: list[dict],
         pairs = [(p, r) for p, r in zip((p for p in prompts
                                          for _ in range(cfg.group)), responses)]
         logp, mask = response_token_logprobs(model, pairs)
-        with torch.no_grad(): ref_logp, _ = response_token_logprobs(reference,
-                                                                  pairs)
+        with torch.no_grad():
+            ref_logp, _ = response_token_logprobs(reference,
+                                                pairs)
         loss, kl = grpo_loss(logp, ref_logp, mask, advantages, cfg.beta)
         return loss, {"reward": rewards.mean().item(), "kl": kl.item()}
     return finetune(model, next_loss, cfg, log_every=1)
@@ -480,14 +497,16 @@ def reward_model(model: GPT) -> GPT:
     "A copy of `model` whose head gives one number, a reward, not V logits."
     rm = copy.deepcopy(model)                # the body: the SFT model's
     rm.lm_head = nn.Linear(model.cfg.d_model, 1).to(rm.tok_emb.weight.device)
-    nn.init.zeros_(rm.lm_head.weight); nn.init.zeros_(rm.lm_head.bias)
+    nn.init.zeros_(rm.lm_head.weight)
+    nn.init.zeros_(rm.lm_head.bias)
     return rm                                # every reward starts at 0
 
 def sequence_rewards(rm: GPT, pairs) -> torch.Tensor:
     "(B,) the reward of each (prompt, response), read at its last token."
     rows = [p + r for p, r in pairs]
     x = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-    for b, row in enumerate(rows): x[b, :len(row)] = torch.tensor(row)
+    for b, row in enumerate(rows):
+        x[b, :len(row)] = torch.tensor(row)
     device = rm.tok_emb.weight.device
     scores = rm(x.to(device))[0][..., 0].float()          # (B, L)
     last = torch.tensor([len(r) - 1 for r in rows], device=device)
@@ -520,7 +539,8 @@ def pair_accuracy(rm: GPT, tok, examples: list[dict]) -> float:
 # %% ../nbs/09_finetuning.ipynb #04094063
 def save_finetuned(model: GPT, tok, run_dir: str | Path, info: dict) -> Path:
     "A run directory for a fine-tuned model (generate, eval and chat read it)."
-    run = Path(run_dir); run.mkdir(parents=True, exist_ok=True)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
     config = {"model": model.cfg.to_dict(), "finetune": info}
     atomic_write(run / "config.json",
                  lambda tmp: tmp.write_text(json.dumps(config, indent=1)))

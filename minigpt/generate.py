@@ -68,14 +68,17 @@ class SamplingConfig:
                   (self.repetition_penalty > 0,
                    "repetition_penalty must be > 0")]
         for ok, message in checks:
-            if not ok: raise ValueError(message)
+            if not ok:
+                raise ValueError(message)
         self.stop = tuple(self.stop)
 
 def sampling_generator(device, seed: int | None = None) -> torch.Generator:
     "A random generator on `device` (where the draws happen), seeded if given."
     gen = torch.Generator(device=device)
-    if seed is None: gen.seed()
-    else: gen.manual_seed(seed)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
     return gen
 
 def next_token(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
@@ -84,10 +87,13 @@ def next_token(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
     logits = logits.float()
     if cfg.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-    if cfg.temperature == 0: return logits.argmax(dim=-1)
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
     logits = logits / cfg.temperature
-    if cfg.top_k: logits = top_k_filter(logits, cfg.top_k)
-    if cfg.top_p: logits = top_p_filter(logits, cfg.top_p)
+    if cfg.top_k:
+        logits = top_k_filter(logits, cfg.top_k)
+    if cfg.top_p:
+        logits = top_p_filter(logits, cfg.top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=gen)[:, 0]
 
@@ -118,9 +124,11 @@ class KVCache:
         self.slot = None    # fixed-shape steps: where the next key goes, (1,)
 
     @property
-    def max_len(self) -> int: return self.k.shape[3]
+    def max_len(self) -> int:
+        return self.k.shape[3]
 
-    def nbytes(self) -> int: return self.k.nbytes + self.v.nbytes
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, h_kv, T, d_head) of `layer` after the filled
@@ -143,8 +151,10 @@ class KVCache:
 # %% ../nbs/07_generation.ipynb #94442239
 def window_start(start: int | None, length: int, block_size: int) -> int:
     "Where the context starts: the prompt's end first, then slide by half."
-    if start is None: return max(0, length - block_size)    # the prompt
-    if length - start <= block_size: return start
+    if start is None:
+        return max(0, length - block_size)    # the prompt
+    if length - start <= block_size:
+        return start
     return length - block_size // 2
 
 # %% ../nbs/07_generation.ipynb #22e58fe2
@@ -193,7 +203,8 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
             cache.slot, cache.length = None, 0
             logits = model(x, positions=positions_of(v), cache=cache,
                            mask=padding_mask(v, v.shape[1]))[0][:, -1]
-            if step: keys, pos = fixed_shape_inputs(cache, v)
+            if step:
+                keys, pos = fixed_shape_inputs(cache, v)
         elif step is None:         # one new token per row
             mask = padding_mask(v, 1) if padded else None
             logits = model(x[:, -1:], positions=positions_of(v)[:, -1:],
@@ -202,10 +213,13 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
             keys.index_fill_(2, cache.slot, True)     # its own key, visible
             torch.compiler.cudagraph_mark_step_begin()
             logits = step(model, nxt[:, None], pos, keys, cache).clone()
-            cache.slot.add_(1); pos.add_(1); cache.length += 1
+            cache.slot.add_(1)
+            pos.add_(1)
+            cache.length += 1
         start = new_start
         z = logits[:, :vocab_size].float()            # (B, V) decodable ids
-        if banned.numel(): z.index_fill_(1, banned, float("-inf"))
+        if banned.numel():
+            z.index_fill_(1, banned, float("-inf"))
         seen = (torch.where(v, x, x[:, -1:])          # padding: not a token
                 if cfg.repetition_penalty != 1 else None)
         nxt = next_token(z, seen, cfg, gen)            # (B,)
@@ -215,8 +229,11 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
 # %% ../nbs/07_generation.ipynb #1753f84d
 def is_token_id(x) -> bool:
     "An integer: a Python, NumPy or 0-d PyTorch one."
-    try: operator.index(x); return True
-    except TypeError: return False
+    try:
+        operator.index(x)
+        return True
+    except TypeError:
+        return False
 
 def checked_ids(tok, ids) -> list[int]:
     "`ids` as a list of ints in the vocabulary; empty -> [<|endoftext|>]."
@@ -224,16 +241,19 @@ def checked_ids(tok, ids) -> list[int]:
         raise ValueError("a prompt is a string or a list of token ids")
     ids = [operator.index(i) for i in ids]
     bad = [i for i in ids if not 0 <= i < tok.vocab_size]
-    if bad: raise ValueError(f"token id {bad[0]} is not in the vocabulary "
-                             f"(0..{tok.vocab_size - 1})")
+    if bad:
+        raise ValueError(f"token id {bad[0]} is not in the vocabulary "
+                         f"(0..{tok.vocab_size - 1})")
     return ids or [tok.special_tokens[ENDOFTEXT]]
 
 def encode_prompt(tok, prompt: str | list[int],
                   allow_special: bool = False) -> list[int]:
     """Token ids of `prompt`: a string (special tokens refused unless allowed)
     or ids already, as a template builds them; empty -> [<|endoftext|>]."""
-    if not isinstance(prompt, str): return checked_ids(tok, prompt)
-    if prompt == "": return [tok.special_tokens[ENDOFTEXT]]
+    if not isinstance(prompt, str):
+        return checked_ids(tok, prompt)
+    if prompt == "":
+        return [tok.special_tokens[ENDOFTEXT]]
     try:
         return tok.encode(prompt, allowed_special="all" if allow_special
                           else "none")
@@ -243,7 +263,8 @@ def encode_prompt(tok, prompt: str | list[int],
 
 def _piece_decoder(tok):
     "A function from one token id to its text, holding back partial UTF-8."
-    if not hasattr(tok, "decode_bytes"): return lambda i: tok.decode([i])
+    if not hasattr(tok, "decode_bytes"):
+        return lambda i: tok.decode([i])
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     return lambda i: utf8.decode(tok.decode_bytes([i]))
 
@@ -278,16 +299,20 @@ def stream(model: GPT, tok, prompt: str | list[int], cfg: SamplingConfig,
                                _banned(tok) + tuple(banned), compile):
         out.tokens += 1
         i = int(nxt[0])
-        if i == eot and cfg.stop_at_eot: out.finish_reason = "stop"; break
+        if i == eot and cfg.stop_at_eot:
+            out.finish_reason = "stop"
+            break
         out.text += piece(i)
         cut = min((out.text.find(s) for s in cfg.stop if s in out.text),
                   default=-1)
         if cut >= 0:
-            out.text, out.finish_reason = out.text[:cut], "stop"; break
+            out.text, out.finish_reason = out.text[:cut], "stop"
+            break
         if len(out.text) - hold > sent:       # hold back a possible stop
             yield out.text[sent:len(out.text) - hold]
             sent = len(out.text) - hold
-    if len(out.text) > sent: yield out.text[sent:]
+    if len(out.text) > sent:
+        yield out.text[sent:]
 
 def generate(model: GPT, tok, prompts: str | list[int] | list,
              cfg: SamplingConfig, use_cache: bool = True,
@@ -302,12 +327,17 @@ def generate(model: GPT, tok, prompts: str | list[int] | list,
     for nxt, _ in decode_steps(model, rows, cfg, use_cache, tok.vocab_size,
                                _banned(tok), compile):
         for b, i in enumerate(nxt.tolist()):
-            if done[b]: continue
-            if i == eot and cfg.stop_at_eot: done[b] = True; continue
+            if done[b]:
+                continue
+            if i == eot and cfg.stop_at_eot:
+                done[b] = True
+                continue
             new[b].append(i)
             tail = tok.decode(new[b][-32:]) if cfg.stop else ""
-            if any(s in tail for s in cfg.stop): done[b] = True
-        if all(done): break
+            if any(s in tail for s in cfg.stop):
+                done[b] = True
+        if all(done):
+            break
     texts = [tok.decode(n) for n in new]
     for s in cfg.stop:
         texts = [t[:t.find(s)] if s in t else t for t in texts]
@@ -330,7 +360,8 @@ def _compiled_decode_step(device_type: str, backend: str):
 def compiled_step(cache: KVCache, compile: bool | str = True):
     """`decode_step` compiled for the cache's device (True: inductor, or a
     backend's name); the cache stays where it is, never copied per step."""
-    for t in (cache.k, cache.v): torch._dynamo.mark_static_address(t)
+    for t in (cache.k, cache.v):
+        torch._dynamo.mark_static_address(t)
     backend = "inductor" if compile is True else compile
     return _compiled_decode_step(cache.k.device.type, backend)
 

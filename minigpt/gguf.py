@@ -35,10 +35,14 @@ def gguf_string(s: str) -> bytes:
 
 def gguf_value(v) -> tuple[int, bytes]:
     "(type, bytes) of a value: str, bool, int (u32), float (f32), list."
-    if isinstance(v, str): return STRING, gguf_string(v)
-    if isinstance(v, bool): return BOOL, struct.pack("<?", v)
-    if isinstance(v, int): return UINT32, struct.pack("<I", v)
-    if isinstance(v, float): return FLOAT32, struct.pack("<f", v)
+    if isinstance(v, str):
+        return STRING, gguf_string(v)
+    if isinstance(v, bool):
+        return BOOL, struct.pack("<?", v)
+    if isinstance(v, int):
+        return UINT32, struct.pack("<I", v)
+    if isinstance(v, float):
+        return FLOAT32, struct.pack("<f", v)
     if isinstance(v, list) and all(isinstance(x, str) for x in v):
         return ARRAY, (struct.pack("<IQ", STRING, len(v))
                        + b"".join(gguf_string(x) for x in v))
@@ -70,15 +74,20 @@ def quantize_q8_0(w: torch.Tensor) -> bytes:
 def tensor_bytes(w: torch.Tensor, ttype: int) -> bytes:
     "The data of `w` in a GGUF tensor type, little-endian, row-major."
     w = w.detach().float().cpu().contiguous()
-    if ttype == F32: return w.numpy().astype("<f4").tobytes()
-    if ttype == F16: return w.half().numpy().astype("<f2").tobytes()
-    if ttype == Q8_0: return quantize_q8_0(w)
+    if ttype == F32:
+        return w.numpy().astype("<f4").tobytes()
+    if ttype == F16:
+        return w.half().numpy().astype("<f2").tobytes()
+    if ttype == Q8_0:
+        return quantize_q8_0(w)
     raise ValueError(f"unknown tensor type {ttype}")
 
 def tensor_type(w: torch.Tensor, dtype: str) -> int:
     "What `dtype` makes of `w`: vectors stay f32, q8_0 needs rows of 32k."
-    if w.dim() == 1 or dtype == "f32": return F32
-    if dtype == "q8_0" and w.shape[-1] % Q8_BLOCK: return F16
+    if w.dim() == 1 or dtype == "f32":
+        return F32
+    if dtype == "q8_0" and w.shape[-1] % Q8_BLOCK:
+        return F16
     return TENSOR_TYPES[dtype]
 
 # %% ../nbs/10_using.ipynb #179f6ec7
@@ -145,7 +154,8 @@ def llama_tensors(model: GPT) -> dict[str, torch.Tensor]:
                 f"blk.{i}.ffn_up.weight": b.mlp.up.weight,
                 f"blk.{i}.ffn_down.weight": b.mlp.proj.weight}
     out["output_norm.weight"] = model.norm_f.weight
-    if not cfg.tie_weights: out["output.weight"] = model.lm_head.weight
+    if not cfg.tie_weights:
+        out["output.weight"] = model.lm_head.weight
     return out
 
 def gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
@@ -161,7 +171,8 @@ def gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
             out[f"blk.{i}.{name}.bias"] = layer.bias
     out |= {"output_norm.weight": model.norm_f.weight,
             "output_norm.bias": model.norm_f.bias}
-    if not cfg.tie_weights: out["output.weight"] = model.lm_head.weight
+    if not cfg.tie_weights:
+        out["output.weight"] = model.lm_head.weight
     return out
 
 # %% ../nbs/10_using.ipynb #6bc053f8
@@ -172,7 +183,8 @@ ARCHITECTURES = {   # llama.cpp's name -> the GPTConfig fields it needs
 def gguf_architecture(cfg) -> str:
     "The llama.cpp architecture that computes what a GPT of `cfg` computes."
     for arch, fields in ARCHITECTURES.items():
-        if all(getattr(cfg, k) == v for k, v in fields.items()): return arch
+        if all(getattr(cfg, k) == v for k, v in fields.items()):
+            return arch
     shapes = "; ".join(f"{a}: " + ", ".join(f"{k}={v!r}" for k, v in f.items())
                        for a, f in ARCHITECTURES.items())
     raise ValueError(f"GGUF export supports two model shapes ({shapes}); "
@@ -190,7 +202,8 @@ def model_metadata(cfg, arch: str) -> dict:
         meta |= {"attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
                  "rope.freq_base": float(cfg.rope_base),
                  "rope.dimension_count": cfg.d_model // cfg.n_head}
-    else: meta["attention.layer_norm_epsilon"] = float(cfg.norm_eps)
+    else:
+        meta["attention.layer_norm_epsilon"] = float(cfg.norm_eps)
     return {f"{arch}.{k}": v for k, v in meta.items()}
 
 # %% ../nbs/10_using.ipynb #a08a3c6e
@@ -212,10 +225,15 @@ def tokenizer_metadata(tok, n_vocab: int) -> dict:
     specials = {i: s for s, i in tok.special_tokens.items()}
     tokens, types = [], []
     for i in range(n_vocab):
-        if i in specials: tokens.append(specials[i]); types.append(CONTROL)
+        if i in specials:
+            tokens.append(specials[i])
+            types.append(CONTROL)
         elif i in tok.vocab:
-            tokens.append(text(tok.vocab[i])); types.append(NORMAL)
-        else: tokens.append(f"[PAD{i}]"); types.append(UNUSED)  # never used
+            tokens.append(text(tok.vocab[i]))
+            types.append(NORMAL)
+        else:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)  # never used
     eot = tok.special_tokens[ENDOFTEXT]
     meta = {"tokenizer.ggml.model": "gpt2",
             "tokenizer.ggml.pre": PRE_TOKENIZERS[tok.pattern],
@@ -247,7 +265,8 @@ def write_gguf(model: GPT, tok, path, dtype: str = "f16",
     metadata |= tokenizer_metadata(tok, cfg.vocab_size)
     weights = (llama_tensors if arch == "llama" else gpt2_tensors)(model)
     tensors = {k: (w, tensor_type(w, dtype)) for k, w in weights.items()}
-    with torch.no_grad(): return write_gguf_file(Path(path), metadata, tensors)
+    with torch.no_grad():
+        return write_gguf_file(Path(path), metadata, tensors)
 
 def export_gguf(run_dir, out_path, dtype: str = "f16", force: bool = False,
                 weights: str = "best") -> Path:

@@ -45,7 +45,8 @@ def shard_header(itemsize: int, n_tokens: int) -> bytes:
 def read_header(path: Path) -> tuple[np.dtype, int]:
     "dtype and token count of a shard; `ValueError` unless it is complete."
     path = Path(path)
-    with open(path, "rb") as f: head = f.read(HEADER_BYTES)
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
     if len(head) < HEADER_BYTES or head[:8] != MAGIC:
         raise ValueError(f"{path}: not a minigpt token shard (no header); "
                          "create it with `minigpt prepare`")
@@ -106,7 +107,8 @@ def _init_worker(tokenizer_path: str) -> None:
 def _encode_batch(texts: list[str]) -> np.ndarray:
     ids = []
     for text in texts:
-        ids.append(_worker["eot"]); ids += _worker["encode"](text)
+        ids.append(_worker["eot"])
+        ids += _worker["encode"](text)
     return np.array(ids, dtype=np.int64)
 
 def encode_documents(texts: list[str], tokenizer_path: Path, workers: int = 1,
@@ -118,7 +120,8 @@ def encode_documents(texts: list[str], tokenizer_path: Path, workers: int = 1,
     bar = tqdm(total=sum(map(len, texts)), unit="char", unit_scale=True,
                desc=desc, disable=None)
     if workers <= 1:
-        _init_worker(str(tokenizer_path)); results = map(_encode_batch, batches)
+        _init_worker(str(tokenizer_path))
+        results = map(_encode_batch, batches)
         pool = None
     else:
         pool = mp.get_context().Pool(workers, _init_worker,
@@ -131,7 +134,9 @@ def encode_documents(texts: list[str], tokenizer_path: Path, workers: int = 1,
             yield ids
     finally:
         bar.close()
-        if pool is not None: pool.close(); pool.join()
+        if pool is not None:
+            pool.close()
+            pool.join()
 
 # %% ../nbs/03_loader.ipynb #2360a78d
 META = "meta.json"
@@ -158,7 +163,8 @@ def write_splits(train: list, val: list, tok, folder: Path,
             for ids in encode_documents(texts, tok_path, workers, desc=split):
                 writer.write(ids)
         except BaseException:
-            writer.abort(); raise
+            writer.abort()
+            raise
         writer.close()
         splits[split] = {"file": f"{split}.bin", "documents": len(docs),
                          "tokens": writer.n,
@@ -168,7 +174,8 @@ def write_splits(train: list, val: list, tok, folder: Path,
 def publish(stage: Path, out: Path) -> None:
     "Move a complete preparation from `stage` into `out`, meta.json last."
     (out / META).unlink(missing_ok=True)   # incomplete until the new one
-    for name in PREPARED: os.replace(stage / name, out / name)
+    for name in PREPARED:
+        os.replace(stage / name, out / name)
     os.replace(stage / META, out / META)
 
 def prepare(corpus: str, out: str | Path, vocab_size: int = 4096,
@@ -186,7 +193,8 @@ def prepare(corpus: str, out: str | Path, vocab_size: int = 4096,
     if tok and ENDOFTEXT not in tok.special_tokens:
         raise ValueError(f"the tokenizer has no {ENDOFTEXT} token to separate "
                          "documents")
-    if tok is None: merges_needed(vocab_size)    # a nonsense size fails now
+    if tok is None:
+        merges_needed(vocab_size)    # a nonsense size fails now
     source = load_corpus(corpus)
     result = run_pipeline(source, clean, val_fraction=val_fraction, seed=seed)
     check_splits(result.train, result.val, corpus)
@@ -234,7 +242,8 @@ def meta_error(path: Path, why: str) -> ValueError:
 
 def meta_problem(meta) -> str | None:
     "What a meta.json lacks that `open_data` needs; None if nothing."
-    if not isinstance(meta, dict): return "not a JSON object"
+    if not isinstance(meta, dict):
+        return "not a JSON object"
     for key, kind in META_FIELDS.items():
         if not isinstance(meta.get(key), kind):
             return f"no {key!r} ({kind.__name__})"
@@ -251,10 +260,12 @@ def read_meta(path: str | Path) -> dict:
     if not (path / META).exists():
         raise FileNotFoundError(f"{path}: no {META}; prepare it with `minigpt "
                                 f"prepare --out {path}`")
-    try: meta = json.loads((path / META).read_text(encoding="utf-8"))
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise meta_error(path, f"not valid JSON ({e})") from None
-    if problem := meta_problem(meta): raise meta_error(path, problem)
+    if problem := meta_problem(meta):
+        raise meta_error(path, problem)
     return meta
 
 def file_inside(path: Path, name: str, what: str) -> Path:
@@ -298,7 +309,8 @@ def open_data(path: str | Path, tokenizer=None) -> PreparedData:
 def check_ids(ids: np.ndarray, tokens) -> None:
     "Refuse ids at or above the `vocab_size` of `tokens`, if it has one."
     vocab = getattr(tokens, "vocab_size", None)
-    if vocab is None or ids.size == 0: return
+    if vocab is None or ids.size == 0:
+        return
     if (top := int(ids.max())) >= vocab:
         raise ValueError(
             f"{getattr(tokens, 'filename', 'the token stream')}: token id "
@@ -329,7 +341,8 @@ class BatchSampler:
         rows = torch.from_numpy(rows.astype(np.int64))
         return rows[:, :-1], rows[:, 1:]
 
-    def state_dict(self) -> dict: return {"rng": self.rng.bit_generator.state}
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
 
@@ -358,10 +371,12 @@ class TokenDataset(torch.utils.data.Dataset):
     def __init__(self, tokens: np.ndarray, seq_len: int):
         self.tokens, self.T = tokens, seq_len
 
-    def __len__(self) -> int: return (len(self.tokens) - 1) // self.T
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.T
 
     def __getitem__(self, i: int):
-        if not 0 <= i < len(self): raise IndexError(i)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
         w = self.tokens[i * self.T:(i + 1) * self.T + 1]
         check_ids(w, self.tokens)
         w = torch.from_numpy(w.astype(np.int64))

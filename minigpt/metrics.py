@@ -20,7 +20,8 @@ __all__ = ['PANELS', 'perplexity', 'bits_per_byte', 'eval_batch_count', 'validat
            'read_metrics', 'plot_runs']
 
 # %% ../nbs/06_pretraining.ipynb #fbaac409
-def perplexity(loss: float) -> float: return math.exp(loss)
+def perplexity(loss: float) -> float:
+    return math.exp(loss)
 
 def bits_per_byte(loss: float, bytes_per_token: float) -> float:
     "Cross-entropy in nats per token -> bits per byte of text."
@@ -47,16 +48,19 @@ def validation_loss(model, tokens, batch_size: int, seq_len: int, ctx,
     for i in range(n):
         x, y = next(batches, (None, None))
         if x is None:        # a short rank keeps step with a sharded model
-            with ctx: model(torch.zeros(1, 1, dtype=torch.long, device=device))
+            with ctx:
+                model(torch.zeros(1, 1, dtype=torch.long, device=device))
             continue
         x, y = x.to(device), y.to(device)
-        with ctx: logits, _ = model(x)
+        with ctx:
+            logits, _ = model(x)
         logits = logits.float().view(-1, logits.size(-1))
         loss = F.cross_entropy(logits, y.view(-1), ignore_index=IGNORE_INDEX,
                                reduction="sum")
         sums += torch.stack([loss.double(),
                             (y != IGNORE_INDEX).sum().double()])
-    if world_size > 1: dist.all_reduce(sums)
+    if world_size > 1:
+        dist.all_reduce(sums)
     model.train()
     return (sums[0] / sums[1]).item()
 
@@ -64,8 +68,10 @@ def text_bytes(tokens: np.ndarray, tok) -> int:
     "Bytes of text that `tokens` stand for, special tokens excluded."
     counts = np.bincount(np.asarray(tokens), minlength=tok.vocab_size)
     specials = set(tok.special_tokens.values())
-    if hasattr(tok, "vocab"): piece = lambda i: tok.vocab.get(i, b"")   # BPE
-    else: piece = lambda i: tok.itos.get(i, "").encode()    # characters
+    if hasattr(tok, "vocab"):
+        piece = lambda i: tok.vocab.get(i, b"")   # BPE
+    else:
+        piece = lambda i: tok.itos.get(i, "").encode()    # characters
     lengths = np.array([0 if i in specials else len(piece(i))
                         for i in range(len(counts))])
     return int(counts @ lengths)
@@ -74,10 +80,13 @@ def text_bytes(tokens: np.ndarray, tok) -> int:
 def trim_metrics(run: Path, step: int) -> None:
     "Drop the metrics logged after `step`: the resumed run logs them again."
     path = Path(run) / "metrics.jsonl"
-    if not path.exists(): return
+    if not path.exists():
+        return
     def logged_step(row: str):
-        try: return json.loads(row).get("step")
-        except ValueError: return None          # a line cut short by a crash
+        try:
+            return json.loads(row).get("step")
+        except ValueError:
+            return None          # a line cut short by a crash
     rows = [r for r in path.read_text().splitlines(keepends=True)
             if (s := logged_step(r)) is not None and s <= step]
     atomic_write(path, lambda tmp: tmp.write_text("".join(rows)))
@@ -99,9 +108,11 @@ def read_metrics(run) -> list[dict]:
     lines = path.read_text().splitlines()
     rows = []
     for k, line in enumerate(lines):
-        try: rows.append(json.loads(line))
+        try:
+            rows.append(json.loads(line))
         except ValueError:
-            if k == len(lines) - 1: break       # torn by a crash: the last only
+            if k == len(lines) - 1:
+                break       # torn by a crash: the last only
             raise ValueError(f"{path}: line {k + 1} is not JSON; the file is "
                              "damaged") from None
     if not rows:
@@ -118,7 +129,8 @@ def plot_runs(runs, panels=tuple(PANELS), labels=None):
                          f"{', '.join(PANELS)}")
     labels = labels or [Path(r).name for r in runs]
     data = [read_metrics(r) for r in runs]      # every run read before drawing
-    cols = min(2, len(panels)); rows = math.ceil(len(panels) / cols)
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(6.4, 2.6 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, name in zip(axes.flat, panels):
@@ -139,10 +151,13 @@ def plot_runs(runs, panels=tuple(PANELS), labels=None):
         if not ax.lines:
             ax.text(0.5, 0.5, f"no {field} in metrics.jsonl", ha="center",
                     transform=ax.transAxes)
-        ax.set_xlabel("step"); ax.set_ylabel(ylabel)
-        if name == "lr": ax.ticklabel_format(axis="y", scilimits=(-2, 2))
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if name == "lr":
+            ax.ticklabel_format(axis="y", scilimits=(-2, 2))
         if ax.lines and (name == "loss" or len(runs) > 1):
             ax.legend(frameon=False, fontsize=8)
-    for ax in axes.flat[len(panels):]: ax.set_visible(False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig

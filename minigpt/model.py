@@ -43,7 +43,8 @@ class MLP(nn.Module):
         self.proj = nn.Linear(d_ff, d, bias=bias)
         self.act, self.drop = nn.GELU(approximate="tanh"), nn.Dropout(dropout)
 
-    def forward(self, x): return self.drop(self.proj(self.act(self.fc(x))))
+    def forward(self, x):
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 class SwiGLU(nn.Module):
     "Llama's gated feed-forward network."
@@ -74,7 +75,8 @@ class Block(nn.Module):
 
 def make_norm(cfg: GPTConfig) -> nn.Module:
     "The normalisation layer that `cfg` asks for."
-    if cfg.norm == "rmsnorm": return RMSNorm(cfg.d_model, cfg.norm_eps)
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 # %% ../nbs/05_model.ipynb #42c66403
@@ -99,8 +101,10 @@ class GPTConfig:
     use_sdpa: bool = True
 
     def __post_init__(self):
-        if self.n_kv_head is None: self.n_kv_head = self.n_head
-        if self.d_ff is None: self.d_ff = 4 * self.d_model
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
         check_gpt_config(self)   # a clear error now, not a shape error later
 
     @classmethod
@@ -111,7 +115,8 @@ class GPTConfig:
                              f"{', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
-    def to_dict(self) -> dict: return asdict(self)
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
@@ -178,7 +183,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_weights: self.lm_head.weight = self.tok_emb.weight
+        if cfg.tie_weights:
+            self.lm_head.weight = self.tok_emb.weight
         self.activation_checkpointing = False   # see TrainConfig
         self.apply(self._init_weights)
         for name, p in self.named_parameters():     # residual-stream writers
@@ -194,8 +200,10 @@ class GPT(nn.Module):
     def embed(self, idx: torch.Tensor, positions: torch.Tensor):
         "Token vectors (B, T, d) of `idx` with their positions; RoPE's cos/sin."
         x = self.tok_emb(idx)                                     # (B, T, d)
-        if self.cfg.pos == "learned": x = x + self.pos_emb(positions)
-        elif self.cfg.pos == "sinusoidal": x = x + self.pos_table[positions]
+        if self.cfg.pos == "learned":
+            x = x + self.pos_emb(positions)
+        elif self.cfg.pos == "sinusoidal":
+            x = x + self.pos_table[positions]
         rope = None
         if self.cfg.pos == "rope":
             d_head = self.cfg.d_model // self.cfg.n_head
@@ -226,11 +234,13 @@ class GPT(nn.Module):
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, rope, mask, cache, i,  # keep x only,
                                use_reentrant=False)    # redo the rest later
-            else: x = block(x, rope, mask, cache, i)
+            else:
+                x = block(x, rope, mask, cache, i)
         if cache is not None and cache.slot is None:   # a fixed-shape step's
             cache.length += T                          # caller counts (ch. 7)
         logits = self.unembed(x)                                  # (B, T, V)
-        if targets is None: return logits, None
+        if targets is None:
+            return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)),
                                targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
@@ -282,7 +292,8 @@ class Recurrent(nn.Module):
     def reset_parameters(self):
         "PyTorch's initialisation: uniform in ±1/sqrt(H), in the same order."
         bound = 1 / math.sqrt(self.d_hidden)
-        for p in self.parameters(): nn.init.uniform_(p, -bound, bound)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
 
     def forward(self, x: torch.Tensor, state=None):
         "x (B, T, d_in); state: nn.LSTM's (h, c) or nn.RNN's h, each (L, B, H)."
@@ -296,14 +307,16 @@ class Recurrent(nn.Module):
             state = (zeros, zeros) if lstm else zeros
         states = list(zip(*state)) if lstm else list(state)   # one per layer
         for l in range(self.n_layer):
-            if l > 0: x = F.dropout(x, self.dropout, self.training)
+            if l > 0:
+                x = F.dropout(x, self.dropout, self.training)
             weights = [getattr(self, f"{name}_l{l}") for name in _WEIGHTS]
             s, outputs = states[l], []
             for x_t in x.unbind(1):     # (B, d) per step; one backward for all
                 s = cell(x_t, s, *weights)
                 outputs.append(s[0] if lstm else s)
             x, states[l] = torch.stack(outputs, 1), s          # (B, T, H)
-        if lstm: return x, tuple(torch.stack(s) for s in zip(*states))
+        if lstm:
+            return x, tuple(torch.stack(s) for s in zip(*states))
         return x, torch.stack(states)
 
 # %% ../nbs/05_model.ipynb #ddd4c801
@@ -328,7 +341,8 @@ class RNNLanguageModel(nn.Module):
     def forward(self, idx, targets=None):
         h, _ = self.rnn(self.emb(idx))                # (B, T, d)
         logits = self.head(h)
-        if targets is None: return logits, None
+        if targets is None:
+            return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)),
                                        targets.reshape(-1),
                                        ignore_index=IGNORE_INDEX)
@@ -339,19 +353,26 @@ def parameter_groups(model: nn.Module) -> dict[str, int]:
     groups, seen = {"embeddings": 0, "attention": 0, "feed-forward": 0,
                     "norms": 0, "head": 0}, set()
     for name, p in model.named_parameters():   # skips tied copies already
-        if id(p) in seen: continue
+        if id(p) in seen:
+            continue
         seen.add(id(p))
-        if "emb" in name: key = "embeddings"
-        elif ".attn." in name: key = "attention"
-        elif ".mlp." in name: key = "feed-forward"
-        elif name.startswith("lm_head"): key = "head"
-        else: key = "norms"
+        if "emb" in name:
+            key = "embeddings"
+        elif ".attn." in name:
+            key = "attention"
+        elif ".mlp." in name:
+            key = "feed-forward"
+        elif name.startswith("lm_head"):
+            key = "head"
+        else:
+            key = "norms"
         groups[key] += p.numel()
     return groups
 
 def meta_model(cfg: GPTConfig) -> GPT:
     "The model of `cfg` on the meta device: shapes only, no memory."
-    with torch.device("meta"): return GPT(cfg)
+    with torch.device("meta"):
+        return GPT(cfg)
 
 # %% ../nbs/05_model.ipynb #10c2df12
 def matmul_params(cfg: GPTConfig) -> int:

@@ -45,7 +45,8 @@ def number_formats() -> dict[str, dict]:
     rows = {}
     for name, dtype in FORMATS.items():
         if dtype is None:   # TF32 is a matmul mode, not a dtype
-            rows[name] = binary_format(exponent=8, mantissa=10); continue
+            rows[name] = binary_format(exponent=8, mantissa=10)
+            continue
         info = torch.finfo(dtype)
         mantissa = round(-math.log2(info.eps))
         rows[name] = dict(bits=info.bits, exponent=info.bits - 1 - mantissa,
@@ -81,13 +82,15 @@ def parse_count(text: str | float) -> float:
                              "1B, 1.4T or 7e9")
         scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
         value = float(m[1]) * scale[m[2].lower()]
-    if value <= 0: raise ValueError(f"{text!r}: a count must be positive")
+    if value <= 0:
+        raise ValueError(f"{text!r}: a count must be positive")
     return value
 
 def human(x: float) -> str:
     "6.74e9 -> '6.74B'"
     for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if x >= size: return f"{x / size:.3g}{unit}"
+        if x >= size:
+            return f"{x / size:.3g}{unit}"
     return f"{x:.3g}"
 
 # %% ../nbs/10_scaling.ipynb #67959c48
@@ -105,8 +108,10 @@ def llama_shape(n_params: float, context: int = 4096) -> GPTConfig:
     lo, hi = 1, 256              # bisect: the count grows with L
     while lo < hi:
         mid = (lo + hi) // 2
-        if count_params(shape(mid)) < n_params: lo = mid + 1
-        else: hi = mid
+        if count_params(shape(mid)) < n_params:
+            lo = mid + 1
+        else:
+            hi = mid
     near = [shape(L) for L in {max(lo - 1, 1), lo}]
     return min(near, key=lambda c: abs(count_params(c) - n_params))
 
@@ -117,7 +122,8 @@ def resolve_model(params: str | GPTConfig) -> tuple[str, GPTConfig, float]:
     if params in PRESETS:
         cfg = GPTConfig.preset(params)
         return params, cfg, float(count_params(cfg))
-    try: n = parse_count(params)
+    try:
+        n = parse_count(params)
     except ValueError:
         raise ValueError(f"--params {params!r}: name a preset "
                          f"({', '.join(PRESETS)}) or a size such as 1B")
@@ -170,12 +176,14 @@ class Plan:
     micro_batch: int = 1     # sequences per GPU per forward pass
 
     @property
-    def flops(self) -> float: return training_flops(self.n_params, self.tokens)
+    def flops(self) -> float:
+        return training_flops(self.n_params, self.tokens)
     @property
     def gpu_hours(self) -> float:
         return gpu_hours(self.flops, self.gpu.flops, self.mfu)
     @property
-    def days(self) -> float: return self.gpu_hours / self.n_gpus / 24
+    def days(self) -> float:
+        return self.gpu_hours / self.n_gpus / 24
 
     def memory(self, strategy: str, checkpointing: bool = False) -> dict:
         "Bytes per GPU: training state and activations."
@@ -192,8 +200,10 @@ def make_plan(params: str | GPTConfig = "1B", tokens: str | float | None = None,
     name, cfg, n = resolve_model(params)
     if gpu not in GPUS:
         raise ValueError(f"--gpu {gpu!r}: use one of {', '.join(GPUS)}")
-    if not 0 < mfu <= 1: raise ValueError(f"--mfu {mfu}: use (0, 1], e.g. 0.4")
-    if gpus < 1: raise ValueError(f"--gpus {gpus}: use 1 or more")
+    if not 0 < mfu <= 1:
+        raise ValueError(f"--mfu {mfu}: use (0, 1], e.g. 0.4")
+    if gpus < 1:
+        raise ValueError(f"--gpus {gpus}: use 1 or more")
     if micro_batch < 1:
         raise ValueError(f"--micro-batch {micro_batch}: use 1 or more")
     d = optimal_tokens(n) if tokens is None else parse_count(tokens)
@@ -234,14 +244,17 @@ def plan_report(plan: Plan) -> str:
 def free_port() -> int:
     "A TCP port nobody listens on, for the processes to meet at."
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 def _rank_main(rank, fn, world, port, out, args):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)           # W processes share the cores
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    try: result = fn(rank, world, *args)
-    finally: dist.destroy_process_group()
+    try:
+        result = fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
     torch.save(result, os.path.join(out, f"{rank}.pt"))
 
 def launch(fn, world: int, *args) -> list:
@@ -292,7 +305,9 @@ def train_single(cfg: GPTConfig, data, lr: float = 1e-2) -> dict:
     losses = []
     for x, y in zip(*data):
         _, loss = model(x, y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         losses.append(loss.item())
     return run_result(losses, model.state_dict(), model, opt)
 
@@ -316,7 +331,9 @@ def train_data_parallel(rank: int, world: int, parallel: str,
     losses = []
     for x, y in zip(*data):
         _, loss = model(my_rows(x, rank, world), my_rows(y, rank, world))
-        opt.zero_grad(); loss.backward(); opt.step()  # gradients averaged
+        opt.zero_grad()
+        loss.backward()
+        opt.step()  # gradients averaged
         losses.append(mean_over_ranks(loss.item(), world, "cpu"))
     return run_result(losses, full_state(model), model, opt)
 
@@ -333,17 +350,20 @@ class GPTStage(nn.Module):
         # the model's own first and last steps; their modules are registered
         # here too, so that the stage holds (and trains) their weights
         self.embed, self.unembed = model.embed, model.unembed
-        if self.first: self.tok_emb, self.pos_emb = model.tok_emb, model.pos_emb
+        if self.first:
+            self.tok_emb, self.pos_emb = model.tok_emb, model.pos_emb
         # keyed by the block's number, so names match the whole model's
         self.blocks = nn.ModuleDict({str(i): model.blocks[i]
                                      for i in range(start, stop)})
-        if self.last: self.norm_f, self.lm_head = model.norm_f, model.lm_head
+        if self.last:
+            self.norm_f, self.lm_head = model.norm_f, model.lm_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "Token ids (B, T) or activations (B, T, d) -> activations or logits."
         if self.first:
             x, _ = self.embed(x, torch.arange(x.shape[1], device=x.device))
-        for block in self.blocks.values(): x = block(x)
+        for block in self.blocks.values():
+            x = block(x)
         return self.unembed(x) if self.last else x
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -363,11 +383,15 @@ def train_pipeline(rank: int, world: int, cfg: GPTConfig, data,
     for x, y in zip(*data):
         opt.zero_grad()
         micro = []                              # the last rank's losses
-        if rank == 0: schedule.step(x)          # feeds the micro-batches
-        elif part.last: schedule.step(target=y, losses=micro)
-        else: schedule.step()
+        if rank == 0:
+            schedule.step(x)          # feeds the micro-batches
+        elif part.last:
+            schedule.step(target=y, losses=micro)
+        else:
+            schedule.step()
         opt.step()
-        if part.last: losses.append(torch.stack(micro).mean().item())
+        if part.last:
+            losses.append(torch.stack(micro).mean().item())
     return run_result(losses, part.state_dict(), part, opt)
 
 # %% ../nbs/10_scaling.ipynb #153b405f
@@ -386,6 +410,8 @@ def train_tensor_parallel(rank: int, world: int, cfg: GPTConfig, data,
     losses = []
     for x, y in zip(*data):                  # every rank: the whole batch
         _, loss = model(x, y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         losses.append(loss.item())
     return run_result(losses, full_state(model), model, opt)

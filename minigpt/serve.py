@@ -20,8 +20,10 @@ from .generate import (Continuation, SamplingConfig, encode_prompt,
                               stream)
 from .tokenizer import ENDOFTEXT
 
-try: from fastapi import Request    # the routes' annotations name it
-except ImportError: Request = None  # `minigpt serve` says what to install
+try:
+    from fastapi import Request    # the routes' annotations name it
+except ImportError:
+    Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
 __all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'CHAT_PAGE', 'APIError', 'number', 'stop_strings', 'flag', 'ServeConfig',
@@ -52,7 +54,8 @@ def number(body: dict, name: str, default, low=None, high=None,
     """body[name] (or `default`), checked to be a number (an integer) with
     low <= x <= high (low < x if `above`); None: no bound."""
     x = body.get(name)
-    if x is None: return default
+    if x is None:
+        return default
     kinds = int if integer else (int, float)
     if isinstance(x, bool) or not isinstance(x, kinds):     # JSON's true: no
         raise APIError(400, f"{name} must be "
@@ -69,7 +72,8 @@ def number(body: dict, name: str, default, low=None, high=None,
 def stop_strings(body: dict) -> tuple[str, ...]:
     "The stop field: none, a string or a list of up to MAX_STOP strings."
     stop = body.get("stop")
-    if stop is None: return ()
+    if stop is None:
+        return ()
     stop = [stop] if isinstance(stop, str) else stop
     if (not isinstance(stop, list) or len(stop) > MAX_STOP
             or not all(isinstance(s, str) and s for s in stop)):
@@ -118,7 +122,8 @@ def completion_prompt(body: dict, tok) -> list[int]:
     if not isinstance(prompt, (str, list)):
         raise APIError(400, "prompt must be a string or a list of token ids",
                        "prompt", "invalid_type")
-    try: return encode_prompt(tok, prompt)
+    try:
+        return encode_prompt(tok, prompt)
     except ValueError as e:
         raise APIError(400, f"prompt: {e}", "prompt", "invalid_value") from None
 
@@ -152,7 +157,8 @@ def chat_turns(messages) -> list[str]:
                        "starting and ending with user (system messages "
                        "may come anywhere)", "messages", "invalid_value")
     texts = [t for _, t in turns]
-    if system: texts[0] = f"{system}\n\n{texts[0]}"
+    if system:
+        texts[0] = f"{system}\n\n{texts[0]}"
     return texts
 
 # %% ../nbs/10_using.ipynb #2567f6ef
@@ -205,7 +211,8 @@ class Engine:
             raise APIError(400, "the request body must be a JSON object")
         self.check_model(body)
         cfg = sampling_config(body)
-        if chat: cfg.stop = cfg.stop + (END,)     # the end of the turn
+        if chat:
+            cfg.stop = cfg.stop + (END,)     # the end of the turn
         return self.prompt_ids(body, chat), cfg
 
     def pieces(self, ids, cfg: ServeConfig, reply: Continuation):
@@ -219,7 +226,8 @@ class Engine:
         "The whole reply, generated in the worker thread when its turn comes."
         reply = Continuation()
         def work():
-            for _ in self.pieces(ids, cfg, reply): pass
+            for _ in self.pieces(ids, cfg, reply):
+                pass
             return reply
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.worker, work)
@@ -230,22 +238,29 @@ class Engine:
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         cancelled, done = threading.Event(), object()
         def put(x):
-            try: loop.call_soon_threadsafe(queue.put_nowait, x)
-            except RuntimeError: pass              # the loop closed
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, x)
+            except RuntimeError:
+                pass              # the loop closed
         def work():
             try:
                 if not cancelled.is_set():          # not gone while queued
                     for p in self.pieces(ids, cfg, reply):
-                        if cancelled.is_set(): break    # gone now
+                        if cancelled.is_set():
+                            break    # gone now
                         put(p)
-            except Exception as e: put(e)
-            finally: put(done)
+            except Exception as e:
+                put(e)
+            finally:
+                put(done)
         loop.run_in_executor(self.worker, work)
         try:
             while (item := await queue.get()) is not done:
-                if isinstance(item, Exception): raise item
+                if isinstance(item, Exception):
+                    raise item
                 yield item
-        finally: cancelled.set()
+        finally:
+            cancelled.set()
 
 # %% ../nbs/10_using.ipynb #1f2e76ec
 def usage(ids: list[int], reply: Continuation) -> dict:
@@ -256,7 +271,8 @@ def choice(chat: bool, text: str | None, finish_reason: str | None,
            delta: bool = False, first: bool = False) -> dict:
     "One choice of a response (or of a chunk, `delta`) in OpenAI's format."
     c = {"index": 0, "finish_reason": finish_reason}
-    if not chat: return c | {"text": text or "", "logprobs": None}
+    if not chat:
+        return c | {"text": text or "", "logprobs": None}
     if not delta:
         return c | {"message": {"role": "assistant", "content": text}}
     d = ({"role": "assistant", "content": ""} if first else
@@ -277,14 +293,17 @@ async def events(engine: Engine, ids, cfg, chat: bool, include_usage: bool):
     kind = "chat.completion.chunk" if chat else "text_completion"
     chunk = lambda c, **kw: sse(response(kind, rid, engine.name, c, **kw))
     reply = Continuation()
-    if chat: yield chunk([choice(chat, None, None, delta=True, first=True)])
+    if chat:
+        yield chunk([choice(chat, None, None, delta=True, first=True)])
     try:
         async for piece in engine.stream(ids, cfg, reply):
             yield chunk([choice(chat, piece, None, delta=True)])
     except Exception as e:                   # the headers are sent: in-band
-        yield sse(APIError(500, f"generation failed: {e}").body()); return
+        yield sse(APIError(500, f"generation failed: {e}").body())
+        return
     yield chunk([choice(chat, None, reply.finish_reason, delta=True)])
-    if include_usage: yield chunk([], usage=usage(ids, reply))
+    if include_usage:
+        yield chunk([], usage=usage(ids, reply))
     yield sse("[DONE]")
 
 # %% ../nbs/10_using.ipynb #9af8eb45
@@ -305,7 +324,8 @@ def create_app(engine: Engine):
                             "/v1/models", code="not_found").body(), 404)
 
     @app.get("/", response_class=HTMLResponse)
-    async def page(): return CHAT_PAGE
+    async def page():
+        return CHAT_PAGE
 
     @app.get("/v1/models")
     async def models():
@@ -315,7 +335,8 @@ def create_app(engine: Engine):
              "context_window": engine.model.cfg.block_size}]}
 
     async def body_of(request: Request):
-        try: return json.loads(await request.body())
+        try:
+            return json.loads(await request.body())
         except ValueError as e:
             raise APIError(400, f"the body is not valid JSON ({e})",
                            code="invalid_json") from None
@@ -337,7 +358,8 @@ def create_app(engine: Engine):
                         usage=usage(ids, reply))
 
     @app.post("/v1/completions")
-    async def completions(request: Request): return await answer(request, False)
+    async def completions(request: Request):
+        return await answer(request, False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -465,7 +487,8 @@ $("clear").onclick = () => { history = []; $("log").textContent = ""; };
 # %% ../nbs/10_using.ipynb #85b0e3d8
 def require_serve_packages() -> None:
     "FastAPI and uvicorn, or one line that says how to install them."
-    try: import fastapi, uvicorn  # noqa: F401
+    try:
+        import fastapi, uvicorn  # noqa: F401
     except ImportError as e:
         raise ValueError(f"minigpt serve needs {e.name}: "
                          'pip install "minigpt[serve]"') from None
@@ -473,14 +496,16 @@ def require_serve_packages() -> None:
 def check_port(host: str, port: int) -> None:
     "An OSError that names host:port when nothing can listen there."
     try:
-        with socket.create_server((host, port)): pass
+        with socket.create_server((host, port)):
+            pass
     except OSError as e:
         raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); "
                       "choose another --port") from None
 
 def free_port(host: str = "127.0.0.1") -> int:
     "A port nothing listens on now."
-    with socket.create_server((host, 0)) as s: return s.getsockname()[1]
+    with socket.create_server((host, 0)) as s:
+        return s.getsockname()[1]
 
 class Server:
     "uvicorn serving `app` in a background thread (a notebook, a test)."
@@ -493,7 +518,8 @@ class Server:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
-    def url(self) -> str: return f"http://{self.host}:{self.port}"
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> "Server":
         self.thread.start()
@@ -507,8 +533,10 @@ class Server:
         self.server.should_exit = True
         self.thread.join()
 
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
+    def __enter__(self):
+        return self.start()
+    def __exit__(self, *exc):
+        self.stop()
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000,
           device=None, precision: str = "auto") -> None:

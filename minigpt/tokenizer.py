@@ -44,7 +44,8 @@ def check_special(text: str, specials: Iterable[str], allowed="none",
 
 def split_special(text: str, allowed: set[str]) -> list[str]:
     "Cut `text` around the allowed special tokens (parts of their own)."
-    if not allowed: return [text]
+    if not allowed:
+        return [text]
     pattern = "(" + "|".join(regex.escape(s) for s in sorted(allowed)) + ")"
     return [part for part in regex.split(pattern, text) if part]
 
@@ -66,7 +67,8 @@ class CharTokenizer:
         return cls("".join(set("".join(texts))))
 
     @property
-    def vocab_size(self) -> int: return len(self.itos)
+    def vocab_size(self) -> int:
+        return len(self.itos)
 
     def encode(self, text: str, allowed_special="none",
                disallowed_special="all") -> list[int]:
@@ -74,7 +76,9 @@ class CharTokenizer:
                                 disallowed_special)
         ids = []
         for part in split_special(text, allowed):
-            if part in allowed: ids.append(self.special_tokens[part]); continue
+            if part in allowed:
+                ids.append(self.special_tokens[part])
+                continue
             for c in part:
                 if c not in self.stoi:
                     raise ValueError(f"character {c!r} is not in the "
@@ -98,9 +102,11 @@ def merge(ids: list[int], pair: tuple[int, int], idx: int) -> list[int]:
     out, i = [], 0
     while i < len(ids):
         if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(idx); i += 2
+            out.append(idx)
+            i += 2
         else:
-            out.append(ids[i]); i += 1
+            out.append(ids[i])
+            i += 1
     return out
 
 # %% ../nbs/02_tokenizer.ipynb #8c060598
@@ -114,7 +120,8 @@ GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+"""
 def chunk_counts(texts: Iterable[str], pattern: str = GPT4_PATTERN) -> Counter:
     "How often each pre-split chunk occurs in `texts`."
     pat, counts = regex.compile(pattern), Counter()
-    for text in texts: counts.update(pat.findall(text))
+    for text in texts:
+        counts.update(pat.findall(text))
     return counts
 
 def best_pair(stats: dict) -> tuple[int, int]:
@@ -130,8 +137,10 @@ def train_bpe_naive(texts: Iterable[str], n_merges: int,
     for idx in range(256, 256 + n_merges):
         stats = {}
         for ids, n in words:
-            for pair in zip(ids, ids[1:]): stats[pair] = stats.get(pair, 0) + n
-        if not stats: break                       # every chunk is one token
+            for pair in zip(ids, ids[1:]):
+                stats[pair] = stats.get(pair, 0) + n
+        if not stats:
+            break                       # every chunk is one token
         pair = best_pair(stats)
         words = [(merge(ids, pair, idx), n) for ids, n in words]
         merges.append(pair)
@@ -143,29 +152,38 @@ def train_bpe(texts: Iterable[str], n_merges: int,
     "BPE merges with incremental pair counts; same result as the naive one."
     words, counts = [], []
     for w, n in chunk_counts(texts, pattern).items():
-        words.append(list(w.encode("utf-8"))); counts.append(n)
+        words.append(list(w.encode("utf-8")))
+        counts.append(n)
     stats, where = defaultdict(int), defaultdict(set)   # pair -> count, chunks
     for i, ids in enumerate(words):
         for pair in zip(ids, ids[1:]):
-            stats[pair] += counts[i]; where[pair].add(i)
+            stats[pair] += counts[i]
+            where[pair].add(i)
     heap = [(-n, pair) for pair, n in stats.items()]
     heapq.heapify(heap)
     merges = []
     while heap and len(merges) < n_merges:
         neg, pair = heapq.heappop(heap)
-        if stats.get(pair) != -neg: continue            # a stale entry
+        if stats.get(pair) != -neg:
+            continue            # a stale entry
         idx, changed = 256 + len(merges), set()
         merges.append(pair)
         for i in list(where[pair]):
             old, n = words[i], counts[i]
             for p in zip(old, old[1:]):
-                stats[p] -= n; where[p].discard(i); changed.add(p)
+                stats[p] -= n
+                where[p].discard(i)
+                changed.add(p)
             words[i] = new = merge(old, pair, idx)
             for p in zip(new, new[1:]):
-                stats[p] += n; where[p].add(i); changed.add(p)
+                stats[p] += n
+                where[p].add(i)
+                changed.add(p)
         for p in changed:
-            if stats[p] > 0: heapq.heappush(heap, (-stats[p], p))
-            else: del stats[p], where[p]
+            if stats[p] > 0:
+                heapq.heappush(heap, (-stats[p], p))
+            else:
+                del stats[p], where[p]
     return merges
 
 # %% ../nbs/02_tokenizer.ipynb #c4e5e3c6
@@ -178,7 +196,8 @@ def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
             rank = ranks.get(parts[i] + parts[i + 1])
             if rank is not None and (best_rank is None or rank < best_rank):
                 best, best_rank = i, rank
-        if best < 0: break
+        if best < 0:
+            break
         parts[best:best + 2] = [parts[best] + parts[best + 1]]
     return [ranks[p] for p in parts]
 
@@ -214,7 +233,8 @@ class BPETokenizer:
         for idx, (a, b) in enumerate(merges, 256):
             vocab[idx] = vocab[a] + vocab[b]
         ranks = {}
-        for i, b in vocab.items(): ranks.setdefault(b, i)   # first id wins
+        for i, b in vocab.items():
+            ranks.setdefault(b, i)   # first id wins
         n = 256 + len(merges)
         return cls(ranks, pattern, {s: n + k for k, s in enumerate(specials)},
                    list(merges))
@@ -234,7 +254,8 @@ class BPETokenizer:
         return cls.from_merges(merges, pattern, specials)
 
     @property
-    def vocab_size(self) -> int: return max(self.vocab) + 1
+    def vocab_size(self) -> int:
+        return max(self.vocab) + 1
 
     def encode_ordinary(self, text: str) -> list[int]:
         "Token ids of `text`, treating special-token strings as plain text."
@@ -243,7 +264,8 @@ class BPETokenizer:
             piece = chunk.encode("utf-8")
             if (cached := self._cache.get(piece)) is None:
                 cached = bpe_encode_chunk(piece, self.ranks)
-                if len(self._cache) < 200_000: self._cache[piece] = cached
+                if len(self._cache) < 200_000:
+                    self._cache[piece] = cached
             ids += cached
         return ids
 
@@ -254,12 +276,15 @@ class BPETokenizer:
                                 disallowed_special)
         ids = []
         for part in split_special(text, allowed):
-            if part in allowed: ids.append(self.special_tokens[part])
-            else: ids += self.encode_ordinary(part)
+            if part in allowed:
+                ids.append(self.special_tokens[part])
+            else:
+                ids += self.encode_ordinary(part)
         return ids
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        try: return b"".join(self.vocab[int(i)] for i in ids)  # tensors too
+        try:
+            return b"".join(self.vocab[int(i)] for i in ids)  # tensors too
         except KeyError as e:
             raise ValueError(f"token id {e.args[0]} is not in the vocabulary "
                              f"(0..{self.vocab_size - 1})") from None
@@ -288,7 +313,8 @@ def tokenizer_state(tok) -> dict:
     "Everything that decides the token ids, as JSON-ready data."
     base = {"format": FORMAT, "version": VERSION, "kind": tok.kind,
             "special_tokens": tok.special_tokens}
-    if tok.kind == "char": return base | {"chars": tok.chars}
+    if tok.kind == "char":
+        return base | {"chars": tok.chars}
     if tok.merges is None:
         raise ValueError("only trained tokenizers (with merges) can be saved")
     return base | {"pattern": tok.pattern,
@@ -323,7 +349,8 @@ def load_tokenizer(path: str | Path):
     def bad(why):
         return ValueError(f"{path}: not a valid minigpt tokenizer file "
                           f"({why}); train or copy it again")
-    try: state = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise bad(e) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -347,8 +374,10 @@ def load_tokenizer(path: str | Path):
                 if not all(isinstance(t, int) and 0 <= t < idx for t in (a, b)):
                     raise ValueError(f"merge {idx} uses a later token")
             tok = BPETokenizer.from_merges(merges, state["pattern"], specials)
-        else: raise ValueError(f"unknown kind {state['kind']!r}")
-    except KeyError as e: raise bad(f"no {e.args[0]!r} entry") from None
+        else:
+            raise ValueError(f"unknown kind {state['kind']!r}")
+    except KeyError as e:
+        raise bad(f"no {e.args[0]!r} entry") from None
     except (TypeError, ValueError, regex.error) as e:
         raise bad(f"{type(e).__name__}: {e}") from None
     if tok.special_tokens != state["special_tokens"]:

@@ -124,7 +124,8 @@ def train_config_rules(cfg: TrainConfig) -> list[tuple]:
 # %% ../nbs/06_pretraining.ipynb #9275fce6
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     "The learning rate at `step`."
-    if step < cfg.warmup_steps: return cfg.lr * (step + 1) / cfg.warmup_steps
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
     lo = cfg.lr * cfg.min_lr_ratio
     span = max(1, cfg.max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
@@ -151,7 +152,8 @@ def parameter_groups_for_decay(model: torch.nn.Module, weight_decay: float):
     "Two AdamW groups: matrices of linear layers decay; the rest does not."
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad: continue
+        if not p.requires_grad:
+            continue
         matrix = p.dim() >= 2 and "emb" not in name
         (decay if matrix else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
@@ -239,7 +241,8 @@ def record_resume(run: Path, cfg: TrainConfig, step: int) -> None:
     old = TrainConfig.from_dict(saved["train"])
     changed = {k: [v, getattr(cfg, k)] for k, v in asdict(old).items()
                if getattr(cfg, k) != v}
-    if not changed: return
+    if not changed:
+        return
     saved["train"] = asdict(cfg)
     saved["resumes"] = saved.get("resumes", []) + [
         {"step": step, "changed": changed}]
@@ -289,8 +292,11 @@ def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
             model_cfg, cfg = _prepare_run(run, data, model_cfg, cfg, True,
                                           changes, world)
     precision = choose_precision(device, cfg.precision)
-    if device.type == "cuda": torch.backends.cuda.matmul.allow_tf32 = True
-    torch.manual_seed(cfg.seed); random.seed(cfg.seed); np.random.seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     model = GPT(model_cfg).to(device)
     model.activation_checkpointing = cfg.activation_checkpointing
     if resume:                  # the newest checkpoint, every file checked
@@ -322,7 +328,8 @@ def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
 def _divergence_advice(t: Trainer) -> str:
     "What to do about a non-finite loss or gradient, and what is safe."
     fix = "a lower --lr or more --warmup-steps"
-    if t.precision == "fp16": fix += ", or --precision bf16"
+    if t.precision == "fp16":
+        fix += ", or --precision bf16"
     checkpoint = latest_checkpoint(t.run)
     if checkpoint is None:
         return f"No checkpoint was saved; start again with {fix}"
@@ -331,24 +338,28 @@ def _divergence_advice(t: Trainer) -> str:
 
 def to_device(batch: tuple, device: torch.device) -> tuple:
     "The tensors of a CPU batch on `device`; to a GPU without waiting for it."
-    if device.type != "cuda": return tuple(b.to(device) for b in batch)
+    if device.type != "cuda":
+        return tuple(b.to(device) for b in batch)
     return tuple(b.pin_memory().to(device, non_blocking=True) for b in batch)
 
 def train_step(t: Trainer, step_model, ctx) -> dict:
     "One optimizer step: accumulate, unscale, clip, update; its numbers."
     step, cfg = t.progress["step"], t.cfg
     lr = learning_rate(step, cfg)
-    for g in t.optimizer.param_groups: g["lr"] = lr
+    for g in t.optimizer.param_groups:
+        g["lr"] = lr
     loss_sum = torch.zeros((), device=t.device)
     for i in range(cfg.grad_accum):
         x, y = to_device(t.sampler.next_batch(), t.device)
         with grad_sync(t.step_model, on=i == cfg.grad_accum - 1):
-            with ctx: _, loss = step_model(x, y)
+            with ctx:
+                _, loss = step_model(x, y)
             t.scaler.scale(loss / cfg.grad_accum).backward()
         loss_sum += loss.detach().float() / cfg.grad_accum   # no wait here
     t.scaler.unscale_(t.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
-    if hasattr(norm, "full_tensor"): norm = norm.full_tensor()  # FSDP: DTensor
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()  # FSDP: DTensor
     loss_sum, norm = torch.stack([loss_sum, norm.float()]).tolist()  # one wait
     loss_sum = mean_over_ranks(loss_sum, t.world_size, t.device)
     if not math.isfinite(loss_sum):
@@ -358,7 +369,8 @@ def train_step(t: Trainer, step_model, ctx) -> dict:
         raise FloatingPointError(f"the gradient norm is {norm} at step "
                                  f"{step} (the loss is finite). "
                                  f"{_divergence_advice(t)}")
-    t.scaler.step(t.optimizer); t.scaler.update()
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
     t.optimizer.zero_grad(set_to_none=True)
     return {"step": step + 1, "loss": loss_sum, "lr": lr,
             "grad_norm": norm}
@@ -376,12 +388,14 @@ def evaluate_and_save(t: Trainer, ctx, bytes_per_token: float) -> dict:
     weights = full_weights(t.model, t.model_cfg, t.rank)  # None if rank > 0
     opt_state = optimizer_state(t.model, t.optimizer)
     best = val < t.progress["best_val"]
-    if best: t.progress["best_val"] = val
+    if best:
+        t.progress["best_val"] = val
     if t.rank == 0:
         keep = bool(t.cfg.keep_every) and step % t.cfg.keep_every == 0
         save_checkpoint(t.run, weights, opt_state, t.scaler, t.sampler,
                         t.progress, best, keep)
-    if t.world_size > 1: dist.barrier()   # saved before anyone goes on
+    if t.world_size > 1:
+        dist.barrier()   # saved before anyone goes on
     return {"val_loss": val, "val_ppl": perplexity(val),
             "val_bpb": bits_per_byte(val, bytes_per_token)}
 
@@ -400,9 +414,11 @@ def train(data_dir: str | Path, run_dir: str | Path,
         run.mkdir(parents=True, exist_ok=True)
     with run_lock(run) if main else nullcontext():   # one writer per run
         t = setup(data_dir, run, model_cfg, cfg, resume, changes, device)
-        try: return _loop(t, stop_at, progress_bar)
+        try:
+            return _loop(t, stop_at, progress_bar)
         finally:
-            if t.world_size > 1: dist.destroy_process_group()
+            if t.world_size > 1:
+                dist.destroy_process_group()
 
 def _fit_schedule(t: Trainer, times: list[float], elapsed: float) -> None:
     "Fit max_steps to the time left (all ranks agree); save it in config.json."
@@ -439,14 +455,17 @@ def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
     handlers = {}
     try:
         for s in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(s) is signal.SIG_IGN: continue  # nohup, `&`:
+            if signal.getsignal(s) is signal.SIG_IGN:
+                continue  # nohup, `&`:
             handlers[s] = signal.signal(s, on_signal)   # the shell's wish holds
-    except ValueError: pass          # not the main thread: no signal handling
+    except ValueError:
+        pass          # not the main thread: no signal handling
     bar = tqdm(total=cfg.max_steps, initial=progress["step"], unit="step",
                disable=not (progress_bar and main), dynamic_ncols=True)
     session = time.perf_counter()                 # max_time counts from here
     start, last, reason = session - progress["seconds"], {}, None
-    if progress["step"] >= cfg.max_steps: reason = "max_steps"   # nothing to do
+    if progress["step"] >= cfg.max_steps:
+        reason = "max_steps"   # nothing to do
     t.model.train()
     metrics = open(t.run / "metrics.jsonl", "a") if main else None
     probe = []                       # step times, to fit the schedule to time
@@ -493,7 +512,9 @@ def _loop(t: Trainer, stop_at: int | None, progress_bar: bool) -> dict:
                         f.write(f"--- step {progress['step']}\n{text}\n")
     finally:
         bar.close()
-        if metrics: metrics.close()
-        for s, h in handlers.items(): signal.signal(s, h)
+        if metrics:
+            metrics.close()
+        for s, h in handlers.items():
+            signal.signal(s, h)
     return {"reason": reason, "precision": t.precision, "device": str(t.device),
             "world_size": t.world_size, **progress, **last}
