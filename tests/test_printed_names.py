@@ -29,7 +29,15 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
+
+
+def book_notebooks() -> list[Path]:
+    "The chapters and appendices of `_quarto.yml`, in reading order."
+    from provenance import book_notebooks, project_layout
+    return book_notebooks(project_layout(ROOT))
+
+
+NOTEBOOKS = book_notebooks()
 HIDDEN = re.compile(r"^#\|\s*(?:(?:hide|default_exp|check)\b|include:\s*false|echo:\s*false)", re.M)
 BUILTINS = frozenset(dir(builtins))
 

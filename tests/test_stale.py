@@ -51,6 +51,9 @@ def layout(tmp_path) -> pv.Layout:
         (tmp_path / "pkg" / name).write_text(text)
     (tmp_path / "nbs").mkdir()
     (tmp_path / "nbs" / "book.py").write_text("from pkg import base\nFULL = True\n")
+    (tmp_path / "_quarto.yml").write_text(   # the book's chapters, in reading order
+        "book:\n  chapters:\n" + "".join(f"    - nbs/{n}.ipynb\n" for n in (
+            "00_index", "01_fresh", "02_old", "03_new")))
     return pv.project_layout(tmp_path)
 
 
@@ -266,6 +269,6 @@ def test_the_repository_keeps_the_record_key():
     assert pv.KEY in get_config(path=ROOT).get("allowed_metadata_keys")
     layout = pv.project_layout(ROOT)
     assert (layout.nbs, layout.lib) == (ROOT / "nbs", ROOT / "minigpt")
-    cli = pv.code_record(pv.read_notebook(ROOT / "nbs" / "11_cli.ipynb"), layout)
+    cli = pv.code_record(pv.read_notebook(ROOT / "nbs" / "12_cli.ipynb"), layout)
     assert {"minigpt/__init__.py", "minigpt/__main__.py", "minigpt/model.py"} <= set(
         cli["definitions"])                  # the chapter runs the command

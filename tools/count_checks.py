@@ -31,8 +31,9 @@ def printed_lines(nb: Path) -> tuple[int, int, int]:
 
 
 def main() -> int:
+    from provenance import book_notebooks, project_layout
     total = [0, 0, 0]
-    for nb in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")):
+    for nb in book_notebooks(project_layout(ROOT)):
         counts = printed_lines(nb)
         print(f"{nb.name:28s} code {counts[0]:5d}  checks {counts[1]:4d}  check cells {counts[2]:3d}")
         total = [t + c for t, c in zip(total, counts)]

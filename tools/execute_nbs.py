@@ -1,7 +1,7 @@
 """Re-execute notebooks top to bottom and save their outputs: what the book prints.
 
     python tools/execute_nbs.py                 the stale ones (see tools/stale.py)
-    python tools/execute_nbs.py --all           every nbs/[0-9]*.ipynb
+    python tools/execute_nbs.py --all           every chapter of _quarto.yml, in order
     python tools/execute_nbs.py NOTEBOOK ...    these
 
 Each notebook runs in a fresh Python process with `MINIGPT_BOOK=1`, the book's full settings
@@ -64,7 +64,7 @@ def notebooks_to_run(args, layout: Layout) -> list[Path]:
 def main(argv) -> int:
     parser = argparse.ArgumentParser(description="Re-execute notebooks with the book's settings.")
     parser.add_argument("notebooks", nargs="*", help="default: the stale ones")
-    parser.add_argument("--all", action="store_true", help="every numbered notebook")
+    parser.add_argument("--all", action="store_true", help="every chapter of the book")
     args = parser.parse_args(argv)
     layout = project_layout()
     nbs = notebooks_to_run(args, layout)

@@ -54,8 +54,12 @@ def project_layout(root: Path = ROOT) -> Layout:
 
 
 def book_notebooks(layout: Layout) -> list[Path]:
-    "The notebooks `execute_nbs.py` runs by default: the numbered ones, in reading order."
-    return sorted(layout.nbs.glob("[0-9]*.ipynb"))
+    "The book's notebooks in reading order: `_quarto.yml`'s chapters, then its appendices."
+    import sys
+    book_dir = str(layout.root / "book")
+    if book_dir not in sys.path: sys.path.insert(0, book_dir)
+    from build import chapters, read_config
+    return [c.notebook for c in chapters(read_config(layout.root / "_quarto.yml"), layout.root)]
 
 
 def short_hash(text: str) -> str:
