@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import atomic_write, fsync_path
+from .common import atomic_write, fsync_path
 from .device import resolve_device
 from .model import GPT, GPTConfig
 from .tokenizer import load_tokenizer

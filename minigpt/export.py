@@ -9,42 +9,34 @@ from pathlib import Path
 import torch
 
 from .checkpoint import read_json
-from .data import atomic_write
+from .common import END, ENDOFTEXT, PAD, atomic_write
 from .device import resolve_device
-from .finetune import END
-from .model import GPT, GPTConfig, _hf_gpt2_keys, save_hf_gpt2
-from .tokenizer import ENDOFTEXT, PAD, SAFE_PATTERNS, BPETokenizer
+from .model import (GPT, GPTConfig, _hf_gpt2_keys, model_family,
+                           save_hf_gpt2)
+from .tokenizer import SAFE_PATTERNS, BPETokenizer
 
 # %% auto #0
-__all__ = ['HF_SHAPES', 'BYTE_CHARS', 'PROBE_TEXTS', 'HF_FILES', 'hf_architecture', 'llama_names', 'qkv_sizes', 'hf_llama_state',
+__all__ = ['HF_NEEDS', 'BYTE_CHARS', 'PROBE_TEXTS', 'HF_FILES', 'hf_architecture', 'llama_names', 'qkv_sizes', 'hf_llama_state',
            'hf_llama_config', 'save_hf_llama', 'gpt_config_from_hf', 'from_hf_state', 'bytes_to_unicode',
            'token_string', 'hf_merges', 'hf_tokenizer_json', 'hf_special_tokens', 'save_hf_tokenizer',
            'load_hf_tokenizer', 'probe_texts', 'hf_generation_config', 'write_json', 'export_hf', 'load_hf',
            'check_export_dir']
 
 # %% ../nbs/10_using.ipynb #028b7131
-HF_SHAPES = {   # what each Hugging Face architecture fixes in a GPTConfig
-    "gpt2": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True,
-                 tie_weights=True),
-    "llama": dict(pos="rope", norm="rmsnorm", mlp="swiglu")}
+HF_NEEDS = {"gpt2": dict(tie_weights=True)}   # beyond the family: GPT2LMHeadModel
 
 def hf_architecture(cfg: GPTConfig) -> str:
     "'gpt2' or 'llama', the HF architecture of `cfg`; else ValueError."
-    if cfg.pos not in ("learned", "rope"):
-        raise ValueError(f"GPTConfig.pos={cfg.pos!r}: no Hugging Face "
-                         "architecture has it; GPT-2 learns its positions "
-                         "(pos='learned'), Llama rotates them (pos='rope')")
-    arch = "gpt2" if cfg.pos == "learned" else "llama"
-    for field, want in HF_SHAPES[arch].items():
+    family = model_family(cfg)
+    for field, want in HF_NEEDS.get(family, {}).items():
         if getattr(cfg, field) != want:
             raise ValueError(
-                f"GPTConfig.{field}={getattr(cfg, field)!r}: pos={cfg.pos!r} "
-                f"makes it {arch}, which needs {field}={want!r}; no Hugging "
-                "Face architecture computes this model")
-    if arch == "gpt2" and cfg.n_kv_head != cfg.n_head:
+                f"GPTConfig.{field}={getattr(cfg, field)!r}: transformers' "
+                f"{family} needs {field}={want!r}")
+    if family == "gpt2" and cfg.n_kv_head != cfg.n_head:
         raise ValueError(f"GPTConfig.n_kv_head={cfg.n_kv_head}: GPT-2 has no "
                          "grouped-query attention (n_kv_head must be n_head)")
-    return arch
+    return family
 
 # %% ../nbs/10_using.ipynb #9a1c359e
 def llama_names(cfg: GPTConfig) -> dict[str, str]:
@@ -66,7 +58,7 @@ def llama_names(cfg: GPTConfig) -> dict[str, str]:
 
 def qkv_sizes(cfg: GPTConfig) -> list[int]:
     "Rows of our fused qkv layer that are queries, keys and values."
-    d_kv = cfg.d_model // cfg.n_head * cfg.n_kv_head
+    d_kv = cfg.d_head * cfg.n_kv_head
     return [cfg.d_model, d_kv, d_kv]
 
 def hf_llama_state(model: GPT) -> dict[str, torch.Tensor]:
@@ -89,7 +81,7 @@ def hf_llama_config(cfg: GPTConfig) -> dict:
             "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layer,
             "num_attention_heads": cfg.n_head,
             "num_key_value_heads": cfg.n_kv_head,
-            "head_dim": cfg.d_model // cfg.n_head, "hidden_act": "silu",
+            "head_dim": cfg.d_head, "hidden_act": "silu",
             "max_position_embeddings": cfg.block_size,
             "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_base,
             "rope_parameters": {"rope_type": "default",

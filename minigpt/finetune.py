@@ -16,25 +16,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_run, save_weights
-from .data import atomic_write
+from .common import (CHAT_TOKENS, END, IGNORE_INDEX, PAD, USER,
+                            atomic_write)
 from .device import autocast, choose_precision
 from .evaluate import read_records, score_continuations
 from .generate import SamplingConfig, decode_steps, generate
-from .loader import (IGNORE_INDEX, document_mask,
-                            document_positions)
+from .loader import document_mask, document_positions
 from .model import GPT, GPTConfig, token_logprobs
-from .tokenizer import BPETokenizer, PAD, save_tokenizer
+from .tokenizer import BPETokenizer, save_tokenizer
 from .train import TrainConfig, learning_rate
 
 # %% auto #0
-__all__ = ['FIELDS', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'load_examples', 'speeches', 'work_of', 'work_title',
-           'check_task_pool', 'task_examples', 'add_chat_tokens', 'resize_vocab', 'text_ids', 'role_ids', 'chat_ids',
-           'instruction_text', 'prompt_ids', 'encode_example', 'pack_examples', 'sft_loss', 'FinetuneConfig',
-           'finetune', 'sft', 'answer_accuracy', 'option_pairs', 'option_accuracy', 'response_token_logprobs',
-           'response_logprobs', 'dpo_loss', 'preference_pairs', 'freeze_reference', 'dpo', 'LoRALinear', 'add_lora',
-           'merge_lora', 'trainable', 'task_rewards', 'sample_group', 'group_advantages', 'grpo_loss', 'rl',
-           'reward_model', 'sequence_rewards', 'train_reward_model', 'pair_accuracy', 'save_finetuned',
-           'load_for_finetuning', 'preference_examples']
+__all__ = ['FIELDS', 'load_examples', 'speeches', 'work_of', 'work_title', 'check_task_pool', 'task_examples', 'add_chat_tokens',
+           'resize_vocab', 'text_ids', 'role_ids', 'chat_ids', 'instruction_text', 'prompt_ids', 'encode_example',
+           'pack_examples', 'sft_loss', 'FinetuneConfig', 'finetune', 'sft', 'answer_accuracy', 'option_pairs',
+           'option_accuracy', 'response_token_logprobs', 'response_logprobs', 'dpo_loss', 'preference_pairs',
+           'freeze_reference', 'dpo', 'LoRALinear', 'add_lora', 'merge_lora', 'trainable', 'task_rewards',
+           'sample_group', 'group_advantages', 'grpo_loss', 'rl', 'reward_model', 'sequence_rewards',
+           'train_reward_model', 'pair_accuracy', 'save_finetuned', 'load_for_finetuning', 'preference_examples']
 
 # %% ../nbs/09_finetuning.ipynb #5035029e
 FIELDS = ("instruction", "input", "output")
@@ -121,9 +120,6 @@ def task_examples(docs, n: int, seed: int = 0,
     return out
 
 # %% ../nbs/09_finetuning.ipynb #9932f0ca
-USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
-CHAT_TOKENS = (USER, ASSISTANT, END)
-
 def add_chat_tokens(tok: BPETokenizer) -> BPETokenizer:
     "The tokenizer with the role tokens added after its special tokens."
     if USER in tok.special_tokens:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT, GPTConfig
-from .tokenizer import ENDOFTEXT, PAD
+from .common import ENDOFTEXT, PAD
 
 # %% auto #0
 __all__ = ['top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'SamplingConfig', 'sampling_generator', 'next_token',
@@ -117,7 +117,7 @@ class KVCache:
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int,
                  device=None, dtype=torch.float32):
         shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len,
-                 cfg.d_model // cfg.n_head)    # (L, B, h_kv, T_max, d_head)
+                 cfg.d_head)    # (L, B, h_kv, T_max, d_head)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0                        # positions filled so far

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import atomic_write
-from .tokenizer import GPT2_PATTERN, GPT4_PATTERN, ENDOFTEXT, PAD
-from .model import GPT
+from .common import ENDOFTEXT, PAD, atomic_write
+from .tokenizer import GPT2_PATTERN, GPT4_PATTERN
+from .model import GPT, model_family
 from .checkpoint import load_run
 from .export import token_string
 
 
 # %% auto #0
 __all__ = ['GGUF_MAGIC', 'GGUF_VERSION', 'ALIGNMENT', 'UINT32', 'INT32', 'FLOAT32', 'BOOL', 'STRING', 'ARRAY', 'F32', 'F16',
-           'Q8_0', 'TENSOR_TYPES', 'FILE_TYPES', 'Q8_BLOCK', 'ARCHITECTURES', 'PRE_TOKENIZERS', 'NORMAL', 'CONTROL',
+           'Q8_0', 'TENSOR_TYPES', 'FILE_TYPES', 'Q8_BLOCK', 'GGUF_NEEDS', 'PRE_TOKENIZERS', 'NORMAL', 'CONTROL',
            'UNUSED', 'gguf_string', 'gguf_value', 'round_half_away', 'quantize_q8_0', 'tensor_bytes', 'tensor_type',
            'pad_to', 'tensor_nbytes', 'gguf_header', 'write_gguf_file', 'rope_interleave', 'llama_tensors',
            'gpt2_tensors', 'gguf_architecture', 'model_metadata', 'tokenizer_metadata', 'write_gguf', 'export_gguf']
@@ -141,7 +141,7 @@ def rope_interleave(w: torch.Tensor, n_head: int) -> torch.Tensor:
 def llama_tensors(model: GPT) -> dict[str, torch.Tensor]:
     "llama.cpp's names for the weights of a Llama-shaped GPT."
     cfg, out = model.cfg, {"token_embd.weight": model.tok_emb.weight}
-    d_kv = cfg.d_model // cfg.n_head * cfg.n_kv_head
+    d_kv = cfg.d_head * cfg.n_kv_head
     for i, b in enumerate(model.blocks):
         q, k, v = b.attn.qkv.weight.split([cfg.d_model, d_kv, d_kv])
         out |= {f"blk.{i}.attn_norm.weight": b.norm1.weight,
@@ -176,20 +176,17 @@ def gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 # %% ../nbs/10_using.ipynb #6bc053f8
-ARCHITECTURES = {   # llama.cpp's name -> the GPTConfig fields it needs
-    "llama": dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False),
-    "gpt2": dict(norm="layernorm", mlp="gelu", pos="learned", bias=True)}
+GGUF_NEEDS = {"llama": dict(bias=False)}   # our llama tensors have no biases
 
 def gguf_architecture(cfg) -> str:
     "The llama.cpp architecture that computes what a GPT of `cfg` computes."
-    for arch, fields in ARCHITECTURES.items():
-        if all(getattr(cfg, k) == v for k, v in fields.items()):
-            return arch
-    shapes = "; ".join(f"{a}: " + ", ".join(f"{k}={v!r}" for k, v in f.items())
-                       for a, f in ARCHITECTURES.items())
-    raise ValueError(f"GGUF export supports two model shapes ({shapes}); "
-                     f"this model has norm={cfg.norm!r}, mlp={cfg.mlp!r}, "
-                     f"pos={cfg.pos!r}, bias={cfg.bias!r}")
+    family = model_family(cfg)     # llama.cpp's names: "gpt2", "llama"
+    for field, want in GGUF_NEEDS.get(family, {}).items():
+        if getattr(cfg, field) != want:
+            raise ValueError(
+                f"GPTConfig.{field}={getattr(cfg, field)!r}: GGUF export of a "
+                f"{family} model needs {field}={want!r}")
+    return family
 
 def model_metadata(cfg, arch: str) -> dict:
     "The hyperparameters llama.cpp reads, under `arch`'s prefix."
@@ -201,7 +198,7 @@ def model_metadata(cfg, arch: str) -> dict:
     if arch == "llama":
         meta |= {"attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
                  "rope.freq_base": float(cfg.rope_base),
-                 "rope.dimension_count": cfg.d_model // cfg.n_head}
+                 "rope.dimension_count": cfg.d_head}
     else:
         meta["attention.layer_norm_epsilon"] = float(cfg.norm_eps)
     return {f"{arch}.{k}": v for k, v in meta.items()}

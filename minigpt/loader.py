@@ -17,17 +17,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .data import CleanConfig, load_corpus, run_pipeline, temp_beside
-from .tokenizer import (ENDOFTEXT, BPETokenizer, fingerprint,
-                               load_tokenizer, merges_needed, save_tokenizer,
-                               to_tiktoken)
+from .common import ENDOFTEXT, IGNORE_INDEX, temp_beside
+from .data import CleanConfig, load_corpus, run_pipeline
+from .tokenizer import (BPETokenizer, fingerprint, load_tokenizer,
+                               merges_needed, save_tokenizer, to_tiktoken)
 
 # %% auto #0
-__all__ = ['MAGIC', 'SHARD_VERSION', 'HEADER_BYTES', 'META', 'PREPARED', 'META_FIELDS', 'SPLIT_FIELDS', 'IGNORE_INDEX',
-           'token_dtype', 'shard_header', 'read_header', 'ShardWriter', 'open_shard', 'encode_documents',
-           'check_splits', 'write_splits', 'publish', 'prepare', 'PreparedData', 'meta_error', 'meta_problem',
-           'read_meta', 'file_inside', 'open_data', 'check_ids', 'BatchSampler', 'eval_batches', 'TokenDataset',
-           'padding_waste', 'document_ids', 'document_positions', 'document_mask']
+__all__ = ['MAGIC', 'SHARD_VERSION', 'HEADER_BYTES', 'META', 'PREPARED', 'META_FIELDS', 'SPLIT_FIELDS', 'token_dtype',
+           'shard_header', 'read_header', 'ShardWriter', 'open_shard', 'encode_documents', 'check_splits',
+           'write_splits', 'publish', 'prepare', 'PreparedData', 'meta_error', 'meta_problem', 'read_meta',
+           'file_inside', 'open_data', 'check_ids', 'BatchSampler', 'eval_batches', 'TokenDataset', 'padding_waste',
+           'document_ids', 'document_positions', 'document_mask']
 
 # %% ../nbs/03_loader.ipynb #bfc630da
 MAGIC = b"MGPTTOK\0"
@@ -347,8 +347,6 @@ class BatchSampler:
         self.rng.bit_generator.state = state["rng"]
 
 # %% ../nbs/03_loader.ipynb #cd497195
-IGNORE_INDEX = -100   # targets with this value are skipped by F.cross_entropy
-
 def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int,
                  rank: int = 0, world_size: int = 1):
     "(x, y) batches over the whole stream; every target once across all ranks."

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .data import atomic_write
-from .loader import IGNORE_INDEX, eval_batches
+from .common import IGNORE_INDEX, atomic_write
+from .loader import eval_batches
 
 # %% auto #0
 __all__ = ['PANELS', 'perplexity', 'bits_per_byte', 'eval_batch_count', 'validation_loss', 'text_bytes', 'trim_metrics',

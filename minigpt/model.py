@@ -13,15 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .loader import IGNORE_INDEX
+from .common import IGNORE_INDEX
 from .attention import (CausalSelfAttention, rope_angles,
                                sinusoidal_positions)
 
 # %% auto #0
-__all__ = ['LLAMA', 'PRESETS', 'RMSNorm', 'MLP', 'SwiGLU', 'Block', 'make_norm', 'GPTConfig', 'check_gpt_config', 'GPT',
-           'token_logprobs', 'rnn_cell', 'lstm_cell', 'Recurrent', 'RNNLanguageModel', 'parameter_groups', 'meta_model',
-           'matmul_params', 'flops_per_token', 'training_state_bytes', 'check_gpt2_compatible', 'from_hf_gpt2',
-           'save_hf_gpt2']
+__all__ = ['LLAMA', 'PRESETS', 'FAMILIES', 'FREE_FIELDS', 'STATE_BYTES', 'STATE_PARTS', 'RMSNorm', 'MLP', 'SwiGLU', 'Block',
+           'make_norm', 'GPTConfig', 'check_gpt_config', 'model_family', 'lm_loss', 'GPT', 'token_logprobs', 'rnn_cell',
+           'lstm_cell', 'Recurrent', 'RNNLanguageModel', 'parameter_groups', 'meta_model', 'matmul_params',
+           'flops_per_token', 'training_state_bytes', 'check_gpt2_compatible', 'from_hf_gpt2', 'save_hf_gpt2']
 
 # %% ../nbs/05_model.ipynb #8872cd33
 class RMSNorm(nn.Module):
@@ -115,6 +115,11 @@ class GPTConfig:
                              f"{', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
+    @property
+    def d_head(self) -> int:
+        "The width of one attention head."
+        return self.d_model // self.n_head
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -127,7 +132,7 @@ class GPTConfig:
         return cls(**d)
 
 LLAMA = dict(norm="rmsnorm", mlp="swiglu", pos="rope", tie_weights=False,
-             bias=False, vocab_size=32000)
+             bias=False, vocab_size=32000)   # the fields of the Llama presets
 PRESETS = {
     "cpu": dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4,
                 d_model=256),
@@ -161,11 +166,49 @@ def check_gpt_config(cfg: GPTConfig) -> None:
     if cfg.n_head % cfg.n_kv_head:
         raise ValueError(f"GPTConfig: n_head={cfg.n_head} is not a "
                          f"multiple of n_kv_head={cfg.n_kv_head}")
-    if cfg.pos == "rope" and (cfg.d_model // cfg.n_head) % 2:
+    if cfg.pos == "rope" and cfg.d_head % 2:
         raise ValueError("GPTConfig: RoPE needs an even head width")
     if not 0 <= cfg.dropout < 1:
         raise ValueError(f"GPTConfig.dropout={cfg.dropout}: use [0, 1)")
 
+
+# %% ../nbs/05_model.ipynb #7723f0a3
+FAMILIES = {   # family -> the GPTConfig values that make a model one of it
+    "gpt2": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True),
+    "llama": dict(pos="rope", norm="rmsnorm", mlp="swiglu"),
+}
+FREE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head",
+               "d_model", "d_ff", "bias", "tie_weights", "norm_eps",
+               "rope_base", "dropout", "use_sdpa")   # any family takes these
+
+def model_family(cfg: GPTConfig) -> str:
+    "'gpt2' or 'llama': the family whose programs compute `cfg`; else ValueError."
+    known = set(FREE_FIELDS).union(*FAMILIES.values())
+    for f in fields(cfg):
+        if f.name not in known:
+            raise ValueError(
+                f"GPTConfig.{f.name}: no model family says what it must be; "
+                "add it to FAMILIES or FREE_FIELDS (nbs/05_model.ipynb)")
+    family = next((name for name, fixed in FAMILIES.items()
+                   if fixed["pos"] == cfg.pos), None)
+    if family is None:
+        raise ValueError(f"GPTConfig.pos={cfg.pos!r}: no model family has it; "
+                         "GPT-2 learns its positions (pos='learned'), Llama "
+                         "rotates them (pos='rope')")
+    for field, want in FAMILIES[family].items():
+        if getattr(cfg, field) != want:
+            raise ValueError(
+                f"GPTConfig.{field}={getattr(cfg, field)!r}: pos={cfg.pos!r} "
+                f"makes it {family}, which needs {field}={want!r}; no "
+                "published model computes this one")
+    return family
+
+# %% ../nbs/05_model.ipynb #b69c85c6
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor,
+            reduction: str = "mean") -> torch.Tensor:
+    "Cross-entropy of logits (..., V) for targets (...); IGNORE_INDEX skipped."
+    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(),
+                           ignore_index=IGNORE_INDEX, reduction=reduction)
 
 # %% ../nbs/05_model.ipynb #77bbab59
 class GPT(nn.Module):
@@ -206,8 +249,8 @@ class GPT(nn.Module):
             x = x + self.pos_table[positions]
         rope = None
         if self.cfg.pos == "rope":
-            d_head = self.cfg.d_model // self.cfg.n_head
-            cos, sin = rope_angles(d_head, positions, self.cfg.rope_base)
+            cos, sin = rope_angles(self.cfg.d_head, positions,
+                                   self.cfg.rope_base)
             rope = (cos.to(x.dtype), sin.to(x.dtype))
         return self.drop(x), rope
 
@@ -241,10 +284,7 @@ class GPT(nn.Module):
         logits = self.unembed(x)                                  # (B, T, V)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)),
-                               targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
-        return logits, loss
+        return logits, lm_loss(logits, targets)
 
 # %% ../nbs/05_model.ipynb #5a1c0e12
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -343,9 +383,7 @@ class RNNLanguageModel(nn.Module):
         logits = self.head(h)
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)),
-                                       targets.reshape(-1),
-                                       ignore_index=IGNORE_INDEX)
+        return logits, lm_loss(logits, targets)
 
 # %% ../nbs/05_model.ipynb #b36af193
 def parameter_groups(model: nn.Module) -> dict[str, int]:
@@ -386,11 +424,16 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
     T = seq_len or cfg.block_size
     return 6 * matmul_params(cfg) + 12 * cfg.n_layer * T * cfg.d_model
 
-def training_state_bytes(n_params: int, precision: str = "fp32") -> dict:
+# bytes per parameter: (weights, gradients, AdamW state incl. an fp32 master)
+STATE_BYTES = {"fp32": (4, 4, 8), "mixed": (2, 2, 12), "bf16": (2, 2, 4)}
+STATE_PARTS = ("weights", "gradients", "optimizer")
+
+def training_state_bytes(n_params: float, precision: str = "fp32") -> dict:
     "Bytes of weights, gradients and AdamW state per precision."
-    per = {"fp32": (4, 4, 8), "mixed": (2, 2, 12)}[precision]
-    return dict(zip(("weights", "gradients", "optimizer"),
-                    (n_params * b for b in per)))
+    if precision not in STATE_BYTES:
+        raise ValueError(f"precision {precision!r}: use one of "
+                         f"{', '.join(STATE_BYTES)}")
+    return dict(zip(STATE_PARTS, (n_params * b for b in STATE_BYTES[precision])))
 
 # %% ../nbs/05_model.ipynb #badf009c
 def _hf_gpt2_keys(cfg: GPTConfig) -> dict[str, tuple[str, bool]]:

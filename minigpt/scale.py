@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import tempfile
 from dataclasses import dataclass
 
@@ -14,19 +13,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .device import GPU, GPUS
 from .distributed import mean_over_ranks, wrap_model
-from .model import GPT, LLAMA, PRESETS, GPTConfig, meta_model
+from .common import free_port
+from .model import (GPT, LLAMA, PRESETS, STATE_PARTS, GPTConfig,
+                           lm_loss, meta_model, training_state_bytes)
 
 # %% auto #0
-__all__ = ['FORMATS', 'TOKENS_PER_PARAM', 'STATE_BYTES', 'PARTS', 'SHARDED', 'DEMO', 'binary_format', 'number_formats',
-           'training_flops', 'optimal_tokens', 'gpu_hours', 'parse_count', 'human', 'count_params', 'llama_shape',
-           'resolve_model', 'state_memory', 'activation_bytes', 'Plan', 'make_plan', 'plan_report', 'free_port',
-           'launch', 'demo_batches', 'demo_model', 'held_bytes', 'optimizer_bytes', 'run_result', 'train_single',
-           'my_rows', 'full_state', 'train_data_parallel', 'GPTStage', 'lm_loss', 'train_pipeline',
-           'train_tensor_parallel']
+__all__ = ['FORMATS', 'TOKENS_PER_PARAM', 'SHARDED', 'DEMO', 'binary_format', 'number_formats', 'training_flops',
+           'optimal_tokens', 'gpu_hours', 'parse_count', 'human', 'count_params', 'llama_shape', 'resolve_model',
+           'state_memory', 'activation_bytes', 'Plan', 'make_plan', 'plan_report', 'launch', 'demo_batches',
+           'demo_model', 'held_bytes', 'optimizer_bytes', 'run_result', 'train_single', 'my_rows', 'full_state',
+           'train_data_parallel', 'GPTStage', 'train_pipeline', 'train_tensor_parallel']
 
 # %% ../nbs/11_scaling.ipynb #b8e653a4
 FORMATS = {"FP32": torch.float32, "TF32": None, "FP16": torch.float16,
@@ -130,30 +129,26 @@ def resolve_model(params: str | GPTConfig) -> tuple[str, GPTConfig, float]:
     return human(n), llama_shape(n), n
 
 # %% ../nbs/11_scaling.ipynb #16276236
-# bytes per parameter: (weights, gradients, AdamW state incl. fp32 master)
-STATE_BYTES = {"fp32": (4, 4, 8), "mixed": (2, 2, 12), "bf16": (2, 2, 4)}
-PARTS = ("weights", "gradients", "optimizer")
-SHARDED = {"ddp": (), "zero1": ("optimizer",),
-           "zero2": ("gradients", "optimizer"), "zero3": PARTS, "fsdp": PARTS}
+SHARDED = {"ddp": (), "zero1": ("optimizer",),   # what each strategy shards
+           "zero2": ("gradients", "optimizer"), "zero3": STATE_PARTS,
+           "fsdp": STATE_PARTS}
 
 def state_memory(n_params: float, precision: str = "mixed",
                  strategy: str = "ddp", world: int = 1) -> dict[str, float]:
     "Bytes per GPU of weights, gradients and optimizer state."
-    if precision not in STATE_BYTES:
-        raise ValueError(f"precision {precision!r}: use one of "
-                         f"{', '.join(STATE_BYTES)}")
     if strategy not in SHARDED:
         raise ValueError(f"strategy {strategy!r}: use one of "
                          f"{', '.join(SHARDED)}")
-    return {part: n_params * b / (world if part in SHARDED[strategy] else 1)
-            for part, b in zip(PARTS, STATE_BYTES[precision])}
+    whole = training_state_bytes(n_params, precision)   # Chapter 5's table
+    return {part: b / (world if part in SHARDED[strategy] else 1)
+            for part, b in whole.items()}
 
 # %% ../nbs/11_scaling.ipynb #266881f4
 def activation_bytes(cfg: GPTConfig, tokens: int,
                      checkpointing: bool = False) -> float:
     "Bytes kept for backward: 16-bit, fused attention."
     d, f = cfg.d_model, cfg.d_ff
-    d_kv = d // cfg.n_head * cfg.n_kv_head
+    d_kv = cfg.d_head * cfg.n_kv_head
     mlp = 2 * f if cfg.mlp == "gelu" else 4 * f      # hidden activations
     layer = 6 * d + 2 * d_kv + mlp      # norms in/out, q, k, v, attention out
     head = 2 * 2 * d + 4 * cfg.vocab_size  # final norm, fp32 log-probabilities
@@ -241,12 +236,6 @@ def plan_report(plan: Plan) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/11_scaling.ipynb #03cf5769
-def free_port() -> int:
-    "A TCP port nobody listens on, for the processes to meet at."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 def _rank_main(rank, fn, world, port, out, args):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)           # W processes share the cores
@@ -365,9 +354,6 @@ class GPTStage(nn.Module):
         for block in self.blocks.values():
             x = block(x)
         return self.unembed(x) if self.last else x
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 # %% ../nbs/11_scaling.ipynb #ef644015
 def train_pipeline(rank: int, world: int, cfg: GPTConfig, data,

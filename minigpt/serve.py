@@ -15,10 +15,10 @@ from pathlib import Path
 
 from .checkpoint import load_run
 from .device import autocast, choose_precision
-from .finetune import CHAT_TOKENS, END, chat_ids
+from .common import CHAT_TOKENS, END, ENDOFTEXT, free_port
+from .finetune import chat_ids
 from .generate import (Continuation, SamplingConfig, encode_prompt,
                               stream)
-from .tokenizer import ENDOFTEXT
 
 try:
     from fastapi import Request    # the routes' annotations name it
@@ -28,8 +28,8 @@ except ImportError:
 # %% auto #0
 __all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'CHAT_PAGE', 'APIError', 'number', 'stop_strings', 'flag', 'ServeConfig',
            'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Engine', 'usage',
-           'choice', 'response', 'sse', 'events', 'create_app', 'require_serve_packages', 'check_port', 'free_port',
-           'Server', 'serve']
+           'choice', 'response', 'sse', 'events', 'create_app', 'require_serve_packages', 'check_port', 'Server',
+           'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
 class APIError(Exception):
@@ -501,11 +501,6 @@ def check_port(host: str, port: int) -> None:
     except OSError as e:
         raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); "
                       "choose another --port") from None
-
-def free_port(host: str = "127.0.0.1") -> int:
-    "A port nothing listens on now."
-    with socket.create_server((host, 0)) as s:
-        return s.getsockname()[1]
 
 class Server:
     "uvicorn serving `app` in a background thread (a notebook, a test)."

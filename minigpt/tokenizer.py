@@ -13,17 +13,15 @@ from typing import Iterable
 
 import regex
 
-from .data import atomic_write
+from .common import ENDOFTEXT, PAD, atomic_write
 
 # %% auto #0
-__all__ = ['ENDOFTEXT', 'PAD', 'SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS',
-           'check_special', 'split_special', 'CharTokenizer', 'get_stats', 'merge', 'chunk_counts', 'best_pair',
-           'train_bpe_naive', 'train_bpe', 'bpe_encode_chunk', 'merges_needed', 'BPETokenizer', 'to_tiktoken',
-           'from_tiktoken', 'tokenizer_state', 'fingerprint', 'save_tokenizer', 'load_tokenizer']
+__all__ = ['SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS', 'check_special',
+           'split_special', 'CharTokenizer', 'get_stats', 'merge', 'chunk_counts', 'best_pair', 'train_bpe_naive',
+           'train_bpe', 'bpe_encode_chunk', 'merges_needed', 'BPETokenizer', 'to_tiktoken', 'from_tiktoken',
+           'tokenizer_state', 'fingerprint', 'save_tokenizer', 'load_tokenizer']
 
 # %% ../nbs/02_tokenizer.ipynb #c14d6ab8
-ENDOFTEXT = "<|endoftext|>"
-PAD = "<|pad|>"
 SPECIAL_TOKENS = (ENDOFTEXT, PAD)
 
 def _special_set(value, specials: Iterable[str]) -> set[str]:

@@ -22,7 +22,7 @@ from .checkpoint import (WEIGHTS, all_finite, check_out_dir,
                                 publish_weights, read_json, run_lock,
                                 save_checkpoint, set_rng_state,
                                 verify_checkpoint)
-from .data import atomic_write
+from .common import ENDOFTEXT, atomic_write
 from .device import autocast, choose_precision, peak_flops
 from .distributed import (dist_env, full_weights, grad_sync,
                                  init_distributed, is_sharded,
@@ -32,7 +32,7 @@ from .loader import BatchSampler, open_data
 from .metrics import (bits_per_byte, eval_batch_count, perplexity,
                              text_bytes, trim_metrics, validation_loss)
 from .model import GPT, GPTConfig, flops_per_token
-from .tokenizer import ENDOFTEXT, save_tokenizer
+from .tokenizer import save_tokenizer
 
 # %% auto #0
 __all__ = ['FIT_PROBE_STEPS', 'FIXED_ON_RESUME', 'TrainConfig', 'train_config_rules', 'learning_rate', 'fit_steps',

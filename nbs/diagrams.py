@@ -652,7 +652,8 @@ def sharding(world: int = 4, strategies=("ddp", "zero1", "zero2", "fsdp"),
              precision: str = "mixed"):
     """What each of `world` GPUs holds of the weights, gradients and optimizer
     state under each strategy: bar widths are `state_memory` bytes per parameter."""
-    from minigpt.scale import PARTS, state_memory
+    from minigpt.model import STATE_PARTS as PARTS
+    from minigpt.scale import state_memory
     names = {"ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2",
              "fsdp": "FSDP (ZeRO-3)", "zero3": "ZeRO-3"}
     kinds = dict(zip(PARTS, ("data", "train", "model")))

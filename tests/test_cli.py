@@ -133,7 +133,7 @@ def test_prepare_shakespeare_round_trips(tmp_path):
     "`minigpt prepare` writes shards whose decoded text is the cleaned corpus."
     from minigpt.data import load_corpus, run_pipeline
     from minigpt.loader import open_data
-    from minigpt.tokenizer import ENDOFTEXT
+    from minigpt.common import ENDOFTEXT
     out = tmp_path / "shakespeare"
     r = run("prepare", "--corpus", "shakespeare", "--vocab-size", "4096", "--out", str(out),
             "--workers", "2")

@@ -23,7 +23,8 @@ from minigpt.checkpoint import load_run, save_weights  # noqa: E402
 from minigpt.cli import main  # noqa: E402
 from minigpt.export import load_hf, probe_texts  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
-from minigpt.tokenizer import ENDOFTEXT, PAD, load_tokenizer, save_tokenizer  # noqa: E402
+from minigpt.common import ENDOFTEXT, PAD  # noqa: E402
+from minigpt.tokenizer import load_tokenizer, save_tokenizer  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 BIN = Path(sys.executable).parent / "minigpt"
@@ -157,3 +158,26 @@ def test_a_shape_no_hf_architecture_has_is_refused_before_writing(root, tmp_path
     assert status == 1 and "GPTConfig.pos='sinusoidal'" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_field_no_family_knows_is_refused_by_both_exports(root, tmp_path):
+    """A field added to GPTConfig but not to the model-family table (chapter 5's FAMILIES) is
+    refused by the Hugging Face and the GGUF export alike, before any file: exported, it would
+    be left out, and the other program would compute another model."""
+    from dataclasses import dataclass
+
+    from minigpt.gguf import write_gguf
+    from minigpt.export import export_hf
+
+    @dataclass
+    class WithQKNorm(GPTConfig):
+        qk_norm: bool = True
+
+    tok = load_tokenizer(root / "data" / "tokenizer.json")
+    model = GPT(WithQKNorm(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2,
+                           d_model=32))
+    with pytest.raises(ValueError, match="GPTConfig.qk_norm: no model family"):
+        export_hf(model, tok, tmp_path / "hf")
+    with pytest.raises(ValueError, match="GPTConfig.qk_norm: no model family"):
+        write_gguf(model, tok, tmp_path / "m.gguf")
+    assert list(tmp_path.iterdir()) == []

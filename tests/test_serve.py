@@ -14,7 +14,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
-from minigpt.serve import free_port     # noqa: E402 (after the skips)
+from minigpt.common import free_port    # noqa: E402 (after the skips)
 
 BIN = Path(sys.executable).parent / "minigpt"
 SMALL = ["--set", "n_layer=1", "--set", "d_model=64", "--set", "n_head=2",
@@ -142,7 +142,8 @@ def test_chat_streamed_equals_whole_and_usage(client, server):
         whole.choices[0].finish_reason
     # the reference: the chat template of chapter 9 and chapter 7's stream, in-process
     from minigpt.checkpoint import load_run
-    from minigpt.finetune import END, chat_ids
+    from minigpt.common import END
+    from minigpt.finetune import chat_ids
     from minigpt.generate import SamplingConfig, stream
     model, tok = load_run(server[1], device="cpu")
     ids = chat_ids(tok, ["Answer briefly.\n\nWho speaks these lines? Answer ROMEO or JULIET."])
@@ -154,9 +155,9 @@ def test_chat_streamed_equals_whole_and_usage(client, server):
 def test_ignore_eos_runs_to_max_tokens_with_the_end_tokens_banned(client, server):
     from minigpt.checkpoint import load_run
     from minigpt.device import autocast, choose_precision
-    from minigpt.finetune import END
+    from minigpt.common import END
     from minigpt.generate import SamplingConfig, decode_steps
-    from minigpt.tokenizer import ENDOFTEXT, PAD
+    from minigpt.common import ENDOFTEXT, PAD
     ask = dict(model=server[1].name, prompt=PROMPT, max_tokens=12, temperature=0,
                extra_body={"ignore_eos": True})
     whole = client.completions.create(**ask)
