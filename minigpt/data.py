@@ -270,6 +270,7 @@ def load_jsonl(path: Path, field: str = "text", name: str | None = None):
         docs += found
     return docs, skipped
 
+# %% ../nbs/01_data.ipynb #651bc94d
 def load_files(path: str | Path, field: str = "text") -> Corpus:
     "A `.txt` or `.jsonl` file, or a folder of them (searched recursively)."
     path = Path(path)
@@ -461,6 +462,7 @@ def removed_everything(rule: str, setting: str, measures: list,
         f"CleanConfig({setting}=...), or {option} of `minigpt data stats` "
         "and `minigpt prepare`")
 
+# %% ../nbs/01_data.ipynb #d3952ab0
 def clean_corpus(docs: list[Document], cfg: CleanConfig = CleanConfig()):
     "Apply every rule in turn; return the kept documents and `RuleStats`."
     rewrites = [("NFC normalisation", normalize_unicode),

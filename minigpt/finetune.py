@@ -64,6 +64,7 @@ def work_of(doc) -> str:
     return doc.id.split("/")[0]
 
 _SMALL = {"of", "the", "and", "in"}
+
 _ROMAN = {"i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x"}
 
 def work_title(work: str) -> str:
@@ -89,6 +90,7 @@ def check_task_pool(pool: list, works: list[str], n_docs: int) -> None:
             "are these lines from?' needs two (a document's work is the part "
             "of its id before '/')")
 
+# %% ../nbs/09_finetuning.ipynb #99ce40e3
 def task_examples(docs, n: int, seed: int = 0,
                   work: str = "text") -> list[dict]:
     """n examples of the two tasks (half each); the right answer in `output`.
@@ -173,6 +175,7 @@ def prompt_ids(tok, ex: dict) -> list[int]:
     "Ids of an example's user turn and of the opening of the assistant's."
     return chat_ids(tok, [instruction_text(ex)])
 
+# %% ../nbs/09_finetuning.ipynb #245c9912
 def encode_example(tok, ex: dict, block_size: int):
     "(ids, labels) of one example: labels are ignored except on the response."
     prompt = prompt_ids(tok, ex)

@@ -140,6 +140,7 @@ def encode_documents(texts: list[str], tokenizer_path: Path, workers: int = 1,
 
 # %% ../nbs/03_loader.ipynb #2360a78d
 META = "meta.json"
+
 PREPARED = ("tokenizer.json", "train.bin", "val.bin")   # meta.json comes last
 
 def check_splits(train: list, val: list, corpus: str) -> None:
@@ -178,6 +179,7 @@ def publish(stage: Path, out: Path) -> None:
         os.replace(stage / name, out / name)
     os.replace(stage / META, out / META)
 
+# %% ../nbs/03_loader.ipynb #271c99e8
 def prepare(corpus: str, out: str | Path, vocab_size: int = 4096,
             tokenizer: str | Path | None = None, workers: int = 1,
             val_fraction: float = 0.1, seed: int = 0,
@@ -233,6 +235,7 @@ class PreparedData:
 
 META_FIELDS = {"tokenizer": str, "tokenizer_fingerprint": str,
                "vocab_size": int, "splits": dict}
+
 SPLIT_FIELDS = {"file": str, "tokens": int}
 
 def meta_error(path: Path, why: str) -> ValueError:
@@ -277,6 +280,7 @@ def file_inside(path: Path, name: str, what: str) -> Path:
                          f"{path}, and a prepared folder uses only its own")
     return path / inner
 
+# %% ../nbs/03_loader.ipynb #4cb4cb57
 def open_data(path: str | Path, tokenizer=None) -> PreparedData:
     "Open a folder written by `prepare`; check it against `tokenizer` if given."
     path = Path(path)

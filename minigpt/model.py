@@ -133,6 +133,8 @@ class GPTConfig:
 
 LLAMA = dict(norm="rmsnorm", mlp="swiglu", pos="rope", tie_weights=False,
              bias=False, vocab_size=32000)   # the fields of the Llama presets
+
+# %% ../nbs/05_model.ipynb #f6d01e6a
 PRESETS = {
     "cpu": dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4,
                 d_model=256),
@@ -478,6 +480,7 @@ def from_hf_gpt2(hf_model) -> GPT:
             p.copy_(theirs[key].t() if transposed else theirs[key])
     return model
 
+# %% ../nbs/05_model.ipynb #4f9cc5f6
 def save_hf_gpt2(model: GPT, path: str | Path) -> Path:
     "Write `model` as a transformers GPT-2 directory (config, safetensors)."
     from safetensors.torch import save_file

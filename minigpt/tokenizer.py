@@ -210,6 +210,7 @@ def merges_needed(vocab_size, specials=SPECIAL_TOKENS) -> int:
             f"(256 bytes and {len(specials)} special tokens), a whole number")
     return int(vocab_size) - need
 
+# %% ../nbs/02_tokenizer.ipynb #4f743532
 class BPETokenizer:
     "Byte-level BPE: ranks (token bytes -> id), split pattern, special tokens."
     kind = "bpe"
@@ -338,6 +339,7 @@ def save_tokenizer(tok, path: str | Path) -> Path:
 
 SAFE_PATTERNS = {GPT2_PATTERN: "GPT-2", GPT4_PATTERN: "GPT-4"}
 
+# %% ../nbs/02_tokenizer.ipynb #6103fcf2
 def load_tokenizer(path: str | Path):
     "A tokenizer saved by `save_tokenizer`; `ValueError` for anything else."
     path = Path(path)
