@@ -272,3 +272,47 @@ def test_the_repository_keeps_the_record_key():
     cli = pv.code_record(pv.read_notebook(ROOT / "nbs" / "12_cli.ipynb"), layout)
     assert {"minigpt/__init__.py", "minigpt/__main__.py", "minigpt/model.py"} <= set(
         cli["definitions"])                  # the chapter runs the command
+
+
+def test_on_the_book_a_comment_stales_nothing_and_a_sampling_filter_only_what_samples(tmp_path):
+    """The issue's demonstration, on a copy of this repository: every chapter recorded as
+    executed; a comment-only change to model.py leaves `make stale` empty; a change to the
+    top-k filter (its chapter's cell and the exported module) names only the chapters that
+    sample, not those of data, tokenizer, loader, attention, model or scaling."""
+    import shutil
+    listed = subprocess.run(["git", "ls-files", "minigpt", "nbs", "book/build.py", "_quarto.yml",
+                             "pyproject.toml"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.split()
+    for name in listed:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    layout = pv.project_layout(tmp_path)
+    notebooks = pv.book_notebooks(layout)
+    for path in notebooks:                       # as if executed now
+        save(pv.read_notebook(path), layout, path.name)
+
+    def stale_now() -> set[str]:
+        return {p.name for p in notebooks if pv.stale_reasons(pv.read_notebook(p), layout)}
+
+    model = layout.lib / "model.py"
+    model.write_text("# a comment at the top\n" + model.read_text().replace(
+        "class GPT(nn.Module):\n", "class GPT(nn.Module):  # the model\n"))
+    assert stale_now() == set()
+
+    old = 'return logits.masked_fill(logits < kth, float("-inf"))'
+    new = 'return logits.masked_fill(logits <= kth - 1e-9, float("-inf"))'
+    replace(layout.lib / "generate.py", old, new)
+    chapter = layout.nbs / "07_generation.ipynb"
+    nb = pv.read_notebook(chapter)
+    cell = next(c for c in nb["cells"] if "def top_k_filter" in "".join(c["source"]))
+    cell["source"] = "".join(cell["source"]).replace(old, new).splitlines(True)
+    pv.write_notebook(nb, chapter)
+    stale_ones = stale_now()
+    assert {"07_generation.ipynb", "08_evaluation.ipynb", "09_finetuning.ipynb",
+            "10_using.ipynb", "12_cli.ipynb"} <= stale_ones
+    assert not stale_ones & {"00_index.ipynb", "01_data.ipynb", "02_tokenizer.ipynb",
+                             "03_loader.ipynb", "04_attention.ipynb", "05_model.ipynb",
+                             "11_scaling.ipynb"}
+    for name in stale_ones - {"07_generation.ipynb"}:
+        reasons = pv.stale_reasons(pv.read_notebook(layout.nbs / name), layout)
+        assert reasons == ["changed: minigpt/generate.py (top_k_filter)"], (name, reasons)
