@@ -16,8 +16,8 @@ from .data import atomic_write
 from .loader import IGNORE_INDEX, eval_batches
 
 # %% auto #0
-__all__ = ['PANELS', 'perplexity', 'bits_per_byte', 'eval_batch_count', 'validation_loss', 'text_bytes', 'trim_metrics',
-           'read_metrics', 'plot_runs']
+__all__ = ['PANELS', 'perplexity', 'bits_per_byte', 'eval_batch_count', 'validation_loss', 'text_bytes', 'read_metrics',
+           'plot_runs', 'trim_metrics']
 
 # %% ../nbs/06_pretraining.ipynb #fbaac409
 def perplexity(loss: float) -> float:
@@ -76,21 +76,6 @@ def text_bytes(tokens: np.ndarray, tok) -> int:
                         for i in range(len(counts))])
     return int(counts @ lengths)
 
-# %% ../nbs/06_pretraining.ipynb #5d0c1a78
-def trim_metrics(run: Path, step: int) -> None:
-    "Drop the metrics logged after `step`: the resumed run logs them again."
-    path = Path(run) / "metrics.jsonl"
-    if not path.exists():
-        return
-    def logged_step(row: str):
-        try:
-            return json.loads(row).get("step")
-        except ValueError:
-            return None          # a line cut short by a crash
-    rows = [r for r in path.read_text().splitlines(keepends=True)
-            if (s := logged_step(r)) is not None and s <= step]
-    atomic_write(path, lambda tmp: tmp.write_text("".join(rows)))
-
 # %% ../nbs/06_pretraining.ipynb #37ded25c
 PANELS = {  # panel -> (metrics.jsonl field, axis label)
     "loss": ("loss", "loss (nats per token)"),
@@ -120,6 +105,7 @@ def read_metrics(run) -> list[dict]:
                          "line every --log-every steps")
     return rows
 
+# %% ../nbs/06_pretraining.ipynb #e5f9ce89
 def plot_runs(runs, panels=tuple(PANELS), labels=None):
     """A figure of the runs' metrics: one panel per name in `panels`, one
     colour per run; the loss panel adds the validation loss as points."""
@@ -161,3 +147,18 @@ def plot_runs(runs, panels=tuple(PANELS), labels=None):
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/06_pretraining.ipynb #5d0c1a78
+def trim_metrics(run: Path, step: int) -> None:
+    "Drop the metrics logged after `step`: the resumed run logs them again."
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        return
+    def logged_step(row: str):
+        try:
+            return json.loads(row).get("step")
+        except ValueError:
+            return None          # a line cut short by a crash
+    rows = [r for r in path.read_text().splitlines(keepends=True)
+            if (s := logged_step(r)) is not None and s <= step]
+    atomic_write(path, lambda tmp: tmp.write_text("".join(rows)))
