@@ -77,6 +77,7 @@ def all_finite(tensors) -> bool:
              for t in tensors if t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True
 
+# %% ../nbs/06_pretraining.ipynb #f95b400b
 def rng_state() -> dict:
     "Python's, NumPy's and PyTorch's random states, as `weights_only` types."
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -125,6 +126,7 @@ def link_file(src: Path, dst: Path) -> None:
             shutil.copyfile(src, tmp)
     atomic_write(dst, write)
 
+# %% ../nbs/06_pretraining.ipynb #76e394bd
 def save_checkpoint(run: Path, model, optimizer_state: dict, scaler, sampler,
                     progress: dict, best: bool = False,
                     keep: bool = False) -> Path:
@@ -208,6 +210,7 @@ def verify_checkpoint(checkpoint: Path) -> dict:
                              f"{fallback_advice(checkpoint)}")
     return manifest
 
+# %% ../nbs/06_pretraining.ipynb #fafb243f
 def state_tensors(obj):
     "Every tensor inside nested dictionaries and lists."
     if isinstance(obj, torch.Tensor):
@@ -291,6 +294,7 @@ def run_lock(run: Path):
     finally:
         path.unlink(missing_ok=True)
 
+# %% ../nbs/06_pretraining.ipynb #bc8340cd
 def check_out_dir(run: Path, resume: bool) -> None:
     "--out must be a run to resume, or a new, empty or earlier run folder."
     if resume and not (run / "config.json").exists():

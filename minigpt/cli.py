@@ -22,12 +22,12 @@ __all__ = ['COMMANDS', 'PLOT_FORMATS', 'RL_DEFAULTS', 'EXPORTERS', 'Command', 'c
            'build_parser', 'command_in', 'main', 'add_clean_arguments', 'clean_config', 'add_corpus_argument',
            'add_data_arguments', 'print_table', 'print_cleaning', 'print_split_note', 'data_command',
            'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments', 'prepare_command',
-           'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides', 'train_command',
-           'add_plot_arguments', 'plot_command', 'add_generate_arguments', 'generate_command', 'add_eval_arguments',
-           'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments',
-           'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command', 'add_chat_arguments',
-           'chat_command', 'add_export_arguments', 'export_command', 'add_serve_arguments', 'serve_command',
-           'add_plan_arguments', 'plan_command']
+           'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides', 'training_sampler',
+           'train_command', 'add_plot_arguments', 'plot_command', 'add_generate_arguments', 'generate_command',
+           'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments',
+           'add_sft_arguments', 'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command',
+           'add_chat_arguments', 'chat_command', 'add_export_arguments', 'export_command', 'add_serve_arguments',
+           'serve_command', 'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/12_cli.ipynb #adee5c61
 @dataclass
@@ -346,6 +346,18 @@ def parse_overrides(pairs: list[str]) -> dict:
             out[name] = value
     return out
 
+def training_sampler(run: str | Path) -> Callable:
+    "The sampler of `minigpt train`: 100 tokens by `generate`, its own seed."
+    from minigpt.generate import SamplingConfig, generate
+    from minigpt.common import ENDOFTEXT
+    from minigpt.tokenizer import load_tokenizer
+    cfg = SamplingConfig(max_new_tokens=100, temperature=0.8,
+                         stop_at_eot=False, seed=0)   # as long on every rank
+    def sample(model, step: int) -> str:
+        tok = load_tokenizer(Path(run) / "tokenizer.json")
+        return generate(model, tok, "", cfg).replace(ENDOFTEXT, "\n")
+    return sample
+
 @command("train", "train a GPT on prepared data", add_train_arguments)
 def train_command(args: argparse.Namespace) -> int:
     from minigpt.loader import read_meta
@@ -353,9 +365,10 @@ def train_command(args: argparse.Namespace) -> int:
     from minigpt.train import TrainConfig, train
     options = {k: v for k, v in vars(args).items() if v is not None and k in
                {f.name for f in dataclasses.fields(TrainConfig)}}
+    sample = training_sampler(args.out)     # samples.txt at the end
     if args.resume:     # the saved configuration, changed by the flags given
         result = train(args.data, args.out, resume=True, changes=options,
-                       device=args.device)
+                       device=args.device, sample=sample)
     else:               # the model's vocabulary is the data's, unless --set
         overrides = {}
         if (Path(args.data) / "meta.json").exists():
@@ -363,7 +376,7 @@ def train_command(args: argparse.Namespace) -> int:
         overrides |= parse_overrides(args.set)
         model_cfg = GPTConfig.preset(args.preset, **overrides)
         result = train(args.data, args.out, model_cfg, TrainConfig(**options),
-                       device=args.device)
+                       device=args.device, sample=sample)
     if int(os.environ.get("RANK", 0)) > 0:
         return 0   # rank 0 reports
     val = (f"validation loss {result['val_loss']:.3f}, {result['val_bpb']:.3f} "

@@ -47,6 +47,7 @@ def resolve_device(requested: str | torch.device | None = None) -> torch.device:
                          "device(s)")
     return device
 
+# %% ../nbs/06_pretraining.ipynb #33dbbf28
 def cpu_has_bf16() -> bool:
     "Native bf16 arithmetic (AVX512-BF16 or AMX)? MINIGPT_CPU_BF16=0 says no."
     if os.environ.get("MINIGPT_CPU_BF16") == "0":
@@ -68,6 +69,7 @@ def check_precision(device: torch.device, precision: str) -> str:
                          "than fp32, and some kernels fail; use fp32 or auto")
     return precision
 
+# %% ../nbs/06_pretraining.ipynb #5317fe80
 def choose_precision(device: torch.device, requested: str = "auto") -> str:
     "`requested`, else $MINIGPT_PRECISION, else the fastest safe one."
     if requested == "auto":

@@ -52,6 +52,7 @@ def is_sharded(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
     return isinstance(model, FSDPModule)
 
+# %% ../nbs/06_pretraining.ipynb #684df56e
 @contextmanager
 def grad_sync(step_model, on: bool):
     "Average gradients across ranks in this backward pass only if `on`."

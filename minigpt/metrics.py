@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .common import IGNORE_INDEX, atomic_write
 from .loader import eval_batches
+from .model import lm_loss
 
 # %% auto #0
-__all__ = ['PANELS', 'perplexity', 'bits_per_byte', 'eval_batch_count', 'validation_loss', 'text_bytes', 'trim_metrics',
-           'read_metrics', 'plot_runs']
+__all__ = ['PANELS', 'perplexity', 'bits_per_byte', 'eval_batch_count', 'validation_loss', 'text_bytes', 'read_metrics',
+           'plot_runs', 'trim_metrics']
 
 # %% ../nbs/06_pretraining.ipynb #fbaac409
 def perplexity(loss: float) -> float:
@@ -54,9 +54,7 @@ def validation_loss(model, tokens, batch_size: int, seq_len: int, ctx,
         x, y = x.to(device), y.to(device)
         with ctx:
             logits, _ = model(x)
-        logits = logits.float().view(-1, logits.size(-1))
-        loss = F.cross_entropy(logits, y.view(-1), ignore_index=IGNORE_INDEX,
-                               reduction="sum")
+        loss = lm_loss(logits, y, reduction="sum")
         sums += torch.stack([loss.double(),
                             (y != IGNORE_INDEX).sum().double()])
     if world_size > 1:
@@ -75,21 +73,6 @@ def text_bytes(tokens: np.ndarray, tok) -> int:
     lengths = np.array([0 if i in specials else len(piece(i))
                         for i in range(len(counts))])
     return int(counts @ lengths)
-
-# %% ../nbs/06_pretraining.ipynb #5d0c1a78
-def trim_metrics(run: Path, step: int) -> None:
-    "Drop the metrics logged after `step`: the resumed run logs them again."
-    path = Path(run) / "metrics.jsonl"
-    if not path.exists():
-        return
-    def logged_step(row: str):
-        try:
-            return json.loads(row).get("step")
-        except ValueError:
-            return None          # a line cut short by a crash
-    rows = [r for r in path.read_text().splitlines(keepends=True)
-            if (s := logged_step(r)) is not None and s <= step]
-    atomic_write(path, lambda tmp: tmp.write_text("".join(rows)))
 
 # %% ../nbs/06_pretraining.ipynb #37ded25c
 PANELS = {  # panel -> (metrics.jsonl field, axis label)
@@ -120,6 +103,7 @@ def read_metrics(run) -> list[dict]:
                          "line every --log-every steps")
     return rows
 
+# %% ../nbs/06_pretraining.ipynb #e5f9ce89
 def plot_runs(runs, panels=tuple(PANELS), labels=None):
     """A figure of the runs' metrics: one panel per name in `panels`, one
     colour per run; the loss panel adds the validation loss as points."""
@@ -161,3 +145,18 @@ def plot_runs(runs, panels=tuple(PANELS), labels=None):
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/06_pretraining.ipynb #5d0c1a78
+def trim_metrics(run: Path, step: int) -> None:
+    "Drop the metrics logged after `step`: the resumed run logs them again."
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        return
+    def logged_step(row: str):
+        try:
+            return json.loads(row).get("step")
+        except ValueError:
+            return None          # a line cut short by a crash
+    rows = [r for r in path.read_text().splitlines(keepends=True)
+            if (s := logged_step(r)) is not None and s <= step]
+    atomic_write(path, lambda tmp: tmp.write_text("".join(rows)))
