@@ -23,11 +23,12 @@ __all__ = ['COMMANDS', 'PLOT_FORMATS', 'RL_DEFAULTS', 'EXPORTERS', 'Command', 'c
            'add_data_arguments', 'print_table', 'print_cleaning', 'print_split_note', 'data_command',
            'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments', 'prepare_command',
            'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides', 'training_sampler',
-           'train_command', 'add_plot_arguments', 'plot_command', 'add_generate_arguments', 'generate_command',
-           'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments',
-           'add_sft_arguments', 'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command',
-           'add_chat_arguments', 'chat_command', 'add_export_arguments', 'export_command', 'add_serve_arguments',
-           'serve_command', 'add_plan_arguments', 'plan_command']
+           'train_command', 'add_plot_arguments', 'plot_command', 'option_flag', 'add_sampling_arguments',
+           'sampling_config_of', 'add_generate_arguments', 'generate_command', 'add_eval_arguments', 'eval_command',
+           'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments', 'add_dpo_arguments',
+           'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command', 'add_chat_arguments', 'chat_command',
+           'add_export_arguments', 'export_command', 'add_serve_arguments', 'serve_command', 'add_plan_arguments',
+           'plan_command']
 
 # %% ../nbs/12_cli.ipynb #adee5c61
 @dataclass
@@ -421,19 +422,49 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 # %% ../nbs/12_cli.ipynb #9cd06656
+def option_flag(name: str) -> str:
+    "The flag of a config field: top_k -> --top-k."
+    return "--" + name.replace("_", "-")
+
+def add_sampling_arguments(parser: argparse.ArgumentParser,
+                           **defaults) -> None:
+    """A flag for each field of SamplingConfig, with the field's help and its
+    default (or the one `defaults` gives)."""
+    from minigpt.sampling import SamplingConfig, options
+    group = parser.add_argument_group(
+        "sampling", "how each next token is picked (`SamplingConfig`)")
+    for o in options(SamplingConfig):
+        default = defaults.get(o.name, o.default)
+        help = o.help.replace("%", "%%")                 # argparse's %
+        if o.kind is bool:      # --stop-at-eot, --no-stop-at-eot
+            group.add_argument(option_flag(o.name), default=default, help=help,
+                               action=argparse.BooleanOptionalAction)
+        elif o.many:
+            group.add_argument(option_flag(o.name), type=o.kind,
+                               action="append", default=list(default),
+                               help=f"{help} (may be repeated)")
+        else:
+            shown = "" if default is None else f" (default {default})"
+            group.add_argument(option_flag(o.name), type=o.kind,
+                               default=default, help=help + shown)
+
+def sampling_config_of(args: argparse.Namespace):
+    "The SamplingConfig of the sampling flags; a bad value names its flag."
+    from minigpt.sampling import SamplingConfig, options
+    values = {}
+    for o in options(SamplingConfig):
+        x = getattr(args, o.name)
+        problem = o.problem(x, option_flag(o.name))
+        if problem:
+            raise ValueError(problem)
+        values[o.name] = tuple(x) if o.many else x
+    return SamplingConfig(**values)
+
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="a run directory")
     parser.add_argument("--prompt", default="",
                         help="text to continue (default: a new document)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="0 for greedy decoding")
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--stop", action="append", default=[],
-                        help="stop at this string (may be repeated)")
+    add_sampling_arguments(parser)
     parser.add_argument("--allow-special", action="store_true",
                         help="read <|endoftext|> in the prompt as the token")
     parser.add_argument("--weights", choices=["best", "model"],
@@ -449,14 +480,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
          add_generate_arguments)
 def generate_command(args: argparse.Namespace) -> int:
     from minigpt.checkpoint import load_run
-    from minigpt.generate import SamplingConfig, encode_prompt, generate, stream
+    from minigpt.generate import encode_prompt, generate, stream
+    cfg = sampling_config_of(args)              # before loading a model
     device, ctx = device_context(args)
     model, tok = load_run(args.run, args.weights, device)
-    cfg = SamplingConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, stop=tuple(args.stop),
-        seed=args.seed)
     n, block = len(encode_prompt(tok, args.prompt, args.allow_special)), \
         model.cfg.block_size
     if n > block:
@@ -668,9 +695,7 @@ def rl_command(args: argparse.Namespace) -> int:
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="a fine-tuned run")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--seed", type=int)
+    add_sampling_arguments(parser, max_new_tokens=64, temperature=0.0)
     add_device_arguments(parser)
 
 @command("chat", "talk to a fine-tuned run (an empty line or Ctrl-D ends)",
@@ -678,13 +703,12 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 def chat_command(args: argparse.Namespace) -> int:
     from minigpt.common import END
     from minigpt.finetune import chat_ids, load_for_finetuning
-    from minigpt.generate import SamplingConfig, stream
+    from minigpt.generate import stream
+    cfg = sampling_config_of(args)
+    cfg.stop = cfg.stop + (END,)                # the end of the turn
     device, ctx = device_context(args)
     model, tok = load_for_finetuning(args.run, device)
     model.eval()
-    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, stop=(END,),
-                         seed=args.seed)
     turns = []          # the user's lines and the model's replies, as text
     while True:
         try:

@@ -26,7 +26,7 @@ import torch
 from .checkpoint import (WEIGHTS, checkpoint_folders, is_kept,
                                 load_run, read_manifest)
 from .common import ENDOFTEXT, atomic_write
-from .generate import SamplingConfig, generate
+from .generate import SamplingConfig, first_stop, generate
 from .loader import open_data
 from .metrics import (bits_per_byte, perplexity, text_bytes,
                              validation_loss)
@@ -37,9 +37,9 @@ __all__ = ['GSM8K_URL', 'GSM8K_STOP', 'NUMBER', 'HUMANEVAL_URL', 'HUMANEVAL_FIEL
            'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'body_lines', 'next_line_items',
            'split_texts', 'choice_accuracy', 'write_records', 'read_records', 'load_choice_items',
            'rolling_loglikelihood', 'MinigptLM', 'harness_task', 'run_harness', 'normalize_number', 'final_number',
-           'strip_calculator', 'gsm8k_prompt', 'cut_at', 'benchmark_file', 'load_gsm8k', 'score_gsm8k',
-           'load_humaneval', 'humaneval_program', 'run_program', 'last_line', 'kill_process_group', 'pass_at_k',
-           'score_humaneval', 'completion_fn', 'distinct_n', 'repetition_rate', 'evaluate_run']
+           'strip_calculator', 'gsm8k_prompt', 'benchmark_file', 'load_gsm8k', 'score_gsm8k', 'load_humaneval',
+           'humaneval_program', 'run_program', 'last_line', 'kill_process_group', 'pass_at_k', 'score_humaneval',
+           'completion_fn', 'distinct_n', 'repetition_rate', 'evaluate_run']
 
 # %% ../nbs/08_evaluation.ipynb #ba4f0950
 def split_metrics(model, tokens: np.ndarray, tok, batch_size: int = 16,
@@ -332,10 +332,6 @@ def gsm8k_prompt(question: str, shots: list[dict] = ()) -> str:
                      f"{strip_calculator(s['answer'])}\n\n" for s in shots)
     return solved + f"Question: {question}\nAnswer:"
 
-def cut_at(text: str, stops: tuple[str, ...]) -> str:
-    "`text` up to the first of the stop strings."
-    return text[:min([text.find(s) for s in stops if s in text] or [len(text)])]
-
 def benchmark_file(path: str | Path, url: str) -> Path:
     "The downloaded benchmark file at `path`; an error says where to get it."
     path = Path(path)
@@ -369,7 +365,8 @@ def score_gsm8k(generate_fn, tasks: list[dict], k_shot: int = 5,
     for i, task in enumerate(tasks):
         pool = shots if shots is not None else tasks[:i] + tasks[i + 1:]
         prompt = gsm8k_prompt(task["question"], pool[:k_shot])
-        completion = cut_at(generate_fn(prompt), GSM8K_STOP)
+        text = generate_fn(prompt)
+        completion = text[:first_stop(text, GSM8K_STOP)]
         predicted, reference = final_number(completion), \
             final_number(task["answer"])
         rows.append({"completion": completion, "predicted": predicted,
@@ -511,7 +508,8 @@ def score_humaneval(generate_fn, tasks: list[dict], n_samples: int,
     for task in tasks:
         samples = []
         for _ in range(n_samples):
-            completion = cut_at(generate_fn(task["prompt"]), HUMANEVAL_STOP)
+            text = generate_fn(task["prompt"])
+            completion = text[:first_stop(text, HUMANEVAL_STOP)]
             run = run_program(humaneval_program(task, completion), timeout)
             samples.append(run | {"completion": completion})
         c = sum(s["outcome"] == "passed" for s in samples)

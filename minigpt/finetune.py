@@ -20,7 +20,7 @@ from .common import (CHAT_TOKENS, END, IGNORE_INDEX, PAD, USER,
                             atomic_write)
 from .device import autocast, choose_precision
 from .evaluate import read_records, score_continuations
-from .generate import SamplingConfig, decode_steps, generate
+from .generate import SamplingConfig, generate, generate_ids
 from .loader import document_mask, document_positions
 from .model import GPT, GPTConfig, token_logprobs
 from .tokenizer import BPETokenizer, save_tokenizer
@@ -425,21 +425,10 @@ def sample_group(model: GPT, tok, prompts: list[list[int]], group: int,
                  seed: int | None = None) -> list[list[int]]:
     """`group` sampled responses per prompt, in order: their ids, up to and
     with <|end|> (a response cut at `max_new_tokens` has none)."""
-    end = tok.special_tokens[END]
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                         seed=seed)
+                         stop=(END,), stop_at_eot=False, seed=seed)
     rows = [p for p in prompts for _ in range(group)]
-    out, done = [[] for _ in rows], [False] * len(rows)
-    banned = (tok.special_tokens[PAD],)
-    for nxt, _ in decode_steps(model, rows, cfg, vocab_size=tok.vocab_size,
-                               banned=banned):
-        for b, i in enumerate(nxt.tolist()):
-            if not done[b]:
-                out[b].append(i)
-                done[b] = i == end
-        if all(done):
-            break
-    return out
+    return generate_ids(model, tok, rows, cfg)
 
 # %% ../nbs/09_finetuning.ipynb #a7f10004
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 
 from .model import GPT, GPTConfig
 from .common import ENDOFTEXT, PAD
+from .sampling import SamplingConfig
 
 # %% auto #0
-__all__ = ['top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'SamplingConfig', 'sampling_generator', 'next_token',
-           'positions_of', 'padding_mask', 'KVCache', 'window_start', 'token_buffer', 'cache_dtype', 'decode_steps',
-           'is_token_id', 'checked_ids', 'encode_prompt', 'is_one_prompt', 'Continuation', 'stream', 'generate',
-           'decode_step', 'compiled_step', 'fixed_shape_inputs', 'Int8Linear', 'quantize_int8']
+__all__ = ['top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'sampling_generator', 'next_token', 'positions_of',
+           'padding_mask', 'KVCache', 'window_start', 'token_buffer', 'cache_dtype', 'decode_steps', 'is_token_id',
+           'checked_ids', 'encode_prompt', 'is_one_prompt', 'first_stop', 'Continuation', 'stream', 'generate_ids',
+           'generate', 'decode_step', 'compiled_step', 'fixed_shape_inputs', 'Int8Linear', 'quantize_int8']
 
 # %% ../nbs/07_generation.ipynb #6b07aae0
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -46,32 +47,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
     z = torch.where(z > 0, z / penalty, z * penalty)
     return logits.scatter(-1, seen, z)
 
-# %% ../nbs/07_generation.ipynb #9fb80fdd
-@dataclass
-class SamplingConfig:
-    "How to pick each next token, and when to stop."
-    max_new_tokens: int = 200
-    temperature: float = 0.8          # 0: greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0   # 1: none
-    stop: tuple[str, ...] = ()        # stop strings, besides <|endoftext|>
-    stop_at_eot: bool = True
-    seed: int | None = None
-
-    def __post_init__(self):
-        checks = [(self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
-                  (self.temperature >= 0, "temperature must be >= 0"),
-                  (self.top_k is None or self.top_k >= 1, "top_k must be >= 1"),
-                  (self.top_p is None or 0 < self.top_p <= 1,
-                   "top_p must be in (0, 1]"),
-                  (self.repetition_penalty > 0,
-                   "repetition_penalty must be > 0")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        self.stop = tuple(self.stop)
-
+# %% ../nbs/07_generation.ipynb #5a3e1c09
 def sampling_generator(device, seed: int | None = None) -> torch.Generator:
     "A random generator on `device` (where the draws happen), seeded if given."
     gen = torch.Generator(device=device)
@@ -92,7 +68,7 @@ def next_token(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
     logits = logits / cfg.temperature
     if cfg.top_k:
         logits = top_k_filter(logits, cfg.top_k)
-    if cfg.top_p:
+    if cfg.top_p and cfg.top_p < 1:              # p = 1 keeps every token
         logits = top_p_filter(logits, cfg.top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=gen)[:, 0]
@@ -204,15 +180,15 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
             logits = model(x, positions=positions_of(v), cache=cache,
                            mask=padding_mask(v, v.shape[1]))[0][:, -1]
             if step:
-                keys, pos = fixed_shape_inputs(cache, v)
+                visible, pos = fixed_shape_inputs(cache, v)
         elif step is None:         # one new token per row
             mask = padding_mask(v, 1) if padded else None
             logits = model(x[:, -1:], positions=positions_of(v)[:, -1:],
                            mask=mask, cache=cache)[0][:, -1]
         else:                      # the same, compiled over fixed shapes
-            keys.index_fill_(2, cache.slot, True)     # its own key, visible
+            visible.index_fill_(2, cache.slot, True)  # its own key too
             torch.compiler.cudagraph_mark_step_begin()
-            logits = step(model, nxt[:, None], pos, keys, cache).clone()
+            logits = step(model, nxt[:, None], pos, visible, cache).clone()
             cache.slot.add_(1)
             pos.add_(1)
             cache.length += 1
@@ -277,6 +253,12 @@ def is_one_prompt(prompts) -> bool:
     return isinstance(prompts, str) or (
         len(prompts) > 0 and all(is_token_id(i) for i in prompts))
 
+def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the first of the stop strings in `text` begins, so where the
+    text ends (`text[:first_stop(text, stops)]`); None if none is in it."""
+    found = [text.find(s) for s in stops if s in text]
+    return min(found) if found else None
+
 @dataclass
 class Continuation:
     "What `stream` generated: the text, the tokens drawn and why it ended."
@@ -303,9 +285,8 @@ def stream(model: GPT, tok, prompt: str | list[int], cfg: SamplingConfig,
             out.finish_reason = "stop"
             break
         out.text += piece(i)
-        cut = min((out.text.find(s) for s in cfg.stop if s in out.text),
-                  default=-1)
-        if cut >= 0:
+        cut = first_stop(out.text, cfg.stop)
+        if cut is not None:
             out.text, out.finish_reason = out.text[:cut], "stop"
             break
         if len(out.text) - hold > sent:       # hold back a possible stop
@@ -314,14 +295,11 @@ def stream(model: GPT, tok, prompt: str | list[int], cfg: SamplingConfig,
     if len(out.text) > sent:
         yield out.text[sent:]
 
-def generate(model: GPT, tok, prompts: str | list[int] | list,
-             cfg: SamplingConfig, use_cache: bool = True,
-             allow_special: bool = False, compile: bool | str = False):
-    """Continuations of one prompt (a string or a list of ids) or of a batch
-    (a list of them); `compile` as in `decode_steps`."""
-    one = is_one_prompt(prompts)
-    rows = [encode_prompt(tok, p, allow_special)
-            for p in ([prompts] if one else prompts)]
+def generate_ids(model: GPT, tok, rows: list[list[int]], cfg: SamplingConfig,
+                 use_cache: bool = True,
+                 compile: bool | str = False) -> list[list[int]]:
+    """The new ids of each row of prompt ids, up to what ends it: the last
+    token of a stop string (kept) or <|endoftext|> (left out)."""
     eot = tok.special_tokens[ENDOFTEXT]
     new, done = [[] for _ in rows], [False] * len(rows)
     for nxt, _ in decode_steps(model, rows, cfg, use_cache, tok.vocab_size,
@@ -334,22 +312,32 @@ def generate(model: GPT, tok, prompts: str | list[int] | list,
                 continue
             new[b].append(i)
             tail = tok.decode(new[b][-32:]) if cfg.stop else ""
-            if any(s in tail for s in cfg.stop):
-                done[b] = True
+            done[b] = first_stop(tail, cfg.stop) is not None
         if all(done):
             break
-    texts = [tok.decode(n) for n in new]
-    for s in cfg.stop:
-        texts = [t[:t.find(s)] if s in t else t for t in texts]
+    return new
+
+def generate(model: GPT, tok, prompts: str | list[int] | list,
+             cfg: SamplingConfig, use_cache: bool = True,
+             allow_special: bool = False, compile: bool | str = False):
+    """Continuations of one prompt (a string or a list of ids) or of a batch
+    (a list of them); `compile` as in `decode_steps`."""
+    one = is_one_prompt(prompts)
+    rows = [encode_prompt(tok, p, allow_special)
+            for p in ([prompts] if one else prompts)]
+    texts = [tok.decode(ids) for ids in
+             generate_ids(model, tok, rows, cfg, use_cache, compile)]
+    texts = [t[:first_stop(t, cfg.stop)] for t in texts]
     return texts[0] if one else texts
 
 # %% ../nbs/07_generation.ipynb #dd5d5aa4
 def decode_step(model: GPT, tokens: torch.Tensor, positions: torch.Tensor,
-                keys: torch.Tensor, cache: KVCache) -> torch.Tensor:
+                visible: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Logits (B, V) of one token per row (tokens, positions: (B, 1)), its
     key and value stored at `cache.slot`, attending to the cache slots that
-    `keys` (B, 1, max_len) marks: the same shapes at every step."""
-    return model(tokens, positions=positions, mask=keys, cache=cache)[0][:, -1]
+    `visible` (B, 1, max_len) marks: the same shapes at every step."""
+    return model(tokens, positions=positions, mask=visible,
+                 cache=cache)[0][:, -1]
 
 @functools.cache
 def _compiled_decode_step(device_type: str, backend: str):
@@ -366,14 +354,14 @@ def compiled_step(cache: KVCache, compile: bool | str = True):
     return _compiled_decode_step(cache.k.device.type, backend)
 
 def fixed_shape_inputs(cache: KVCache, valid: torch.Tensor):
-    """After a prefill of a window with `valid` (B, w): the cache slots with
-    keys (B, 1, max_len) and the next token's positions (B, 1); the next
-    key's slot goes to `cache.slot`."""
+    """After a prefill of a window with `valid` (B, w): the cache slots that
+    hold keys of real tokens, `visible` (B, 1, max_len), and the next token's
+    positions (B, 1); the next key's slot goes to `cache.slot`."""
     B, w = valid.shape
-    keys = valid.new_zeros(B, 1, cache.max_len)
-    keys[:, 0, :w] = valid
+    visible = valid.new_zeros(B, 1, cache.max_len)
+    visible[:, 0, :w] = valid
     cache.slot = torch.full((1,), w, dtype=torch.long, device=valid.device)
-    return keys, positions_of(valid)[:, -1:] + 1
+    return visible, positions_of(valid)[:, -1:] + 1
 
 # %% ../nbs/07_generation.ipynb #ce1b7adc
 class Int8Linear(nn.Module):

@@ -17,8 +17,9 @@ from .checkpoint import load_run
 from .device import autocast, choose_precision
 from .common import CHAT_TOKENS, END, ENDOFTEXT, free_port
 from .finetune import chat_ids
-from .generate import (Continuation, SamplingConfig, encode_prompt,
-                              stream)
+from .generate import Continuation, encode_prompt, stream
+from .sampling import (Option, SamplingConfig, option, options,
+                              out_of_range)
 
 try:
     from fastapi import Request    # the routes' annotations name it
@@ -26,10 +27,10 @@ except ImportError:
     Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
-__all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'CHAT_PAGE', 'APIError', 'number', 'stop_strings', 'flag', 'ServeConfig',
-           'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Engine', 'usage',
-           'choice', 'response', 'sse', 'events', 'create_app', 'require_serve_packages', 'check_port', 'Server',
-           'serve']
+__all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'CHAT_PAGE', 'APIError', 'number_field', 'strings_field',
+           'bool_field', 'ServeConfig', 'request_field', 'sampling_config', 'completion_prompt', 'message_text',
+           'chat_turns', 'end_tokens', 'Engine', 'usage', 'choice', 'response', 'sse', 'events', 'create_app',
+           'require_serve_packages', 'check_port', 'Server', 'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
 class APIError(Exception):
@@ -48,9 +49,16 @@ class APIError(Exception):
 # %% ../nbs/10_using.ipynb #c41c2d9b
 MAX_STOP = 4                 # stop strings per request, as OpenAI allows
 DEFAULT_MAX_TOKENS = 256
+# Where OpenAI differs from SamplingConfig: the names of a field in a request
+# (the first one given counts), its default, its upper bound, the most values.
+OPENAI_FIELDS = {
+    "max_new_tokens": {"names": ("max_completion_tokens", "max_tokens"),
+                       "default": DEFAULT_MAX_TOKENS},
+    "temperature": {"default": 1.0, "high": 2},
+    "stop": {"most": MAX_STOP}}
 
-def number(body: dict, name: str, default, low=None, high=None,
-           integer: bool = False, above: bool = False):
+def number_field(body: dict, name: str, default, low=None, high=None,
+                 integer: bool = False, above: bool = False):
     """body[name] (or `default`), checked to be a number (an integer) with
     low <= x <= high (low < x if `above`); None: no bound."""
     x = body.get(name)
@@ -61,29 +69,30 @@ def number(body: dict, name: str, default, low=None, high=None,
         raise APIError(400, f"{name} must be "
                        f"{'an integer' if integer else 'a number'}, not {x!r}",
                        name, "invalid_type")
-    too_low = low is not None and (x <= low if above else x < low)
-    if too_low or (high is not None and x > high):
-        rule = (f"in {'(' if above else '['}{low}, {high}]" if high is not None
-                else f"{'>' if above else '>='} {low}")
-        raise APIError(400, f"{name} must be {rule}, not {x}", name,
-                       "invalid_value")
+    problem = out_of_range(name, x, low, high, above)
+    if problem:
+        raise APIError(400, problem, name, "invalid_value")
     return x
 
-def stop_strings(body: dict) -> tuple[str, ...]:
-    "The stop field: none, a string or a list of up to MAX_STOP strings."
-    stop = body.get("stop")
-    if stop is None:
+def strings_field(body: dict, name: str,
+                  most: int | None = None) -> tuple[str, ...]:
+    "body[name]: none, a string or a list of up to `most` non-empty strings."
+    x = body.get(name)
+    if x is None:
         return ()
-    stop = [stop] if isinstance(stop, str) else stop
-    if (not isinstance(stop, list) or len(stop) > MAX_STOP
-            or not all(isinstance(s, str) and s for s in stop)):
-        raise APIError(400, f"stop must be a non-empty string or a list of up "
-                       f"to {MAX_STOP} of them", "stop", "invalid_value")
-    return tuple(stop)
+    x = [x] if isinstance(x, str) else x
+    if (not isinstance(x, list) or (most is not None and len(x) > most)
+            or not all(isinstance(s, str) and s for s in x)):
+        up_to = f"up to {most} of them" if most is not None else "them"
+        raise APIError(400, f"{name} must be a non-empty string or a list of "
+                       f"{up_to}", name, "invalid_value")
+    return tuple(x)
 
-def flag(body: dict, name: str) -> bool:
-    "body[name], true or false (default false)."
-    x = body.get(name, False)
+def bool_field(body: dict, name: str, default: bool = False) -> bool:
+    "body[name], true or false (or `default`)."
+    x = body.get(name)
+    if x is None:
+        return default
     if not isinstance(x, bool):
         raise APIError(400, f"{name} must be true or false, not {x!r}", name,
                        "invalid_type")
@@ -91,26 +100,30 @@ def flag(body: dict, name: str) -> bool:
 
 @dataclass
 class ServeConfig(SamplingConfig):
-    """SamplingConfig and one field OpenAI lacks, named as llama.cpp's and
-    vLLM's servers name it: with ignore_eos the model may not end the reply
-    (its end tokens are banned), it runs to max_tokens or a stop string."""
-    ignore_eos: bool = False
+    "SamplingConfig and one field OpenAI lacks, named as llama.cpp and vLLM do."
+    ignore_eos: bool = option(False, "ban the end tokens: the reply runs to "
+                              "max_tokens or a stop string")
+
+def request_field(body: dict, o: Option):
+    "The value of the option `o` in a request: under OpenAI's name, checked."
+    api = OPENAI_FIELDS.get(o.name, {})
+    names = api.get("names", (o.name,))
+    name = next((n for n in names if body.get(n) is not None), names[-1])
+    default = api.get("default", o.default)
+    if o.kind is bool:
+        return bool_field(body, name, default)
+    if o.many:
+        return strings_field(body, name, api.get("most"))
+    return number_field(body, name, default, o.low, api.get("high", o.high),
+                        integer=o.kind is int, above=o.above)
 
 def sampling_config(body: dict) -> ServeConfig:
-    "The ServeConfig a request asks for (OpenAI's names and defaults)."
-    if number(body, "n", 1, integer=True) != 1:
+    "The ServeConfig a request asks for: a request field per option."
+    if number_field(body, "n", 1, integer=True) != 1:
         raise APIError(400, "n must be 1: one completion per request",
                        "n", "invalid_value")
-    tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    max_tokens = number({"max_tokens": tokens}, "max_tokens",
-                        DEFAULT_MAX_TOKENS, 1, integer=True)
-    top_p = number(body, "top_p", 1.0, 0, 1, above=True)
-    seed = number(body, "seed", None, integer=True)
-    return ServeConfig(max_new_tokens=max_tokens,
-                       temperature=number(body, "temperature", 1.0, 0, 2),
-                       top_p=None if top_p == 1 else top_p,
-                       stop=stop_strings(body), seed=seed,
-                       ignore_eos=flag(body, "ignore_eos"))
+    return ServeConfig(**{o.name: request_field(body, o)
+                          for o in options(ServeConfig)})
 
 # %% ../nbs/10_using.ipynb #22b3e8c3
 def completion_prompt(body: dict, tok) -> list[int]:

@@ -1,4 +1,5 @@
 "The installed `minigpt` command, run as a user runs it: a separate process."
+import argparse
 import shutil
 import subprocess
 import sys
@@ -78,7 +79,22 @@ def test_data_stats_bad_path_is_one_clear_line():
     give = ", ".join(corpus_specs() + ["a .txt or .jsonl file or a folder of them"])
     assert r.stderr.strip() == ("minigpt data: error: no/such/folder: no such file or folder, "
                                 f"nor a registered corpus; give {give}")
-    assert "shakespeare, tinystories[:train|valid], a .txt" in r.stderr
+
+
+def commands_with(flag: str) -> list[list[str]]:
+    "The command lines (`[\"data\", \"stats\"]`, ...) whose parser has `flag`, found in the parser."
+    from minigpt.cli import build_parser
+    found = []
+    def walk(parser, argv):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, argv + [name])
+            elif flag in action.option_strings:
+                found.append(argv)
+    walk(build_parser(), [])
+    assert found, f"no command takes {flag}"
+    return found
 
 
 def test_data_list_and_corpus_help_read_the_registry():
@@ -90,10 +106,37 @@ def test_data_list_and_corpus_help_read_the_registry():
     assert [line.split()[0] for line in r.stdout.splitlines()] == corpus_specs()
     for description in (s.description for s in CORPORA.values()):
         assert description in r.stdout
-    for argv in (["data", "stats"], ["tokenizer", "train"], ["prepare"], ["tasks"]):
+    for argv in commands_with("--corpus"):
         r = run(*argv, "--help")
         assert r.returncode == 0, r.stderr
         assert all(spec in " ".join(r.stdout.split()) for spec in corpus_specs()), argv
+
+
+def test_generate_and_chat_have_a_flag_for_every_sampling_option():
+    "The sampling flags are SamplingConfig's fields: each one in `generate` and in `chat`."
+    from minigpt.cli import option_flag
+    from minigpt.sampling import SamplingConfig, options
+    for command in ("generate", "chat"):
+        r = run(command, "--help")
+        assert r.returncode == 0, r.stderr
+        missing = [o.name for o in options(SamplingConfig) if option_flag(o.name) not in r.stdout]
+        assert not missing, (command, missing)
+
+
+def test_a_sampling_value_out_of_range_is_one_line_naming_its_flag(tmp_path, capsys):
+    "Each bounded option, given a value just outside its range: exit 1, one line naming the flag."
+    from minigpt.cli import main, option_flag
+    from minigpt.sampling import SamplingConfig, options
+    bounded = [o for o in options(SamplingConfig) if o.low is not None]
+    assert bounded
+    for o in bounded:
+        low = o.low if o.above else o.low - 1
+        for command in ("generate", "chat"):
+            status = main([command, "--run", str(tmp_path / "none"), option_flag(o.name),
+                           str(o.kind(low))])
+            err = capsys.readouterr().err
+            assert status == 1, (command, o.name)
+            assert f"error: {option_flag(o.name)} must be" in err and "Traceback" not in err, err
 
 
 def test_data_stats_on_a_folder(tmp_path):
