@@ -179,6 +179,7 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
                         for i, (v, w) in enumerate(zip(row, widths))))
 
+# %% ../nbs/12_cli.ipynb #118599da
 def print_cleaning(rules: list) -> None:
     "Each cleaning rule that changed or removed something, with its counts."
     active = [s for s in rules if s.docs_changed or s.docs_removed]
@@ -347,6 +348,7 @@ def parse_overrides(pairs: list[str]) -> dict:
             out[name] = value
     return out
 
+# %% ../nbs/12_cli.ipynb #36357b79
 def training_sampler(run: str | Path) -> Callable:
     "The sampler of `minigpt train`: 100 tokens by `generate`, its own seed."
     from minigpt.generate import SamplingConfig, generate
@@ -476,6 +478,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         "slow to start, pays for long texts)")
     add_device_arguments(parser)
 
+# %% ../nbs/12_cli.ipynb #27908877
 @command("generate", "continue a prompt with a trained model",
          add_generate_arguments)
 def generate_command(args: argparse.Namespace) -> int:
@@ -605,6 +608,7 @@ def _accuracies(model, tok, held) -> str:
         text += f", choice accuracy {option_accuracy(model, tok, held):.3f}"
     return text
 
+# %% ../nbs/12_cli.ipynb #b11797cc
 def add_sft_arguments(parser: argparse.ArgumentParser) -> None:
     add_finetune_arguments(parser)
     parser.add_argument("--lora", action="store_true",
@@ -651,6 +655,7 @@ def sft_command(args: argparse.Namespace) -> int:
     print(f"SFT loss {log[-1]['loss']:.3f}; run in {args.out}")
     return 0
 
+# %% ../nbs/12_cli.ipynb #0e6f6be4
 @command("dpo", "direct preference optimisation of a fine-tuned run",
          add_dpo_arguments)
 def dpo_command(args: argparse.Namespace) -> int:
@@ -698,6 +703,7 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser, max_new_tokens=64, temperature=0.0)
     add_device_arguments(parser)
 
+# %% ../nbs/12_cli.ipynb #c76ba846
 @command("chat", "talk to a fine-tuned run (an empty line or Ctrl-D ends)",
          add_chat_arguments)
 def chat_command(args: argparse.Namespace) -> int:

@@ -255,6 +255,7 @@ class MinigptLM(_HarnessLM):
             out.append(generate(self.model, self.tok, ids, cfg))
         return out
 
+# %% ../nbs/08_evaluation.ipynb #f3f6253c
 if _register_model is not None:
     try:
         _register_model("minigpt")(MinigptLM)
@@ -435,6 +436,7 @@ except SystemExit as e:
 print(token)
 """
 
+# %% ../nbs/08_evaluation.ipynb #e3210f5c
 def run_program(program: str, timeout: float = 3.0, memory_mb: int = 1024,
                 output_mb: int = 16) -> dict:
     """Run `program` in a new Python process in a temporary folder, under

@@ -164,6 +164,7 @@ def _hf_tensor(state: dict, cfg: GPTConfig, arch: str, names: dict, name: str):
                           for x in "qkv"])
     return state[names[name]]
 
+# %% ../nbs/10_using.ipynb #c4af8408
 def from_hf_state(cfg: GPTConfig, state: dict) -> GPT:
     "Our GPT of `cfg` with the weights of a GPT-2 or Llama state dict."
     arch, model = hf_architecture(cfg), GPT(cfg)
@@ -370,6 +371,7 @@ def load_hf(model_dir: str | Path, device=None):
     tok = load_hf_tokenizer(path / "tokenizer.json")
     return model.to(resolve_device(device)).eval(), tok
 
+# %% ../nbs/10_using.ipynb #69f95fcb
 def check_export_dir(out: str | Path, force: bool = False) -> Path:
     "An export's folder: new or empty, or any with `force`; else an error."
     out = Path(out)

@@ -152,6 +152,7 @@ def cache_dtype(model: GPT) -> torch.dtype:
         torch.is_autocast_enabled(p.device.type)
     return torch.get_autocast_dtype(p.device.type) if on else p.dtype
 
+# %% ../nbs/07_generation.ipynb #e709d1c9
 @torch.no_grad()
 def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
                  use_cache: bool = True, vocab_size: int | None = None,
@@ -259,6 +260,7 @@ def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     found = [text.find(s) for s in stops if s in text]
     return min(found) if found else None
 
+# %% ../nbs/07_generation.ipynb #a1cc0b5b
 @dataclass
 class Continuation:
     "What `stream` generated: the text, the tokens drawn and why it ended."
@@ -317,6 +319,7 @@ def generate_ids(model: GPT, tok, rows: list[list[int]], cfg: SamplingConfig,
             break
     return new
 
+# %% ../nbs/07_generation.ipynb #8db30a6b
 def generate(model: GPT, tok, prompts: str | list[int] | list,
              cfg: SamplingConfig, use_cache: bool = True,
              allow_special: bool = False, compile: bool | str = False):

@@ -27,9 +27,10 @@ except ImportError:
     Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
-__all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'CHAT_PAGE', 'APIError', 'number_field', 'strings_field',
-           'bool_field', 'ServeConfig', 'request_field', 'sampling_config', 'completion_prompt', 'message_text',
-           'chat_turns', 'end_tokens', 'Engine', 'usage', 'choice', 'response', 'sse', 'events', 'create_app',
+__all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'CHAT_HEAD', 'CHAT_CONTROLS', 'CHAT_SEND', 'CHAT_PAGE', 'APIError',
+           'number_field', 'strings_field', 'bool_field', 'ServeConfig', 'request_field', 'sampling_config',
+           'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Engine', 'check_model_name',
+           'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'sse', 'events', 'create_app',
            'require_serve_packages', 'check_port', 'Server', 'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
@@ -48,7 +49,9 @@ class APIError(Exception):
 
 # %% ../nbs/10_using.ipynb #c41c2d9b
 MAX_STOP = 4                 # stop strings per request, as OpenAI allows
+
 DEFAULT_MAX_TOKENS = 256
+
 # Where OpenAI differs from SamplingConfig: the names of a field in a request
 # (the first one given counts), its default, its upper bound, the most values.
 OPENAI_FIELDS = {
@@ -104,6 +107,7 @@ class ServeConfig(SamplingConfig):
     ignore_eos: bool = option(False, "ban the end tokens: the reply runs to "
                               "max_tokens or a stop string")
 
+# %% ../nbs/10_using.ipynb #ef932886
 def request_field(body: dict, o: Option):
     "The value of the option `o` in a request: under OpenAI's name, checked."
     api = OPENAI_FIELDS.get(o.name, {})
@@ -194,40 +198,6 @@ class Engine:
         self.created = int(time.time())
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="minigpt-serve")
 
-    def check_model(self, body: dict) -> None:
-        model = body.get("model")
-        if model is not None and model != self.name:
-            raise APIError(404, f"the model {model!r} does not exist; this "
-                           f"server has {self.name!r}", "model",
-                           "model_not_found")
-
-    def prompt_ids(self, body: dict, chat: bool) -> list[int]:
-        "The request's prompt as token ids, checked against the context."
-        if chat and not self.chat:
-            raise APIError(400, f"the run {self.name!r} has no chat template "
-                           "(it is not fine-tuned: fine-tune it with minigpt "
-                           "sft); use /v1/completions", "messages",
-                           "no_chat_template")
-        ids = (chat_ids(self.tok, chat_turns(body.get("messages")))
-               if chat else completion_prompt(body, self.tok))
-        block = self.model.cfg.block_size
-        if len(ids) > block:
-            raise APIError(400, f"the prompt has {len(ids)} tokens; this "
-                           f"model's context window is {block} tokens",
-                           "messages" if chat else "prompt",
-                           "context_length_exceeded")
-        return ids
-
-    def request(self, body, chat: bool):
-        "(prompt ids, SamplingConfig) of a request body; APIError if bad."
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        self.check_model(body)
-        cfg = sampling_config(body)
-        if chat:
-            cfg.stop = cfg.stop + (END,)     # the end of the turn
-        return self.prompt_ids(body, chat), cfg
-
     def pieces(self, ids, cfg: ServeConfig, reply: Continuation):
         "`stream` under the server's precision (in the worker thread)."
         banned = end_tokens(self.tok) if cfg.ignore_eos else ()
@@ -274,6 +244,42 @@ class Engine:
                 yield item
         finally:
             cancelled.set()
+
+# %% ../nbs/10_using.ipynb #4a20aa87
+def check_model_name(engine: Engine, body: dict) -> None:
+    "APIError 404 unless the request names this server's model (or none)."
+    model = body.get("model")
+    if model is not None and model != engine.name:
+        raise APIError(404, f"the model {model!r} does not exist; this "
+                       f"server has {engine.name!r}", "model",
+                       "model_not_found")
+
+def request_prompt_ids(engine: Engine, body: dict, chat: bool) -> list[int]:
+    "The request's prompt as token ids, checked against the context."
+    if chat and not engine.chat:
+        raise APIError(400, f"the run {engine.name!r} has no chat template "
+                       "(it is not fine-tuned: fine-tune it with minigpt "
+                       "sft); use /v1/completions", "messages",
+                       "no_chat_template")
+    ids = (chat_ids(engine.tok, chat_turns(body.get("messages")))
+           if chat else completion_prompt(body, engine.tok))
+    block = engine.model.cfg.block_size
+    if len(ids) > block:
+        raise APIError(400, f"the prompt has {len(ids)} tokens; this "
+                       f"model's context window is {block} tokens",
+                       "messages" if chat else "prompt",
+                       "context_length_exceeded")
+    return ids
+
+def read_request(engine: Engine, body, chat: bool):
+    "(prompt ids, SamplingConfig) of a request body; APIError if bad."
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    check_model_name(engine, body)
+    cfg = sampling_config(body)
+    if chat:
+        cfg.stop = cfg.stop + (END,)     # the end of the turn
+    return request_prompt_ids(engine, body, chat), cfg
 
 # %% ../nbs/10_using.ipynb #1f2e76ec
 def usage(ids: list[int], reply: Continuation) -> dict:
@@ -356,7 +362,7 @@ def create_app(engine: Engine):
 
     async def answer(request: Request, chat: bool):
         body = await body_of(request)
-        ids, cfg = engine.request(body, chat)
+        ids, cfg = read_request(engine, body, chat)
         if body.get("stream"):
             opts = body.get("stream_options") or {}
             return StreamingResponse(
@@ -380,7 +386,7 @@ def create_app(engine: Engine):
     return app
 
 # %% ../nbs/10_using.ipynb #6b23752e
-CHAT_PAGE = """<!doctype html>
+CHAT_HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>minigpt</title>
@@ -416,7 +422,10 @@ CHAT_PAGE = """<!doctype html>
 <form id="form"><textarea id="prompt" placeholder="Type a message"></textarea>
  <button id="send" type="submit">Send</button>
  <button id="stop" type="button" disabled>Stop</button></form>
-<script>
+"""
+
+# %% ../nbs/10_using.ipynb #83c150a0
+CHAT_CONTROLS = """<script>
 const $ = id => document.getElementById(id);
 let model = null, chat = true, history = [], controller = null;
 
@@ -435,7 +444,22 @@ function bubble(cls, text) {
 
 function busy(on) { $("send").disabled = on; $("stop").disabled = !on; }
 
-async function send(text) {
+$("form").onsubmit = e => {
+  e.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text || controller) return;
+  $("prompt").value = ""; send(text);
+};
+$("prompt").onkeydown = e => {
+  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault();
+    $("form").requestSubmit(); }
+};
+$("stop").onclick = () => controller && controller.abort();
+$("clear").onclick = () => { history = []; $("log").textContent = ""; };
+"""
+
+# %% ../nbs/10_using.ipynb #036ea04b
+CHAT_SEND = """async function send(text) {
   const settings = {model, stream: true,
     temperature: +$("temperature").value, top_p: +$("top_p").value,
     max_tokens: +$("max_tokens").value};
@@ -481,21 +505,10 @@ async function send(text) {
                  {role: "assistant", content: out.textContent});
   controller = null; busy(false);
 }
-
-$("form").onsubmit = e => {
-  e.preventDefault();
-  const text = $("prompt").value.trim();
-  if (!text || controller) return;
-  $("prompt").value = ""; send(text);
-};
-$("prompt").onkeydown = e => {
-  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault();
-    $("form").requestSubmit(); }
-};
-$("stop").onclick = () => controller && controller.abort();
-$("clear").onclick = () => { history = []; $("log").textContent = ""; };
 </script></body></html>
 """
+
+CHAT_PAGE = CHAT_HEAD + CHAT_CONTROLS + CHAT_SEND
 
 # %% ../nbs/10_using.ipynb #85b0e3d8
 def require_serve_packages() -> None:
