@@ -19,9 +19,10 @@ from .attention import (CausalSelfAttention, rope_angles,
 
 # %% auto #0
 __all__ = ['LLAMA', 'PRESETS', 'FAMILIES', 'FREE_FIELDS', 'STATE_BYTES', 'STATE_PARTS', 'RMSNorm', 'MLP', 'SwiGLU', 'Block',
-           'make_norm', 'GPTConfig', 'check_gpt_config', 'model_family', 'lm_loss', 'GPT', 'token_logprobs', 'rnn_cell',
-           'lstm_cell', 'Recurrent', 'RNNLanguageModel', 'parameter_groups', 'meta_model', 'matmul_params',
-           'flops_per_token', 'training_state_bytes', 'check_gpt2_compatible', 'from_hf_gpt2', 'save_hf_gpt2']
+           'make_norm', 'GPTConfig', 'check_gpt_config', 'model_family', 'lm_loss', 'init_gpt2_weights', 'GPT',
+           'token_logprobs', 'rnn_cell', 'lstm_cell', 'Recurrent', 'RNNLanguageModel', 'parameter_groups', 'meta_model',
+           'matmul_params', 'flops_per_token', 'training_state_bytes', 'check_gpt2_compatible', 'from_hf_gpt2',
+           'save_hf_gpt2']
 
 # %% ../nbs/05_model.ipynb #8872cd33
 class RMSNorm(nn.Module):
@@ -212,6 +213,20 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor,
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(),
                            ignore_index=IGNORE_INDEX, reduction=reduction)
 
+# %% ../nbs/05_model.ipynb #242db70b
+def _normal_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
+    "GPT-2's initialisation: N(0, 0.02^2), residual writers / sqrt(2L)."
+    model.apply(_normal_weights)
+    for name, p in model.named_parameters():     # residual-stream writers
+        if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+            nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_layer))
+
 # %% ../nbs/05_model.ipynb #77bbab59
 class GPT(nn.Module):
     "A decoder-only transformer language model."
@@ -231,16 +246,7 @@ class GPT(nn.Module):
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         self.activation_checkpointing = False   # see TrainConfig
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():     # residual-stream writers
-            if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_gpt2_weights(self, cfg.n_layer)
 
     def embed(self, idx: torch.Tensor, positions: torch.Tensor):
         "Token vectors (B, T, d) of `idx` with their positions; RoPE's cos/sin."
