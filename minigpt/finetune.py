@@ -269,8 +269,8 @@ def sft(model: GPT, tok, examples: list[dict], cfg: FinetuneConfig):
     gen = torch.Generator().manual_seed(cfg.seed)
     user = tok.special_tokens[USER]
     def next_loss(step):
-        pick = torch.randint(0, len(ids), (cfg.batch_size,), generator=gen)
-        return sft_loss(model, ids[pick], labels[pick], user), {}
+        rows = torch.randint(0, len(ids), (cfg.batch_size,), generator=gen)
+        return sft_loss(model, ids[rows], labels[rows], user), {}
     return finetune(model, next_loss, cfg)
 
 # %% ../nbs/09_finetuning.ipynb #6842ac92

@@ -18,8 +18,8 @@ from .common import ENDOFTEXT, PAD, atomic_write
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS', 'check_special',
            'split_special', 'CharTokenizer', 'get_stats', 'merge', 'chunk_counts', 'best_pair', 'train_bpe_naive',
-           'train_bpe', 'bpe_encode_chunk', 'merges_needed', 'BPETokenizer', 'to_tiktoken', 'from_tiktoken',
-           'tokenizer_state', 'fingerprint', 'save_tokenizer', 'load_tokenizer']
+           'train_bpe', 'bpe_encode_chunk', 'merges_needed', 'trained_merges', 'merged_ranks', 'BPETokenizer',
+           'to_tiktoken', 'from_tiktoken', 'tokenizer_state', 'fingerprint', 'save_tokenizer', 'load_tokenizer']
 
 # %% ../nbs/02_tokenizer.ipynb #c14d6ab8
 SPECIAL_TOKENS = (ENDOFTEXT, PAD)
@@ -210,6 +210,28 @@ def merges_needed(vocab_size, specials=SPECIAL_TOKENS) -> int:
             f"(256 bytes and {len(specials)} special tokens), a whole number")
     return int(vocab_size) - need
 
+def trained_merges(texts, vocab_size, pattern, specials) -> list:
+    "The merges for `vocab_size`; ValueError if the text runs out of them."
+    n_merges = merges_needed(vocab_size, specials)
+    merges = train_bpe(texts, n_merges, pattern)
+    if len(merges) < n_merges:     # every chunk became a single token
+        most = 256 + len(merges) + len(specials)
+        raise ValueError(
+            f"--vocab-size {vocab_size:,} is more than this text can "
+            f"give: its merges run out at {most:,} tokens; ask for "
+            f"--vocab-size {most} or less, or give more text")
+    return merges
+
+def merged_ranks(merges) -> dict[bytes, int]:
+    "Token bytes -> id: the 256 bytes, then the token of each merge."
+    vocab = {i: bytes([i]) for i in range(256)}
+    for idx, (a, b) in enumerate(merges, 256):
+        vocab[idx] = vocab[a] + vocab[b]
+    ranks = {}
+    for i, b in vocab.items():
+        ranks.setdefault(b, i)   # first id wins
+    return ranks
+
 # %% ../nbs/02_tokenizer.ipynb #4f743532
 class BPETokenizer:
     "Byte-level BPE: ranks (token bytes -> id), split pattern, special tokens."
@@ -228,28 +250,15 @@ class BPETokenizer:
     @classmethod
     def from_merges(cls, merges, pattern=GPT4_PATTERN, specials=SPECIAL_TOKENS):
         "The tokenizer that `merges` define; special tokens get the next ids."
-        vocab = {i: bytes([i]) for i in range(256)}
-        for idx, (a, b) in enumerate(merges, 256):
-            vocab[idx] = vocab[a] + vocab[b]
-        ranks = {}
-        for i, b in vocab.items():
-            ranks.setdefault(b, i)   # first id wins
         n = 256 + len(merges)
-        return cls(ranks, pattern, {s: n + k for k, s in enumerate(specials)},
-                   list(merges))
+        return cls(merged_ranks(merges), pattern,
+                   {s: n + k for k, s in enumerate(specials)}, list(merges))
 
     @classmethod
     def train(cls, texts, vocab_size: int, pattern=GPT4_PATTERN,
               specials=SPECIAL_TOKENS) -> BPETokenizer:
         "Learn `vocab_size - 256 - len(specials)` merges from `texts`."
-        n_merges = merges_needed(vocab_size, specials)
-        merges = train_bpe(texts, n_merges, pattern)
-        if len(merges) < n_merges:     # every chunk became a single token
-            most = 256 + len(merges) + len(specials)
-            raise ValueError(
-                f"--vocab-size {vocab_size:,} is more than this text can "
-                f"give: its merges run out at {most:,} tokens; ask for "
-                f"--vocab-size {most} or less, or give more text")
+        merges = trained_merges(texts, vocab_size, pattern, specials)
         return cls.from_merges(merges, pattern, specials)
 
     @property

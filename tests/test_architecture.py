@@ -208,3 +208,49 @@ def test_the_page_checks_catch_a_name_that_does_not_exist():
     assert exists_in("GPT.embed", defined(modules()["model"]))
     assert not exists_in("TrainConfig.rules", defined(modules()["train"]))
     assert code_names("`minigpt serve`, `meta.json`, `/v1/models`, `GPT.embed`") == ["GPT.embed"]
+
+
+# ---- the source laid out as the book reads
+
+EXPORT = re.compile(r"^#\|\s*export[is]?[ \t]*(\S*)[ \t]*$", re.M)
+DEFAULT = re.compile(r"^#\|\s*default_exp[ \t]+(\S+)", re.M)
+
+
+def exported_cells(notebook: Path) -> list[tuple[str, str]]:
+    "(module, source) of each exported code cell of `notebook`, in order."
+    import json
+    cells, default = [], None
+    for cell in json.loads(notebook.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] != "code":
+            continue
+        if found := DEFAULT.search(source):
+            default = found.group(1)
+        if found := EXPORT.search(source):
+            cells.append((found.group(1) or default, source))
+    return cells
+
+
+def runs(names: list[str]) -> list[str]:
+    "The modules in the order their runs of consecutive cells come: a, a, b, a -> a, b, a."
+    return [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "nbs").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_each_module_is_exported_in_one_contiguous_part(notebook):
+    parts = runs([module for module, _ in exported_cells(notebook)])
+    assert len(parts) == len(set(parts)), f"{notebook.name} exports in parts: {parts}"
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "nbs").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_no_exported_cell_is_long(notebook):
+    "About 60 lines at most; a class that reads as one piece (GPT, BPETokenizer) to 70."
+    long = [(module, source.splitlines()[1][:50]) for module, source in exported_cells(notebook)
+            if len(source.splitlines()) > 70]
+    assert not long, f"{notebook.name}: exported cells over 70 lines: {long}"
+
+
+def test_the_layout_checks_see_a_module_in_two_parts():
+    assert runs(["data", "data", "common", "data"]) == ["data", "common", "data"]
+    assert EXPORT.search("#| export gguf\nx = 1").group(1) == "gguf"
+    assert EXPORT.search("#| export\nx = 1").group(1) == ""
