@@ -23,7 +23,7 @@ __all__ = ['HF_NEEDS', 'BYTE_CHARS', 'PROBE_TEXTS', 'HF_FILES', 'hf_architecture
            'check_export_dir']
 
 # %% ../nbs/10_using.ipynb #028b7131
-HF_NEEDS = {"gpt2": dict(tie_weights=True)}   # beyond the family: GPT2LMHeadModel
+HF_NEEDS = {"gpt2": dict(tie_weights=True)}   # beyond the family (GPT2LMHead)
 
 def hf_architecture(cfg: GPTConfig) -> str:
     "'gpt2' or 'llama', the HF architecture of `cfg`; else ValueError."

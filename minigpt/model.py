@@ -185,7 +185,7 @@ FREE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head",
                "rope_base", "dropout", "use_sdpa")   # any family takes these
 
 def model_family(cfg: GPTConfig) -> str:
-    "'gpt2' or 'llama': the family whose programs compute `cfg`; else ValueError."
+    "'gpt2' or 'llama', the family whose programs compute `cfg`; ValueError."
     known = set(FREE_FIELDS).union(*FAMILIES.values())
     for f in fields(cfg):
         if f.name not in known:
@@ -441,7 +441,8 @@ def training_state_bytes(n_params: float, precision: str = "fp32") -> dict:
     if precision not in STATE_BYTES:
         raise ValueError(f"precision {precision!r}: use one of "
                          f"{', '.join(STATE_BYTES)}")
-    return dict(zip(STATE_PARTS, (n_params * b for b in STATE_BYTES[precision])))
+    per = STATE_BYTES[precision]
+    return dict(zip(STATE_PARTS, (n_params * b for b in per)))
 
 # %% ../nbs/05_model.ipynb #badf009c
 def _hf_gpt2_keys(cfg: GPTConfig) -> dict[str, tuple[str, bool]]:
