@@ -13,14 +13,14 @@ from .common import END, ENDOFTEXT, PAD, atomic_write
 from .device import resolve_device
 from .model import (GPT, GPTConfig, _hf_gpt2_keys, model_family,
                            save_hf_gpt2)
-from .tokenizer import SAFE_PATTERNS, BPETokenizer
+from .tokenizer import (BYTE_CHARS, SAFE_PATTERNS, BPETokenizer,
+                               token_string)
 
 # %% auto #0
-__all__ = ['HF_NEEDS', 'BYTE_CHARS', 'PROBE_TEXTS', 'HF_FILES', 'hf_architecture', 'llama_names', 'qkv_sizes', 'hf_llama_state',
-           'hf_llama_config', 'save_hf_llama', 'gpt_config_from_hf', 'from_hf_state', 'bytes_to_unicode',
-           'token_string', 'hf_merges', 'hf_tokenizer_json', 'hf_special_tokens', 'save_hf_tokenizer',
-           'load_hf_tokenizer', 'probe_texts', 'hf_generation_config', 'write_json', 'export_hf', 'load_hf',
-           'check_export_dir']
+__all__ = ['HF_NEEDS', 'PROBE_TEXTS', 'HF_FILES', 'hf_architecture', 'llama_names', 'qkv_sizes', 'hf_llama_state',
+           'hf_llama_config', 'save_hf_llama', 'gpt_config_from_hf', 'from_hf_state', 'hf_merges', 'hf_tokenizer_json',
+           'hf_special_tokens', 'save_hf_tokenizer', 'load_hf_tokenizer', 'probe_texts', 'hf_generation_config',
+           'write_json', 'export_hf', 'load_hf', 'check_export_dir']
 
 # %% ../nbs/10_using.ipynb #028b7131
 HF_NEEDS = {"gpt2": dict(tie_weights=True)}   # beyond the family (GPT2LMHead)
@@ -182,21 +182,6 @@ def from_hf_state(cfg: GPTConfig, state: dict) -> GPT:
                                  f"the config makes {tuple(p.shape)}")
             p.copy_(t)
     return model
-
-# %% ../nbs/10_using.ipynb #11f6cc50
-def bytes_to_unicode() -> dict[int, str]:
-    "GPT-2's printable character for each byte (byte-level BPE's alphabet)."
-    printable = [*range(ord("!"), ord("~") + 1),
-                 *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {b: chr(c) for b, c in zip(printable + others,
-                                      printable + list(range(256, 256 + 68)))}
-
-BYTE_CHARS = bytes_to_unicode()
-
-def token_string(piece: bytes) -> str:
-    "A token's bytes as the string that names it in tokenizer.json."
-    return "".join(BYTE_CHARS[b] for b in piece)
 
 # %% ../nbs/10_using.ipynb #af911437
 def hf_merges(tok: BPETokenizer) -> list[str]:

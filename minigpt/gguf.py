@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from .common import ENDOFTEXT, PAD, atomic_write
-from .tokenizer import GPT2_PATTERN, GPT4_PATTERN
+from .tokenizer import GPT2_PATTERN, GPT4_PATTERN, token_string
 from .model import GPT, model_family
 from .checkpoint import load_run
-from .export import token_string
 
 
 # %% auto #0

@@ -16,10 +16,11 @@ import regex
 from .common import ENDOFTEXT, PAD, atomic_write
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS', 'check_special',
+__all__ = ['SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS', 'BYTE_CHARS', 'check_special',
            'split_special', 'CharTokenizer', 'get_stats', 'merge', 'chunk_counts', 'best_pair', 'train_bpe_naive',
            'train_bpe', 'bpe_encode_chunk', 'merges_needed', 'trained_merges', 'merged_ranks', 'BPETokenizer',
-           'to_tiktoken', 'from_tiktoken', 'tokenizer_state', 'fingerprint', 'save_tokenizer', 'load_tokenizer']
+           'to_tiktoken', 'from_tiktoken', 'tokenizer_state', 'fingerprint', 'save_tokenizer', 'load_tokenizer',
+           'bytes_to_unicode', 'token_string']
 
 # %% ../nbs/02_tokenizer.ipynb #c14d6ab8
 SPECIAL_TOKENS = (ENDOFTEXT, PAD)
@@ -392,3 +393,18 @@ def load_tokenizer(path: str | Path):
     if tok.special_tokens != state["special_tokens"]:
         raise bad("special token ids do not match the vocabulary")
     return tok
+
+# %% ../nbs/02_tokenizer.ipynb #11f6cc50
+def bytes_to_unicode() -> dict[int, str]:
+    "GPT-2's printable character for each byte (byte-level BPE's alphabet)."
+    printable = [*range(ord("!"), ord("~") + 1),
+                 *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {b: chr(c) for b, c in zip(printable + others,
+                                      printable + list(range(256, 256 + 68)))}
+
+BYTE_CHARS = bytes_to_unicode()
+
+def token_string(piece: bytes) -> str:
+    "A token's bytes as the string that names it in tokenizer.json."
+    return "".join(BYTE_CHARS[b] for b in piece)

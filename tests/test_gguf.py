@@ -11,7 +11,7 @@ import torch
 from minigpt.checkpoint import save_weights
 from minigpt.data import load_shakespeare
 from minigpt.generate import SamplingConfig, decode_steps, generate
-from minigpt.export import BYTE_CHARS
+from minigpt.tokenizer import BYTE_CHARS
 from minigpt.gguf import (F16, F32, Q8_0, export_gguf,
                           write_gguf)
 from minigpt.model import GPT, GPTConfig
