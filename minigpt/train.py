@@ -610,7 +610,13 @@ def train(data_dir: str | Path, run_dir: str | Path,
     with run_lock(run) if main else nullcontext():   # one writer per run
         trainer = setup(data_dir, run, model_cfg, cfg, resume, changes, device)
         try:
-            return train_loop(trainer, stop_at, progress_bar, sample)
+            result = train_loop(trainer, stop_at, progress_bar, sample)
+            if trainer.world_size > 1:
+                dist.barrier()      # every rank done, rank 0's sample too
+            return result
         finally:
             if trainer.world_size > 1:
+                # the wrapper first: its reducer holds the process group, and
+                # freeing the group from there can deadlock on gloo's threads
+                trainer.step_model = None
                 dist.destroy_process_group()
