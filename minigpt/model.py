@@ -175,7 +175,7 @@ def check_gpt_config(cfg: GPTConfig) -> None:
         raise ValueError(f"GPTConfig.dropout={cfg.dropout}: use [0, 1)")
 
 
-# %% ../nbs/05_model.ipynb #7723f0a3
+# %% ../nbs/05_model.ipynb #61135986
 FAMILIES = {   # family -> the GPTConfig values that make a model one of it
     "gpt2": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True),
     "llama": dict(pos="rope", norm="rmsnorm", mlp="swiglu"),
@@ -184,6 +184,7 @@ FREE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head",
                "d_model", "d_ff", "bias", "tie_weights", "norm_eps",
                "rope_base", "dropout", "use_sdpa")   # any family takes these
 
+# %% ../nbs/05_model.ipynb #86813aee
 def model_family(cfg: GPTConfig) -> str:
     "'gpt2' or 'llama', the family whose programs compute `cfg`; ValueError."
     known = set(FREE_FIELDS).union(*FAMILIES.values())

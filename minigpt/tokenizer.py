@@ -200,7 +200,7 @@ def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
         parts[best:best + 2] = [parts[best] + parts[best + 1]]
     return [ranks[p] for p in parts]
 
-# %% ../nbs/02_tokenizer.ipynb #6026626e
+# %% ../nbs/02_tokenizer.ipynb #b54a30c2
 def merges_needed(vocab_size, specials=SPECIAL_TOKENS) -> int:
     "Merges for a vocabulary of `vocab_size`; `ValueError` if it is nonsense."
     need = 256 + len(specials)
@@ -211,6 +211,7 @@ def merges_needed(vocab_size, specials=SPECIAL_TOKENS) -> int:
             f"(256 bytes and {len(specials)} special tokens), a whole number")
     return int(vocab_size) - need
 
+# %% ../nbs/02_tokenizer.ipynb #7c9bb9ae
 def trained_merges(texts, vocab_size, pattern, specials) -> list:
     "The merges for `vocab_size`; ValueError if the text runs out of them."
     n_merges = merges_needed(vocab_size, specials)
