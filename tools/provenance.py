@@ -278,9 +278,7 @@ def module_info(path: Path, package: str) -> ModuleInfo:
     defs, top = {}, []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            old = defs.get(node.name)            # a name defined twice: both count
-            nodes = (old[0] if old else []) + [node]
-            defs[node.name] = (nodes, None)
+            defs.setdefault(node.name, []).append(node)   # defined twice: both count
         else:
             top.append(node)
     def definition(nodes):
@@ -288,7 +286,7 @@ def module_info(path: Path, package: str) -> ModuleInfo:
                           set().union(set(), *(referenced_names(d) for n in nodes
                                                for d in getattr(n, "decorator_list", []))),
                           set().union(set(), *(imported_modules(n, package) for n in nodes)))
-    out = {name: definition(nodes) for name, (nodes, _) in defs.items()}
+    out = {name: definition(nodes) for name, nodes in defs.items()}
     out[TOP] = definition(top)
     return ModuleInfo(path, out, bindings, star)
 
