@@ -12,6 +12,7 @@ the only fonts used are Typst's embedded ones and those of the font packages in 
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as dt
 import json
 import os
@@ -122,6 +123,58 @@ def _check_cell_problem(cell: dict) -> str | None:
     return None
 
 
+# A plumbing cell: package code that protects rather than teaches (validation, file safety,
+# wire formats). The book prints, in its place, one line naming what it defines and what it
+# guards against, and lists it again in the "Engineering notes" appendix (book/template.typ).
+PACKAGE = "minigpt"
+_PLUMBING = re.compile(r"^#\|\s*plumbing\b(?::\s*(\S.*))?$", re.M)
+_EXPORT = re.compile(r"^#\|\s*export(?:s)?\b[ \t]*(\S*)", re.M)
+_DEFAULT_EXP = re.compile(r"^#\|\s*default_exp\s+(\S+)", re.M)
+
+
+def is_plumbing_cell(src: str) -> bool: return bool(_PLUMBING.search(src))
+
+
+def shown_names(src: str) -> list[str]:
+    "The public names a cell binds at its top level (def, class, assignment), in order."
+    names = []
+    for node in ast.parse(src).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return [n for n in dict.fromkeys(names) if not n.startswith("_")]
+
+
+def _plumbing_cell_problem(cell: dict) -> str | None:
+    "Why a plumbing cell cannot be printed as one line naming what it defines, or None."
+    src = "".join(cell.get("source", ""))
+    m = _PLUMBING.search(src)
+    if not m.group(1): return "a plumbing cell needs `#| plumbing: <what it guards against>`"
+    if not _EXPORT.search(src):
+        return ("a plumbing cell is package code that the book does not print: export it "
+                "(`#| export`), or print it")
+    if cell.get("outputs"): return "a plumbing cell prints nothing: move what it prints to a cell of its own"
+    if not shown_names(src): return "a plumbing cell defines no public name for the book to show"
+    return None
+
+
+def annotate_plumbing(notebook: dict) -> None:
+    """Add to each plumbing cell the directives notebook.lua prints: the names it defines
+    (`#| plumbing-names: a, b`) and the module file that holds them (`#| plumbing-module:`)."""
+    module = None
+    for cell in notebook["cells"]:
+        if cell.get("cell_type") != "code": continue
+        src = "".join(cell.get("source", ""))
+        if m := _DEFAULT_EXP.search(src): module = m.group(1)
+        if not is_plumbing_cell(src): continue
+        target = _EXPORT.search(src).group(1) or module
+        path = f"{PACKAGE}/{target.replace('.', '/')}.py" if target else PACKAGE
+        cell["source"] = (f"#| plumbing-names: {', '.join(shown_names(src))}\n"
+                          f"#| plumbing-module: {path}\n" + src)
+
+
 def _fold_cell_problem(src: str) -> str | None:
     "Why a fold cell cannot be printed as its summary with its code at the chapter's end, or None."
     if re.search(r"^#\|\s*fold\b", src, re.M) and not re.search(r"^#\|\s*fold:\s*\S", src, re.M):
@@ -184,6 +237,10 @@ def check_notebook(nb: Path) -> dict:
             raise BookError(f"{nb.name}, cell {i}: {problem}")
         if problem := _fold_cell_problem(src):
             raise BookError(f"{nb.name}, cell {i}: {problem}")
+        if is_plumbing_cell(src):
+            if problem := _plumbing_cell_problem(cell):
+                raise BookError(f"{nb.name}, cell {i}: {problem}")
+            continue  # printed as the names it defines and its summary
         for n, line in enumerate(_shown_text(cell), 1):
             if len(line) > MAX_COLUMNS:
                 raise BookError(f"{nb.name}, cell {i}: a printed line has {len(line)} characters "
@@ -267,8 +324,10 @@ def check_all_prose_numbers(chs: list[Chapter]) -> int:
 
 
 def for_pandoc(notebook: dict) -> dict:
-    "A copy pandoc's reader accepts: nbdev-clean leaves `execution_count` null, pandoc wants a number."
+    """A copy pandoc's reader accepts: nbdev-clean leaves `execution_count` null, pandoc wants a
+    number; plumbing cells carry the names and module they print (`annotate_plumbing`)."""
     nb = json.loads(json.dumps(notebook))
+    annotate_plumbing(nb)
     for cell in nb["cells"]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "execute_result" and out.get("execution_count") is None:
@@ -312,9 +371,17 @@ def modernise_math(typ: str) -> str:
 def _typst_str(s: str) -> str: return json.dumps(s)  # a JSON string is a valid Typst string
 
 
-def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: Path | None) -> str:
-    "The Typst document that includes every chapter in order."
-    lines = ['#import "template.typ": book, unnumbered, appendix, book-index',
+def has_plumbing(chs: list[Chapter]) -> bool:
+    "Whether some chapter has a plumbing cell, for the Engineering notes appendix to list."
+    return any(c.get("cell_type") == "code" and is_plumbing_cell("".join(c.get("source", "")))
+               for ch in chs for c in json.loads(ch.notebook.read_text())["cells"])
+
+
+def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: Path | None,
+             notes: bool = False) -> str:
+    """The Typst document that includes every chapter in order, then (`notes`) the Engineering
+    notes appendix that lists the plumbing cells."""
+    lines = ['#import "template.typ": book, unnumbered, appendix, book-index, engineering-notes',
              f'#show: book.with(title: {_typst_str(book.get("title", ""))}, '
              f'subtitle: {_typst_str(book.get("subtitle", ""))}, '
              f'version: {_typst_str(version)}, date: {_typst_str(date.isoformat())})', ""]
@@ -324,6 +391,9 @@ def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: P
         if ch.appendix and not started_appendix:
             lines.append("#show: appendix"); started_appendix = True
         lines.append(f"#{inc}" if ch.numbered else f"#unnumbered({inc})")
+    if notes:
+        if not started_appendix: lines.append("#show: appendix")
+        lines.append("#engineering-notes()")
     if bib is not None:
         lines += ["", f'#bibliography({_typst_str(bib.name)}, title: "References")']
     lines += ["", "#book-index()"]  # the terms of book/index.txt, marked by notebook.lua
@@ -417,7 +487,8 @@ def build(config: Path = ROOT / "_quarto.yml", out: Path = BOOK / "_build" / "mi
     check_all_prose_numbers(chs)  # after convert, which reports broken notebooks
     main = work / "book.typ"
     date = build_date()
-    main.write_text(main_typ(book, chs, read_version(), date, work / "references.bib" if bib.exists() else None))
+    main.write_text(main_typ(book, chs, read_version(), date, work / "references.bib" if bib.exists() else None,
+                             notes=has_plumbing(chs)))
     compile_pdf(main, out, date)
     return out
 

@@ -18,6 +18,9 @@
 --     summary in a small box (`checked` in template.typ), not its code: the asserts run in
 --     the notebook (nbdev-test), the reader gets the claim they back. A check cell prints
 --     nothing (book/build.py refuses one with an output), so there is no output to drop.
+--   * prints a plumbing cell (`#| plumbing: refuses a corpus that would be empty`) as one line
+--     naming what it defines, with its summary (`plumbing` in template.typ), and lists it in the
+--     Engineering notes appendix; its code is in the package and the notebook.
 --   * moves the code of a fold cell (`#| fold: how GPTConfig refuses an impossible shape`) to a
 --     last section of the chapter, "Listings in full", and prints in its place one line with
 --     the summary and the page of the listing (`folded` in template.typ); its outputs stay.
@@ -122,12 +125,31 @@ local function fold_code(source, summary, code)
   return pandoc.RawBlock("typst", '#import "template.typ": folded\n#folded(<' .. label .. '>)[' .. typ .. "]")
 end
 
+-- A plumbing cell (package code that protects rather than teaches): in its place one line
+-- with the names it defines, their module and what they guard against; the `plumbing` box
+-- also records them for the Engineering notes appendix. book/build.py adds the names and the
+-- module (`#| plumbing-names:`, `#| plumbing-module:`) and refuses a cell that is not exported.
+local function plumbing_cell(source, opts)
+  if opts.plumbing == true or opts.plumbing == "" then
+    cell_error(source.text, "a plumbing cell needs its summary: `#| plumbing: what it guards against`")
+  end
+  local names = {}
+  for name in (opts["plumbing-names"] or ""):gmatch("[%w_]+") do
+    table.insert(names, '"' .. name .. '"')
+  end
+  local module = (opts["plumbing-module"] or ""):gsub('"', "")
+  local typ = pandoc.write(pandoc.Pandoc { pandoc.Plain(parse_caption(opts.plumbing)) }, "typst"):gsub("%s+$", "")
+  return { pandoc.RawBlock("typst", '#import "template.typ": plumbing\n#plumbing(('
+    .. table.concat(names, ", ") .. ',), "' .. module .. '")[' .. typ .. "]") }
+end
+
 local function code_cell(el)
   local source = el.content[1]
   if source == nil or source.t ~= "CodeBlock" then return nil end
   local opts, code = directives(source.text)
   if opts.hide or opts.default_exp or opts.include == "false" then return {} end
   if opts.check then return check_cell(source, opts.check, el) end
+  if opts.plumbing then return plumbing_cell(source, opts) end
 
   local blocks = pandoc.Blocks {}
   if opts.fold and opts.echo ~= "false" and code ~= "" then

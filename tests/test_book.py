@@ -189,6 +189,50 @@ def test_a_fold_cell_needs_a_summary(tmp_path):
         book.build(cfg, tmp_path / "b.pdf")
 
 
+def test_a_plumbing_cell_prints_its_names_and_summary_and_the_appendix_lists_it(tmp_path):
+    cfg = make_book(tmp_path, [
+        md("# T"),
+        code("#| default_exp files"),
+        md("BEFORE_PLUMBING"),
+        code("#| export\n#| plumbing: writes a file whole or not at all\n"
+             "def atomic_write(path, data):\n    PLUMBING_BODY = data\n\n_private = 1\nLIMIT = 3"),
+        code("#| export other.place\n#| plumbing: refuses a corpus that would be empty\n"
+             "def check_corpus(text):\n    return text"),
+        md("AFTER_PLUMBING"),
+    ])
+    out = tmp_path / "b.pdf"
+    book.build(cfg, out)
+    text = re.sub(r"\s+", " ", pdf_text(out)[1])
+    place = text[text.index("BEFORE_PLUMBING"):text.index("AFTER_PLUMBING")]
+    # in place: the public names, the module file, the summary; never the code
+    assert "in the package: atomic_write, LIMIT (minigpt/files.py): writes a file whole or not at all" in place
+    assert "check_corpus (minigpt/other/place.py): refuses a corpus that would be empty" in place
+    assert "PLUMBING_BODY" not in text and "_private" not in text
+    # the appendix, after the chapter: both, under the chapter, with the page they run on
+    notes = text[text.index("Appendix A Engineering notes"):]
+    assert "Chapter 1 · T" in notes
+    assert re.search(r"atomic_write, LIMIT \(minigpt/files\.py, p\. 1\): writes a file whole", notes)
+    assert re.search(r"check_corpus \(minigpt/other/place\.py, p\. 1\): refuses a corpus", notes)
+
+
+def test_without_plumbing_cells_there_is_no_engineering_notes_appendix(tmp_path):
+    cfg = make_book(tmp_path, [md("# T\n\nText."), code("#| export\ndef f(): pass")])
+    book.build(cfg, tmp_path / "b.pdf")
+    assert "Engineering notes" not in pdf_text(tmp_path / "b.pdf")[1]
+
+
+@pytest.mark.parametrize("src, outputs, message", [
+    ("#| export\n#| plumbing\ndef f(): pass", [], r"a plumbing cell needs `#\| plumbing: <what it guards"),
+    ("#| plumbing: checks x\ndef f(): pass", [], r"a plumbing cell is package code.*export it"),
+    ("#| export\n#| plumbing: checks x\nprint(1)", [stream("1\n")], r"a plumbing cell prints nothing"),
+    ("#| export\n#| plumbing: checks x\n_x = 1", [], r"a plumbing cell defines no public name"),
+])
+def test_a_plumbing_cell_that_cannot_be_named_in_one_line_is_an_error(tmp_path, src, outputs, message):
+    cfg = make_book(tmp_path, [md("# T"), code(src, *outputs)])
+    with pytest.raises(book.BookError, match=r"01_test\.ipynb, cell 1: " + message):
+        book.build(cfg, tmp_path / "b.pdf")
+
+
 def test_missing_chapter_is_an_error(tmp_path):
     cfg = tmp_path / "_quarto.yml"
     cfg.write_text("book:\n  chapters:\n    - nbs/nope.ipynb\n")

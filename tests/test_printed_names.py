@@ -8,6 +8,9 @@ The rules, for each notebook `nbs/NN_*.ipynb`, cell by cell in order:
   is as invisible to a reader as one a hidden cell defines, and the code that
   uses names is not shown, so there is nothing to check in it; and likewise
   `#| check: summary`, printed as its summary alone.
+* A plumbing cell (`#| plumbing: summary`) is printed as one line that names the public
+  names it defines (book/build.py's `shown_names`): those count as printed, its other
+  definitions as hidden, and its code is not shown, so there is nothing to check in it.
 * A cell *defines* the names it binds at the top level (imports, assignments,
   `for`/`with` targets, `def`, `class`, `:=`, and a `global` name assigned in a
   function) and *loads* every name it reads that resolves to a global, in
@@ -25,6 +28,7 @@ import re
 import symtable
 from pathlib import Path
 
+import build as book
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
@@ -89,10 +93,13 @@ def names_from_hidden_cells(cells: list[dict]) -> list[tuple[str, list[str]]]:
     "(cell id, names) for each printed cell that uses names only hidden cells define."
     code = [(c.get("id", "?"), "".join(c["source"])) for c in cells if c["cell_type"] == "code"]
     names = {i: names_of_cell(cell_id, src) for i, (cell_id, src) in enumerate(code)}
-    hidden = set().union(*(names[i][0] for i, (_, src) in enumerate(code) if is_hidden(src)))
+    shown = {i: set(book.shown_names(src)) for i, (_, src) in enumerate(code) if book.is_plumbing_cell(src)}
+    hidden = set().union(*(names[i][0] - shown.get(i, set()) for i, (_, src) in enumerate(code)
+                           if is_hidden(src) or i in shown))
     printed, found = set(BUILTINS), []
     for i, (cell_id, src) in enumerate(code):
-        if is_hidden(src): continue
+        if i in shown: printed |= shown[i]
+        if is_hidden(src) or i in shown: continue
         defined, loaded = names[i]
         missing = (loaded - defined - printed) & hidden
         if missing: found.append((cell_id, sorted(missing)))
@@ -127,10 +134,13 @@ def test_a_planted_hidden_name_is_caught():
         cell("%time y = np.ones(2)\nprint(shown)", "magic-and-echo-false"),
         cell("#| check: the helper works\nchecked = helper + 1\nassert checked", "check-cell-is-not-printed"),
         cell("print(checked)", "uses-a-check-cells-name"),
+        cell("#| export\n#| plumbing: checks x\ndef check_x(x):\n    return x\n_LIMIT = 3", "plumbing"),
+        cell("print(check_x(2), _LIMIT)", "uses-a-plumbing-cells-names"),
     ]
     assert names_from_hidden_cells(cells) == [("uses-test-eq", ["test_eq"]), ("in-a-function", ["helper"]),
                                               ("in-a-class", ["tempfile"]), ("magic-and-echo-false", ["shown"]),
-                                              ("uses-a-check-cells-name", ["checked"])]
+                                              ("uses-a-check-cells-name", ["checked"]),
+                                              ("uses-a-plumbing-cells-names", ["_LIMIT"])]
 
 
 def test_no_alarm_on_what_a_reader_can_see():

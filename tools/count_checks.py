@@ -3,8 +3,9 @@
     python tools/count_checks.py
 
 A line counts as *printed* when the book shows it: not in a hidden cell (`#| hide`,
-`#| default_exp`, `#| include: false`, `#| echo: false`) nor in a check cell (`#| check: ...`,
-printed as its one-line summary). A *check line* starts with `assert` or a fastcore `test_*` call.
+`#| default_exp`, `#| include: false`, `#| echo: false`) nor in a check cell (`#| check: ...`) or a plumbing
+cell (`#| plumbing: ...`), each printed as its one-line summary. A fold cell's code is printed,
+in the chapter's "Listings in full", so it counts. A *check line* starts with `assert` or a fastcore `test_*` call.
 """
 import json
 import re
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NOT_PRINTED = re.compile(r"^#\|\s*(?:(?:hide|default_exp|check)\b|include:\s*false|echo:\s*false)", re.M)
+NOT_PRINTED = re.compile(r"^#\|\s*(?:(?:hide|default_exp|check|plumbing)\b|include:\s*false|echo:\s*false)", re.M)
 CHECK_LINE = re.compile(r"\s*(assert\b|test_\w*\()")
 
 
