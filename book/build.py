@@ -31,7 +31,11 @@ MAX_COLUMNS = 80  # Typst does not wrap code: a longer line runs off the page
 # Noto Sans CJK (Chinese, Japanese, Korean) and Noto Emoji (monochrome), both OFL.
 FONT_PACKAGES = ("noto_cjk_sans_jp_regular", "manimgx_fonts")
 # A cross-reference label (`eq-attention`) printed as such: a reader cannot look it up.
-RAW_LABEL = re.compile(r"(?<![\w@#<.-])(?:eq|sec|fig|tbl)-[a-z0-9][\w-]*")
+# In a markdown cell `[@sec-x]` and `@sec-x` are references (_MARKUP drops them before this
+# check); in code, docstrings and output `@sec-x` is printed as it is, so it counts too.
+RAW_LABEL = re.compile(r"(?<![\w#<.-])@?(?:eq|sec|fig|tbl)-[a-z0-9][\w-]*")
+# A word hyphenated at the end of a markdown line: the line break prints as a space ("fine- tuning").
+SPLIT_WORD = re.compile(r"([A-Za-z]+-)\n[ \t]*([A-Za-z]+)")
 # A placeholder the reader would have to fill in (`<repository-url>`), printed as such.
 PLACEHOLDER = re.compile(r"<[a-z]+(?:[-_][a-z]+)+>")
 # A fenced code block of a markdown cell: its lines print as they are, like a code cell's.
@@ -143,7 +147,8 @@ def shown_names(src: str) -> list[str]:
             names.append(node.name)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names += [t.id for t in targets if isinstance(t, ast.Name)]
+            names += [t.id for target in targets for t in ast.walk(target)   # a, (b, c) = ...
+                      if isinstance(t, ast.Name)]
     return [n for n in dict.fromkeys(names) if not n.startswith("_")]
 
 
@@ -201,7 +206,8 @@ def _shown_text(cell: dict) -> list[str]:
 def printed_text_problem(line: str) -> str | None:
     "What a reader would stumble on in a printed line of prose, code or output, or None."
     if m := RAW_LABEL.search(line):
-        return (f"the raw label `{m.group(0)}` is printed; refer to it with [@{m.group(0)}] in prose, "
+        label = m.group(0).lstrip("@")
+        return (f"the raw label `{m.group(0)}` is printed; refer to it with [@{label}] in prose, "
                 "or name what it is (in code, docstrings and output the book cannot number it)")
     if m := PLACEHOLDER.search(line):
         return f"the placeholder `{m.group(0)}` is printed; write the real value"
@@ -218,6 +224,10 @@ def check_notebook(nb: Path) -> dict:
     for i, cell in enumerate(cells):
         src = "".join(cell.get("source", ""))
         if cell.get("cell_type") == "markdown":
+            if m := SPLIT_WORD.search(_FENCED.sub("", src)):
+                raise BookError(f"{nb.name}, cell {i} (markdown): `{m.group(1)}` ends a line and `{m.group(2)}` "
+                                f"starts the next: the line break prints as a space ({m.group(1)} {m.group(2)}); "
+                                "keep the hyphenated word on one line")
             for line in _MARKUP.sub("", src).splitlines():
                 if problem := printed_text_problem(line):
                     raise BookError(f"{nb.name}, cell {i} (markdown): {problem}: {line.strip()[:60]}")

@@ -226,6 +226,10 @@ local function cite(el)
     if i > 1 then refs:insert(pandoc.Str(", ")) end
     if is_crossref(c.id) then
       refs:insert(pandoc.RawInline("typst", "@" .. c.id))
+    elseif c.mode == "AuthorInText" then
+      -- `@key found that`: the work is the sentence's subject, so name its authors
+      -- ("Lee et al. [20] found"), never a bare number
+      refs:insert(pandoc.RawInline("typst", '#cite(<' .. c.id .. '>, form: "prose")'))
     else
       refs:insert(pandoc.RawInline("typst", "#cite(<" .. c.id .. ">)"))
     end
@@ -275,6 +279,23 @@ end
 local function not_an_email(el)
   local address = el.target:match("^mailto:(.*)$")
   if address and not address:match("@.+%..+") then return el.content end
+end
+
+-- Typst reads an apostrophe after a digit as a prime (5'11"): "GPT-4's" would print
+-- "GPT-4′s". After a digit and before a letter it is an apostrophe, so it is written as one.
+local function apostrophe_after_digit(el)
+  local rest = el.text:gsub("(%d)\u{2019}(%a)", "%1'%2")
+  if not rest:find("%d'%a") then return nil end
+  local parts = {}
+  while true do
+    local at = rest:find("%d'%a")
+    if not at then break end
+    table.insert(parts, pandoc.Str(rest:sub(1, at)))
+    table.insert(parts, pandoc.RawInline("typst", "\u{2019}"))  -- literal: no smart quote
+    rest = rest:sub(at + 2)
+  end
+  if rest ~= "" then table.insert(parts, pandoc.Str(rest)) end
+  return parts
 end
 
 local function header(el)
@@ -419,6 +440,7 @@ return {
     end,
     Para = labelled_equations,
     Cite = cite,
+    Str = apostrophe_after_digit,
     Table = auto_width_table,
     Link = not_an_email,
     Code = inline_code,

@@ -102,12 +102,64 @@ def finish(ax, w, h):
     return ax.figure
 
 
+def clipped(fig) -> list[str]:
+    """What in `fig` would not print whole: each box or other patch that reaches past the
+    axes that clip it (a box drawn below y = 0 loses its bottom). Text is never clipped:
+    the book saves figures with a tight bounding box, which grows to hold every label."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    found = []
+    for ax in fig.axes:
+        frame = ax.bbox
+        for artist in ax.patches:
+            clips = artist.get_clip_on() and (artist.get_clip_path() is not None
+                                              or artist.get_clip_box() is not None)
+            box = artist.get_window_extent(renderer)
+            if clips and (box.x0 < frame.x0 - 0.5 or box.y0 < frame.y0 - 0.5
+                          or box.x1 > frame.x1 + 0.5 or box.y1 > frame.y1 + 0.5):
+                found.append(f"{type(artist).__name__} at ({box.x0:.0f}, {box.y0:.0f}) px")
+    return found
+
+
 def drawn(fig, name: str) -> np.ndarray:
     "The array drawn as the image labelled `name` in `fig` (for tests)."
     for ax in fig.axes:
         for im in ax.images:
             if im.get_label() == name: return np.asarray(im.get_array())
     raise KeyError(name)
+
+
+# ------------------------------------------------------------------ preface
+def book_map():
+    """The stages the book builds, each with its chapter: text becomes data, tokens and
+    batches, a model is trained into a run directory, and everything after reads it."""
+    fig, ax = canvas(11.6, 5.0, 3.1)
+    x1, x2, x3, x4 = 1.95, 4.7, 7.45, 10.2         # four columns of boxes
+    top, mid, low = 4.35, 2.75, 1.25
+    w, h = 2.35, 0.95
+    label(ax, 0.3, top, "raw\ntext", size=SMALL, style="italic")
+    box(ax, x1, top, w, h, "data", "ch. 1: clean, dedup", "data")
+    box(ax, x2, top, w, h, "tokenizer", "ch. 2: BPE", "data")
+    box(ax, x3, top, w, h, "loader", "ch. 3: shards, batches", "data")
+    box(ax, x4, mid, w, h, "model", "ch. 4-5: attention, GPT", "model")
+    box(ax, x3, low, w, h, "train", "ch. 6: AdamW, DDP", "model")
+    box(ax, x2, low, w, h, "run directory", "weights, metrics", "train")
+    box(ax, x1, low + 0.62, w, h * 0.8, "generate", "ch. 7: sampling", "other")
+    box(ax, x1, low - 0.62, w, h * 0.8, "evaluate", "ch. 8: perplexity", "other")
+    box(ax, x2, mid, w, h, "fine-tune", "ch. 9: SFT, DPO, RL", "other")
+    box(ax, x3, mid, w, h, "use it", "ch. 10: export, serve", "other")
+    half = w / 2
+    for start, end in [((0.6, top), (x1 - half, top)), ((x1 + half, top), (x2 - half, top)),
+                       ((x2 + half, top), (x3 - half, top)), ((x3 + half, top), (x4, mid + h / 2)),
+                       ((x4, mid - h / 2), (x3 + half, low)), ((x3 - half, low), (x2 + half, low)),
+                       ((x2 - half, low), (x1 + half, low + 0.5)), ((x2 - half, low), (x1 + half, low - 0.5)),
+                       ((x2 - 0.25, low + h / 2), (x2 - 0.25, mid - h / 2)),
+                       ((x2 + 0.25, mid - h / 2), (x2 + 0.25, low + h / 2)),
+                       ((x2 + half, low + 0.3), (x3 - half, mid - 0.3))]:
+        arrow(ax, start, end)
+    label(ax, x4 - 0.3, 0.5, "ch. 11: scaling up\nch. 12: the minigpt command",
+          size=SMALL, color=MUTED)
+    return fig
 
 
 # ---------------------------------------------------------- ch. 3: the data

@@ -195,7 +195,8 @@ def test_a_plumbing_cell_prints_its_names_and_summary_and_the_appendix_lists_it(
         code("#| default_exp files"),
         md("BEFORE_PLUMBING"),
         code("#| export\n#| plumbing: writes a file whole or not at all\n"
-             "def atomic_write(path, data):\n    PLUMBING_BODY = data\n\n_private = 1\nLIMIT = 3"),
+             "def atomic_write(path, data):\n    PLUMBING_BODY = data\n\n_private = 1\nLIMIT = 3\n"
+             "WEIGHTS, (STATE, _KEY) = 'w', ('s', 'k')"),
         code("#| export other.place\n#| plumbing: refuses a corpus that would be empty\n"
              "def check_corpus(text):\n    return text"),
         md("AFTER_PLUMBING"),
@@ -205,13 +206,14 @@ def test_a_plumbing_cell_prints_its_names_and_summary_and_the_appendix_lists_it(
     text = re.sub(r"\s+", " ", pdf_text(out)[1])
     place = text[text.index("BEFORE_PLUMBING"):text.index("AFTER_PLUMBING")]
     # in place: the public names, the module file, the summary; never the code
-    assert "in the package: atomic_write, LIMIT (minigpt/files.py): writes a file whole or not at all" in place
+    assert ("in the package: atomic_write, LIMIT, WEIGHTS, STATE (minigpt/files.py): writes a file whole "
+            "or not at all") in place
     assert "check_corpus (minigpt/other/place.py): refuses a corpus that would be empty" in place
     assert "PLUMBING_BODY" not in text and "_private" not in text
     # the appendix, after the chapter: both, under the chapter, with the page they run on
     notes = text[text.index("Appendix A Engineering notes"):]
     assert "Chapter 1 · T" in notes
-    assert re.search(r"atomic_write, LIMIT \(minigpt/files\.py, p\. 1\): writes a file whole", notes)
+    assert re.search(r"atomic_write, LIMIT, WEIGHTS, STATE \(minigpt/files\.py, p\. 1\): writes a file", notes)
     assert re.search(r"check_corpus \(minigpt/other/place\.py, p\. 1\): refuses a corpus", notes)
 
 
@@ -231,6 +233,44 @@ def test_a_plumbing_cell_that_cannot_be_named_in_one_line_is_an_error(tmp_path, 
     cfg = make_book(tmp_path, [md("# T"), code(src, *outputs)])
     with pytest.raises(book.BookError, match=r"01_test\.ipynb, cell 1: " + message):
         book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_real_book_reaches_make_demo_by_page_5(real_book):
+    from pypdf import PdfReader
+    reader = PdfReader(str(real_book))
+    first = next(n for n, page in enumerate(reader.pages) if "make demo" in (page.extract_text() or ""))
+    label = reader.page_labels[first]
+    assert label.isdigit() and int(label) <= 5, f"`make demo` first appears on page {label}"
+
+
+def test_an_apostrophe_after_a_digit_prints_as_one_and_a_cited_subject_has_its_authors(tmp_path):
+    (tmp_path / "refs.bib").write_text("@inproceedings{lee2022dedup, author = {Lee, Katherine and Ippolito, "
+                                      "Daphne and Nystrom, Andrew}, title = {Deduplicating Training Data}, "
+                                      "booktitle = {ACL}, year = {2022}}\n")
+    cfg = make_book(tmp_path, [md("# T\n\nGPT-4's vocabulary; Chapter 6's loop. @lee2022dedup found "
+                                   "duplicates, as others did [@lee2022dedup].")])
+    cfg.write_text(cfg.read_text() + "bibliography: refs.bib\n")
+    book.build(cfg, tmp_path / "b.pdf")
+    text = re.sub(r"\s+", " ", pdf_text(tmp_path / "b.pdf")[1])
+    assert "GPT-4\u2019s vocabulary; Chapter 6\u2019s loop" in text and "\u2032" not in text
+    assert "K. Lee, D. Ippolito, and A. Nystrom [1] found" in text and "as others did [1]." in text
+    assert not [p for p in problems(tmp_path / "b.pdf", cfg) if "prime" in p]
+
+
+def test_check_pdf_finds_a_prime_after_a_digit(tmp_path, monkeypatch):
+    import check_pdf
+    monkeypatch.setattr(check_pdf, "pdf_text", lambda pdf: (9, "Contents\nFigure 1 Table 1 (1) References GPT-4\u2032s"))
+    (tmp_path / "b.pdf").write_bytes(b"%PDF")
+    cfg = make_book(tmp_path, [md("# T")])
+    assert any("a prime after a digit" in p and "GPT-4\u2032s" in p for p in check_pdf.problems(tmp_path / "b.pdf", cfg))
+
+
+def test_a_word_hyphenated_over_two_lines_is_an_error(tmp_path):
+    cfg = make_book(tmp_path, [md("# T\n\nEverything after training (generating, fine-\ntuning) reads it.")])
+    with pytest.raises(book.BookError, match=r"cell 0 \(markdown\): `fine-` ends a line and `tuning` starts the next"):
+        book.build(cfg, tmp_path / "b.pdf")
+    ok = make_book(tmp_path, [md("# T\n\nA 125-\n\n```bash\nmake demo  # pre-\ntrain\n```\n\nfine-tuning, and\npre- and post-training.")])
+    book.build(ok, tmp_path / "ok.pdf")   # a code block, and a hyphen before a space, are not split words
 
 
 def test_missing_chapter_is_an_error(tmp_path):
@@ -378,6 +418,8 @@ def test_real_book_index_has_its_main_terms_with_pages(real_book):
 
 @pytest.mark.parametrize("cells, message", [
     ([md("# T"), code('def f():\n    "Attention (eq-attention) of q."')], r"cell 1: the raw label `eq-attention`"),
+    ([md("# T"), code('def f():\n    "The template of @sec-finetuning."')],
+     r"cell 1: the raw label `@sec-finetuning` is printed; refer to it with \[@sec-finetuning\]"),
     ([md("# T"), code("print(1)", stream("see sec-intro\n"))], r"cell 1: the raw label `sec-intro`.*make execute"),
     ([md("# T\n\nAs fig-loss shows.")], r"cell 0 \(markdown\): the raw label `fig-loss`"),
     ([md("# T\n\n```bash\ngit clone <repository-url>\n```")], r"cell 0 \(markdown\): the placeholder `<repository-url>`"),

@@ -40,11 +40,22 @@ def test_every_diagram_draws():
             D.attention_steps(), D.heads(), D.flash_tiles(), D.block(cfg), D.gpt(cfg),
             D.training_step(TrainConfig()), D.kv_cache(),
             D.lora(LoRALinear(torch.nn.Linear(16, 48), 4, 8)),
-            D.dpo(example, 0.5), D.sharding(), D.pipeline()]
+            D.dpo(example, 0.5), D.sharding(), D.pipeline(), D.book_map()]
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
     for f in figs:
         f.canvas.draw()                  # lays out every artist, text and image
         assert f.get_size_inches()[0] == D.WIDTH
+        assert D.clipped(f) == [], f"{f.axes[0].texts[0].get_text()!r}...: {D.clipped(f)} cut"
+
+
+def test_a_box_past_the_edge_of_its_axes_is_found():
+    fig, ax = D.canvas(10, 4, 2.0)
+    D.box(ax, 5, 2, 2, 1, "inside", "whole")
+    D.label(ax, 9.9, 3, "a label that runs past the edge: the tight bounding box keeps it")
+    assert D.clipped(fig) == []
+    D.box(ax, 5, 0.2, 2, 1, "low", "cut by the axes")       # its bottom is below y = 0
+    found = D.clipped(fig)
+    assert len(found) == 1 and found[0].startswith("FancyBboxPatch")
 
 
 def test_packing_draws_the_document_mask():

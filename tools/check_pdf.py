@@ -4,7 +4,8 @@
 
 Fails (exit 1, one line per problem) unless the PDF has pages, a table of contents, every
 chapter title of `_quarto.yml`, numbered figures, tables and equations, a bibliography, and
-no leaked notebook directives (`#|`) or raw LaTeX (`\\frac`, `\\begin`, ...).
+no leaked notebook directives (`#|`) or raw LaTeX (`\\frac`, `\\begin`, ...), and no prime
+where an apostrophe belongs ("GPT-4′s").
 """
 import json
 import re
@@ -48,6 +49,8 @@ def problems(pdf: Path, config: Path, min_pages: int = 5) -> list[str]:
     for what, pattern in [("a numbered figure", r"Figure\s+\d+"), ("a numbered table", r"Table\s+\d+"),
                           ("a numbered equation", r"\((\d+\.)?\d+\)"), ("a bibliography", r"References")]:
         if not re.search(pattern, text): found.append(f"missing {what}")
+    for m in re.finditer(r"\S*\d\u2032[a-z]+", text):
+        found.append(f"a prime after a digit where an apostrophe belongs: {m.group(0)!r}")
     for leak in LEAKS:
         m = re.search(leak, text)
         if m: found.append(f"leaked source text {m.group(0)!r}: ...{text[max(0, m.start()-40):m.end()+40]!r}")
