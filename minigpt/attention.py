@@ -142,6 +142,7 @@ def check_flash_inputs(q, k, v, causal: bool, block_q: int, block_k: int):
                          f"the last Tq of the Tk positions, as in causal_mask);"
                          f" got Tq={q.shape[-2]}, Tk={k.shape[-2]}")
 
+# %% ../nbs/04_attention.ipynb #977a51a1
 def attend_query_block(q_blk, k, v, tiles, i0: int, shift: int):
     """One block of queries q_blk (..., bq, d), scaled by 1/sqrt(d), in the
     dtype to accumulate in, over its `tiles` of k and v with the online

@@ -100,6 +100,7 @@ def command_in(argv: list[str]) -> str:
     "The command `argv` names, or '' (e.g. for `--version`, `--help`)."
     return next((a for a in argv if not a.startswith("-")), "")
 
+# %% ../nbs/12_cli.ipynb #d9ccb557
 def main(argv: list[str] | None = None) -> int:
     "Run the `minigpt` command with `argv` (default: the process's arguments)."
     argv = sys.argv[1:] if argv is None else argv

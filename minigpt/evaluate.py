@@ -159,6 +159,7 @@ def choice_accuracy(model, tok, items: list[dict], batch_size: int = 16):
         acc_norm += int(np.argmax(lls / chars) == it["label"])
     return {"acc": acc / len(items), "acc_norm": acc_norm / len(items)}
 
+# %% ../nbs/08_evaluation.ipynb #44a70fcb
 def write_records(records: list[dict], path: str | Path) -> Path:
     "Write one JSON object per line, atomically."
     path = Path(path)
@@ -333,6 +334,7 @@ def gsm8k_prompt(question: str, shots: list[dict] = ()) -> str:
                      f"{strip_calculator(s['answer'])}\n\n" for s in shots)
     return solved + f"Question: {question}\nAnswer:"
 
+# %% ../nbs/08_evaluation.ipynb #1ce70440
 def benchmark_file(path: str | Path, url: str) -> Path:
     "The downloaded benchmark file at `path`; an error says where to get it."
     path = Path(path)
@@ -387,6 +389,7 @@ def load_humaneval(path: str | Path) -> list[dict]:
     "HumanEval problems from its JSON Lines (.jsonl or .jsonl.gz)."
     return read_records(benchmark_file(path, HUMANEVAL_URL), HUMANEVAL_FIELDS)
 
+# %% ../nbs/08_evaluation.ipynb #848643e7
 def humaneval_program(task: dict, completion: str) -> str:
     "The file that decides one sample: prompt, completion, tests, the call."
     return (task["prompt"] + completion + "\n\n" + task["test"] + "\n\n"

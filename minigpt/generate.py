@@ -238,6 +238,7 @@ def encode_prompt(tok, prompt: str | list[int],
         raise ValueError(f"{e}. From the command line: --allow-special uses it "
                          "as the control token") from None
 
+# %% ../nbs/07_generation.ipynb #c14000f4
 def _piece_decoder(tok):
     "A function from one token id to its text, holding back partial UTF-8."
     if not hasattr(tok, "decode_bytes"):

@@ -42,6 +42,7 @@ def shard_header(itemsize: int, n_tokens: int) -> bytes:
     head = MAGIC + struct.pack("<IIQ", SHARD_VERSION, itemsize, n_tokens)
     return head.ljust(HEADER_BYTES, b"\0")
 
+# %% ../nbs/03_loader.ipynb #23d9a8cd
 def read_header(path: Path) -> tuple[np.dtype, int]:
     "dtype and token count of a shard; `ValueError` unless it is complete."
     path = Path(path)
@@ -85,6 +86,7 @@ class ShardWriter:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
 
+# %% ../nbs/03_loader.ipynb #48841f75
 def open_shard(path: Path, vocab_size: int | None = None) -> np.memmap:
     """The tokens of a shard, memory-mapped (read on demand, never loaded
     whole); given `vocab_size`, the batches cut from it check their ids."""
@@ -143,6 +145,7 @@ META = "meta.json"
 
 PREPARED = ("tokenizer.json", "train.bin", "val.bin")   # meta.json comes last
 
+# %% ../nbs/03_loader.ipynb #33212abb
 def check_splits(train: list, val: list, corpus: str) -> None:
     "Refuse, before anything is written, a split that would be an empty shard."
     for name, docs in (("training", train), ("validation", val)):
@@ -152,6 +155,7 @@ def check_splits(train: list, val: list, corpus: str) -> None:
                 "would be empty and nothing was written; give more text, or "
                 "change --val-fraction")
 
+# %% ../nbs/03_loader.ipynb #fcb3fd6c
 def write_splits(train: list, val: list, tok, folder: Path,
                  workers: int) -> dict:
     "The tokenizer and one shard per split in `folder`; the split counts."
@@ -172,6 +176,7 @@ def write_splits(train: list, val: list, tok, folder: Path,
                          "characters": sum(len(d.text) for d in docs)}
     return splits
 
+# %% ../nbs/03_loader.ipynb #34dd0e37
 def publish(stage: Path, out: Path) -> None:
     "Move a complete preparation from `stage` into `out`, meta.json last."
     (out / META).unlink(missing_ok=True)   # incomplete until the new one
@@ -233,6 +238,7 @@ class PreparedData:
     train: np.memmap
     val: np.memmap
 
+# %% ../nbs/03_loader.ipynb #60d8c8c9
 META_FIELDS = {"tokenizer": str, "tokenizer_fingerprint": str,
                "vocab_size": int, "splits": dict}
 
@@ -322,6 +328,7 @@ def check_ids(ids: np.ndarray, tokens) -> None:
             "shard is damaged or was made with another tokenizer: run "
             "`minigpt prepare` again")
 
+# %% ../nbs/03_loader.ipynb #7e302709
 class BatchSampler:
     "Random (x, y) windows; rank r's rows r*B..(r+1)*B-1 of a global batch."
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int,

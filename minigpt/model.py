@@ -464,6 +464,7 @@ def _hf_gpt2_keys(cfg: GPTConfig) -> dict[str, tuple[str, bool]]:
             keys[f"blocks.{i}.{ours}.bias"] = (f"{hf}.bias", False)
     return keys
 
+# %% ../nbs/05_model.ipynb #ac28af54
 def check_gpt2_compatible(cfg: GPTConfig) -> None:
     "`ValueError` unless `cfg` has GPT-2's architecture."
     want = dict(norm="layernorm", mlp="gelu", pos="learned", bias=True,

@@ -114,6 +114,7 @@ def llama_shape(n_params: float, context: int = 4096) -> GPTConfig:
     near = [shape(L) for L in {max(lo - 1, 1), lo}]
     return min(near, key=lambda c: abs(count_params(c) - n_params))
 
+# %% ../nbs/11_scaling.ipynb #2c4f8f1f
 def resolve_model(params: str | GPTConfig) -> tuple[str, GPTConfig, float]:
     "(name, shape, N) for a preset name, a size such as '1B' or a config."
     if isinstance(params, GPTConfig):
@@ -188,6 +189,7 @@ class Plan:
                 "activations": activation_bytes(self.cfg, tokens,
                                                  checkpointing)}
 
+# %% ../nbs/11_scaling.ipynb #1843536f
 def make_plan(params: str | GPTConfig = "1B", tokens: str | float | None = None,
               gpus: int = 8, gpu: str = "h100", mfu: float = 0.4,
               precision: str = "mixed", micro_batch: int = 1) -> Plan:
