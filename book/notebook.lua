@@ -323,7 +323,10 @@ end
 
 -- The index: book/index.txt lists the main terms ("term | alias | ..."). The first mention of
 -- each term in every section of body text (paragraphs, lists, tables, captions; never code or
--- headings) gets `#metadata("term")<index-term>`, which template.typ collects with page numbers.
+-- headings) gets `#metadata("term")<index-term>`, and a mention in bold (where the text
+-- defines the term) `#metadata("term")<index-main>`; template.typ collects both with page
+-- numbers. A spelling with a capital after its first letter (ZeRO, GPipe, BPE) matches only
+-- as written, so "ZeRO" is not "zero"; other spellings match in any case.
 local function index_terms()
   local dir = PANDOC_SCRIPT_FILE:match("^(.*)[/\\]") or "."
   local f = io.open(dir .. "/index.txt", "r")
@@ -334,8 +337,12 @@ local function index_terms()
       local names = {}
       for part in line:gmatch("[^|]+") do
         local name = part:gsub("^%s+", ""):gsub("%s+$", "")
-        local words = {}
-        for w in name:lower():gmatch("%S+") do table.insert(words, w) end
+        local exact = false
+        for w in name:gmatch("%S+") do
+          if w:sub(2):match("%u") then exact = true end
+        end
+        local words = { exact = exact }
+        for w in (exact and name or name:lower()):gmatch("%S+") do table.insert(words, w) end
         if #words > 0 then table.insert(names, words) end
       end
       local main = line:match("^%s*([^|]-)%s*$") or line:match("^%s*(.-)%s*|")
@@ -346,13 +353,13 @@ local function index_terms()
   return terms
 end
 
-local function norm(text)
-  local w = text:lower():gsub("^[%(%[\"'“‘]+", ""):gsub("[%.,;:%)%]!%?\"'”’]+$", "")
+local function norm(text, exact)
+  local w = (exact and text or text:lower()):gsub("^[%(%[\"'“‘]+", ""):gsub("[%.,;:%)%]!%?\"'”’]+$", "")
   return (w:gsub("['’]s$", ""))
 end
 
-local function word_is(text, want, last)
-  local w = norm(text)
+local function word_is(text, want, last, exact)
+  local w = norm(text, exact)
   if w == want then return true end
   return last and (w == want .. "s" or w == want .. "es")
 end
@@ -367,7 +374,7 @@ local function match_at(inlines, i, words)
       k = k + 2
     end
     local item = inlines[k]
-    if not item or item.t ~= "Str" or not word_is(item.text, want, n == #words) then return nil end
+    if not item or item.t ~= "Str" or not word_is(item.text, want, n == #words, words.exact) then return nil end
   end
   return k
 end
@@ -380,33 +387,38 @@ local function mark_index(doc)
   local terms = index_terms()
   if #terms == 0 then return nil end
   local seen = {}
-  local function mark(inlines)
-    local i = 1
-    while i <= #inlines do
-      local item = inlines[i]
-      if item.t == "Str" then
-        for _, term in ipairs(terms) do
-          if not seen[term.main] then
-            for _, words in ipairs(term.names) do
-              local last = match_at(inlines, i, words)
-              if last then
-                seen[term.main] = true
-                inlines:insert(last + 1, pandoc.RawInline("typst",
-                  "#metadata(" .. typst_string(term.main) .. ")<index-term>"))
-                break
+  -- Mark the terms of `inlines`: each not yet seen in this section, or (`main`) every one.
+  local function marker(kind, main)
+    return function(inlines)
+      local i = 1
+      while i <= #inlines do
+        local item = inlines[i]
+        if item.t == "Str" then
+          for _, term in ipairs(terms) do
+            if main or not seen[term.main] then
+              for _, words in ipairs(term.names) do
+                local last = match_at(inlines, i, words)
+                if last then
+                  seen[term.main] = true
+                  inlines:insert(last + 1, pandoc.RawInline("typst",
+                    "#metadata(" .. typst_string(term.main) .. ")<" .. kind .. ">"))
+                  break
+                end
               end
             end
           end
         end
+        i = i + 1
       end
-      i = i + 1
+      return inlines
     end
-    return inlines
   end
+  local mark, mark_main = marker("index-term", false), marker("index-main", true)
   local blocks = pandoc.Blocks {}
   for _, b in ipairs(doc.blocks) do
     if b.t == "Header" and b.level <= 2 then seen = {} end
     if b.t ~= "Header" and b.t ~= "CodeBlock" and b.t ~= "RawBlock" then
+      b = b:walk { Strong = function(el) el.content = mark_main(el.content); return el end }
       b = b:walk { Inlines = mark }
     end
     blocks:insert(b)

@@ -402,6 +402,25 @@ def test_index_lists_terms_of_body_text_with_pages_not_code(tmp_path):
     assert "LoRA" not in index
 
 
+def test_index_matches_a_capitalised_spelling_as_written_and_marks_bold_mentions_main(tmp_path):
+    cfg = make_book(tmp_path, [md("# T\n\nStart from zero.\n\n## Two\n\n**ZeRO** shards the optimizer; "
+                                  "**perplexity** again.\n\n## Three\n\nNo ZERO here, and zero again.")])
+    book.build(cfg, tmp_path / "b.pdf")
+    typ = (tmp_path / "ch-01_test.typ").read_text()
+    assert typ.count('#metadata("ZeRO")') == 1                    # "zero" and "ZERO" are not ZeRO
+    assert '#metadata("ZeRO")<index-main>' in typ and '#metadata("perplexity")<index-main>' in typ
+
+
+def test_a_term_on_many_pages_keeps_its_main_pages_and_one_per_chapter(tmp_path):
+    body = "\n\n".join(f"## S{i}\n\nThe perplexity here.\n\n```{{=typst}}\n#pagebreak()\n```" for i in range(16))
+    cfg = make_book(tmp_path, [md("# T\n\n" + body + "\n\n## Def\n\nThe **perplexity** defined.")])
+    book.build(cfg, tmp_path / "b.pdf")
+    index = re.sub(r"\s+", " ", pdf_text(tmp_path / "b.pdf")[1].rsplit("Index", 1)[1])
+    pages = re.search(r"perplexity ([\d, ]+)", index).group(1).replace(" ", "").strip(",").split(",")
+    assert len(pages) == 2, index           # 17 pages: the chapter's first and the bold one
+    assert pages[0] == "1" and int(pages[1]) >= 16
+
+
 def test_real_book_index_has_its_main_terms_with_pages(real_book):
     terms = [l.split("|")[0].strip() for l in (ROOT / "book" / "index.txt").read_text().splitlines()
              if l.strip() and not l.startswith("#")]
