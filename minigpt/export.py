@@ -221,6 +221,7 @@ def hf_tokenizer_json(tok: BPETokenizer) -> dict:
                       "byte_fallback": False, "ignore_merges": False,
                       "vocab": vocab, "merges": hf_merges(tok)}}
 
+# %% ../nbs/10_using.ipynb #2aaae524
 def hf_special_tokens(tok) -> dict:
     "Which special token is which, for special_tokens_map.json."
     specials = getattr(tok, "special_tokens", {})
@@ -320,6 +321,7 @@ def write_json(path: Path, data: dict) -> None:
     text = json.dumps(data, indent=1)
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
+# %% ../nbs/10_using.ipynb #82b11493
 def export_hf(model: GPT, tok, out_dir: str | Path) -> Path:
     "`model` and `tok` as a Hugging Face folder that transformers loads."
     arch = hf_architecture(model.cfg)         # refused before any file
@@ -340,6 +342,7 @@ def export_hf(model: GPT, tok, out_dir: str | Path) -> Path:
     save_hf_tokenizer(tok, out, model.cfg.block_size)
     return out
 
+# %% ../nbs/10_using.ipynb #90b61589
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 def load_hf(model_dir: str | Path, device=None):

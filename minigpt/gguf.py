@@ -32,6 +32,7 @@ def gguf_string(s: str) -> bytes:
     b = s.encode("utf-8")
     return struct.pack("<Q", len(b)) + b
 
+# %% ../nbs/10_using.ipynb #78c6fef4
 def gguf_value(v) -> tuple[int, bytes]:
     "(type, bytes) of a value: str, bool, int (u32), float (f32), list."
     if isinstance(v, str):
@@ -70,6 +71,7 @@ def quantize_q8_0(w: torch.Tensor) -> bytes:
     d16 = d.half().numpy().view(np.uint8)                       # (nb, 2)
     return np.concatenate([d16, q.numpy().view(np.uint8)], 1).tobytes()
 
+# %% ../nbs/10_using.ipynb #40ec82a4
 def tensor_bytes(w: torch.Tensor, ttype: int) -> bytes:
     "The data of `w` in a GGUF tensor type, little-endian, row-major."
     w = w.detach().float().cpu().contiguous()
@@ -157,6 +159,7 @@ def llama_tensors(model: GPT) -> dict[str, torch.Tensor]:
         out["output.weight"] = model.lm_head.weight
     return out
 
+# %% ../nbs/10_using.ipynb #cf06957a
 def gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
     "llama.cpp's names for the weights (and biases) of a GPT-2-shaped GPT."
     cfg = model.cfg
@@ -264,6 +267,7 @@ def write_gguf(model: GPT, tok, path, dtype: str = "f16",
     with torch.no_grad():
         return write_gguf_file(Path(path), metadata, tensors)
 
+# %% ../nbs/10_using.ipynb #2df5613b
 def export_gguf(run_dir, out_path, dtype: str = "f16", force: bool = False,
                 weights: str = "best") -> Path:
     "The run's `weights` and tokenizer as one GGUF file at `out_path`."
