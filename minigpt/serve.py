@@ -161,7 +161,7 @@ def message_text(m) -> tuple[str, str]:
     return m["role"], content
 
 def chat_turns(messages) -> list[str]:
-    """The turns of the chat template of @sec-finetuning (user, assistant, ...,
+    """The turns of the chat template of Chapter 9 (user, assistant, ...,
     user) from OpenAI's messages; a system message opens the first user turn."""
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "messages must be a non-empty list", "messages",

@@ -34,8 +34,8 @@ class Settings:
     baseline_eval_every: int   # ch. 6: steps between their evaluations
     baseline_seeds: int        # ch. 6: seeds of each baseline
     val_batches: int | None    # ch. 6, 8: validation batches (None: all)
-    shared_run_name: str       # ch. 7-9: the run in runs/ they share
-    shared_run_train: dict     # ch. 7-9: its TrainConfig fields
+    shared_run_name: str       # ch. 7-10: the run in runs/ they share
+    shared_run_train: dict     # ch. 7-10: its TrainConfig fields
     latency_tokens: int        # ch. 7: tokens timed with and without cache
     compile_backend: str       # ch. 7: torch.compile backend of the timed step
     int8_tokens: int           # ch. 7: tokens generated per int8 variant
@@ -145,7 +145,7 @@ def shared_data() -> Path:
 
 
 def shared_run() -> tuple[Path, Path]:
-    "(data_dir, run_dir) of the CPU-preset run chapters 7-9 share."
+    "(data_dir, run_dir) of the CPU-preset run chapters 7-10 share."
     data_dir = shared_data()
     run_dir = ROOT / "runs" / SETTINGS.shared_run_name
     train_or_reuse(data_dir, run_dir, GPTConfig.preset("cpu"),

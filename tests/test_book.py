@@ -1,4 +1,5 @@
 """The PDF book: built from the real chapters, and from small notebooks made to break it."""
+import json
 import re
 from pathlib import Path
 
@@ -234,6 +235,19 @@ def test_a_plumbing_cell_that_cannot_be_named_in_one_line_is_an_error(tmp_path, 
     cfg = make_book(tmp_path, [md("# T"), code(src, *outputs)])
     with pytest.raises(book.BookError, match=r"01_test\.ipynb, cell 1: " + message):
         book.build(cfg, tmp_path / "b.pdf")
+
+
+def test_every_chapter_ends_with_further_reading():
+    "Each numbered chapter points beyond itself: a `## Further reading` section with citations."
+    missing = []
+    for ch in book.chapters(book.read_config(ROOT / "_quarto.yml"), ROOT):
+        if not ch.numbered or ch.appendix: continue
+        cells = json.loads(ch.notebook.read_text())["cells"]
+        texts = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+        reading = [t for t in texts if re.search(r"^## Further reading", t, re.M)]
+        if not reading or "[@" not in reading[-1].split("## Further reading", 1)[1]:
+            missing.append(ch.notebook.name)
+    assert missing == [], f"no Further reading with citations: {missing}"
 
 
 def test_real_book_reaches_make_demo_by_page_5(real_book):
