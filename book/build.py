@@ -34,6 +34,9 @@ FONT_PACKAGES = ("noto_cjk_sans_jp_regular", "manimgx_fonts")
 # In a markdown cell `[@sec-x]` and `@sec-x` are references (_MARKUP drops them before this
 # check); in code, docstrings and output `@sec-x` is printed as it is, so it counts too.
 RAW_LABEL = re.compile(r"(?<![\w#<.-])@?(?:eq|sec|fig|tbl)-[a-z0-9][\w-]*")
+# In a table row, inline code after a space that starts with "." (`, `.device``): Unicode line
+# breaking forbids a break before ".", so the cell cannot wrap and overprints its neighbour.
+UNBREAKABLE_CELL = re.compile(r"^\|.*?(`[^`]*`,?\s+`\.[^`]*`)", re.M)
 # A word hyphenated at the end of a markdown line: the line break prints as a space ("fine- tuning").
 SPLIT_WORD = re.compile(r"([A-Za-z]+-)\n[ \t]*([A-Za-z]+)")
 # A placeholder the reader would have to fill in (`<repository-url>`), printed as such.
@@ -228,6 +231,10 @@ def check_notebook(nb: Path) -> dict:
                 raise BookError(f"{nb.name}, cell {i} (markdown): `{m.group(1)}` ends a line and `{m.group(2)}` "
                                 f"starts the next: the line break prints as a space ({m.group(1)} {m.group(2)}); "
                                 "keep the hyphenated word on one line")
+            if m := UNBREAKABLE_CELL.search(_FENCED.sub("", src)):
+                raise BookError(f"{nb.name}, cell {i} (markdown): the table cell `{m.group(1)}` cannot wrap (a line "
+                                "may not break before a \".\"), so it would print over the next column; write "
+                                "each name in full")
             for line in _MARKUP.sub("", src).splitlines():
                 if problem := printed_text_problem(line):
                     raise BookError(f"{nb.name}, cell {i} (markdown): {problem}: {line.strip()[:60]}")

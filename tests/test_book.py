@@ -280,6 +280,15 @@ def test_check_pdf_finds_a_prime_after_a_digit(tmp_path, monkeypatch):
     assert any("a prime after a digit" in p and "GPT-4\u2032s" in p for p in check_pdf.problems(tmp_path / "b.pdf", cfg))
 
 
+def test_a_table_cell_that_cannot_wrap_is_an_error(tmp_path):
+    table = "| Chapter | Module |\n|:--|:--|\n| 6 Pretraining | `minigpt.train`, `.device`, `.metrics` |\n\n: T {#tbl-t}"
+    cfg = make_book(tmp_path, [md("# T\n\n" + table)])
+    with pytest.raises(book.BookError, match=r"cell 0 \(markdown\): the table cell `.*\.device`` cannot wrap"):
+        book.build(cfg, tmp_path / "b.pdf")
+    ok = make_book(tmp_path, [md("# T\n\n" + table.replace("`.", "`minigpt."))])
+    book.build(ok, tmp_path / "ok.pdf")
+
+
 def test_a_word_hyphenated_over_two_lines_is_an_error(tmp_path):
     cfg = make_book(tmp_path, [md("# T\n\nEverything after training (generating, fine-\ntuning) reads it.")])
     with pytest.raises(book.BookError, match=r"cell 0 \(markdown\): `fine-` ends a line and `tuning` starts the next"):
