@@ -250,6 +250,30 @@ def test_every_chapter_ends_with_further_reading():
     assert missing == [], f"no Further reading with citations: {missing}"
 
 
+def notation_rows() -> list[tuple[list[str], str]]:
+    "(symbols, meaning) of each row of the preface's notation table (tbl-notation)."
+    cells = json.loads((ROOT / "nbs" / "00_index.ipynb").read_text())["cells"]
+    table = next("".join(c["source"]) for c in cells if "{#tbl-notation}" in "".join(c["source"]))
+    rows = re.findall(r"^\| (\$.*?) \| (.*?) \|$", table, re.M)
+    return [(re.findall(r"\$([^$]+)\$", symbols), meaning) for symbols, meaning in rows]
+
+
+def test_the_notation_table_gives_each_quantity_one_symbol_that_the_equations_use():
+    rows = notation_rows()
+    assert len(rows) >= 8
+    assert all(len(symbols) == 1 for symbols, _ in rows), [s for s, _ in rows if len(s) != 1]
+    symbols = [s[0] for s, _ in rows]
+    assert len(set(symbols)) == len(symbols), symbols
+    math = []
+    for ch in book.chapters(book.read_config(ROOT / "_quarto.yml"), ROOT):
+        for c in json.loads(ch.notebook.read_text())["cells"]:
+            if c["cell_type"] == "markdown" and "{#tbl-notation}" not in "".join(c["source"]):
+                math += re.findall(r"\$\$(.*?)\$\$|\$([^$]+)\$", "".join(c["source"]), re.S)
+    spans = [a or b for a, b in math]
+    for sym in symbols:    # each symbol of the table is one the equations use
+        assert any(re.search(rf"(?<![A-Za-z\\]){re.escape(sym)}(?![A-Za-z])", t) for t in spans), sym
+
+
 def test_real_book_reaches_make_demo_by_page_5(real_book):
     from pypdf import PdfReader
     reader = PdfReader(str(real_book))
