@@ -795,3 +795,832 @@ def pipeline(stages: int = 2, micro: int = 4):
           f"{share:.0%}\n= (p\u22121)/(m+p\u22121)", size=SMALL, ha="left")
     fig.table = table
     return finish(ax, W, H)
+
+
+# ------------------------------------------- shared style, 9 points at least
+# The diagrams below keep every text at FONT (9 points) or more: `panel` and
+# `tag` are `box` and `arrow`'s labels at that size.
+def panel_height(lines) -> float:
+    "The height of a `panel` with a title and `lines`."
+    return 0.5 + 0.32 * len(lines)
+
+
+def panel(ax, x, y, w, h, title, lines=(), kind="other", align="left"):
+    """A rounded box with its top-left corner at (x, y): a bold title, then
+    `lines` of plain text, all at FONT (h None: `panel_height`); returns the
+    y of the box's bottom."""
+    h = panel_height(lines) if h is None else h
+    fill, edge = COLORS[kind]
+    ax.add_patch(FancyBboxPatch((x, y - h), w, h,
+                                boxstyle="round,pad=0,rounding_size=0.08",
+                                fc=fill, ec=edge, lw=1.0))
+    tx = x + 0.15 if align == "left" else x + w / 2
+    label(ax, tx, y - 0.2, title, weight="bold", ha=align, va="top")
+    for i, line in enumerate(lines):
+        label(ax, tx, y - 0.55 - 0.32 * i, line, ha=align, va="top")
+    return y - h
+
+
+def tag(ax, start, end, text=None, side="above", color=INK, **kw):
+    "An arrow with its label at FONT, beside the arrow's middle."
+    arrow(ax, start, end, color=color, **kw)
+    if text:
+        mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+        off = {"above": (0, 4), "below": (0, -4), "left": (-4, 0),
+               "right": (4, 0)}[side]
+        ax.annotate(text, (mx, my), xytext=off, textcoords="offset points",
+                    ha={"left": "right", "right": "left"}.get(side, "center"),
+                    va={"above": "bottom", "below": "top"}.get(side, "center"),
+                    fontsize=FONT, color=MUTED)
+
+
+# ------------------------------------------------------------ ch. 1: LSH
+def lsh_bands(docs, bands: int = 4, rows: int = 3, k: int = 5, seed: int = 1):
+    """The MinHash signatures of `docs` (minigpt.data's `signatures`), one
+    column per document, cut into `bands` bands of `rows` values, and the
+    buckets of each band as `lsh_candidates` fills them: documents whose band
+    values are equal share a bucket. `fig.buckets[b, i]`: doc i's bucket."""
+    from minigpt.data import estimate_jaccard, lsh_candidates, signatures
+    m, n = bands * rows, len(docs)
+    sig = signatures(docs, m, k, seed)                      # (n, m)
+    buckets = np.zeros((bands, n), dtype=int)
+    shared = []                                            # (band, pair)
+    for b in range(bands):
+        pairs = lsh_candidates(sig[:, b * rows:(b + 1) * rows], 1, rows)
+        shared += [(b, p) for p in sorted(pairs)]
+        for i in range(n):               # the first doc of i's bucket names it
+            buckets[b, i] = min([i] + [x for x, y in pairs if y == i])
+    ch, gap = 0.3, 0.12                   # a row's height, a gap between bands
+    W, H = 10.0, 1.35 + m * ch + (bands - 1) * gap
+    fig, ax = canvas(W, H, WIDTH * H / W)
+    x0, cw, top = 1.25, 1.45, H - 0.55
+    names = [chr(ord("A") + i) for i in range(n)]
+    y_of = lambda r: top - (r + 0.5) * ch - (r // rows) * gap
+    for j, name in enumerate(names):
+        label(ax, x0 + (j + 0.5) * cw, top + 0.22, name, weight="bold")
+    for r in range(m):
+        b = r // rows
+        same = [i for i in range(n) for j in range(n)
+                if i != j and sig[i, r] == sig[j, r]]
+        for j in range(n):
+            ax.add_patch(Rectangle((x0 + j * cw, y_of(r) - ch / 2), cw, ch,
+                                   fc=COLORS["train"][0] if j in same else
+                                   "white", ec="#cccccc", lw=0.5))
+            label(ax, x0 + (j + 0.5) * cw, y_of(r), str(int(sig[j, r])),
+                  family="monospace")
+    for b in range(bands):
+        y1, y2 = y_of(b * rows) + ch / 2, y_of(b * rows + rows - 1) - ch / 2
+        ax.add_patch(Rectangle((x0, y2), n * cw, y1 - y2, fill=False, ec=INK,
+                               lw=1.0))
+        label(ax, x0 - 0.15, (y1 + y2) / 2, f"band {b + 1}", ha="right")
+        for i, j in [p for bb, p in shared if bb == b]:  # the shared band
+            for c in (i, j):
+                ax.add_patch(Rectangle((x0 + c * cw, y2), cw, y1 - y2,
+                                       fill=False, ec=COLORS["train"][1],
+                                       lw=2.0, zorder=3))
+        # the buckets of this band: one box per bucket, its documents inside
+        bx = x0 + n * cw + 0.9
+        tag(ax, (x0 + n * cw + 0.1, (y1 + y2) / 2), (bx - 0.1, (y1 + y2) / 2))
+        for key in sorted(set(buckets[b])):
+            members = [names[i] for i in range(n) if buckets[b, i] == key]
+            w = 0.45 + 0.35 * (len(members) - 1)
+            kind = "train" if len(members) > 1 else "frozen"
+            ax.add_patch(FancyBboxPatch((bx, (y1 + y2) / 2 - 0.2), w, 0.4,
+                                        boxstyle="round,pad=0,rounding_size=0.06",
+                                        fc=COLORS[kind][0], ec=COLORS[kind][1],
+                                        lw=1.0))
+            label(ax, bx + w / 2, (y1 + y2) / 2, " ".join(members),
+                  weight="bold" if len(members) > 1 else "normal")
+            bx += w + 0.15
+        if any(bb == b for bb, _ in shared):
+            pairs = ", ".join(f"{names[i]} and {names[j]}"
+                              for bb, (i, j) in shared if bb == b)
+            label(ax, bx + 0.1, (y1 + y2) / 2, f"{pairs}: one bucket,\n"
+                  "a candidate pair", ha="left", color=COLORS["train"][1])
+    label(ax, x0 + n * cw + 0.9, top + 0.22, f"buckets (key: the band's "
+          f"{rows} values)", ha="left", weight="bold")
+    cands = sorted({p for _, p in shared})
+    est = "; ".join(f"{names[i]}, {names[j]}: {int((sig[i] == sig[j]).sum())} "
+                    f"of {m} values agree, estimated J = "
+                    f"{estimate_jaccard(sig[i], sig[j]):.2f}" for i, j in cands)
+    label(ax, x0, 0.3, f"{m} hash functions = {bands} bands \u00d7 {rows} rows"
+          + (f". {est}" if est else ""), ha="left")
+    fig.buckets, fig.signatures = buckets, sig
+    return finish(ax, W, H)
+
+
+# ------------------------------------------------------- ch. 2: BPE merges
+def visible_bytes(b: bytes) -> str:
+    "Token bytes as text, a space shown as \u2423."
+    return b.decode("utf-8", errors="replace").replace(" ", "\u2423")
+
+
+def bpe_steps(tok, chunk: str) -> list[tuple[int | None, list[int]]]:
+    """How `bpe_encode_chunk` turns `chunk` into tokens: (the merge that acted,
+    the ids after it) for each merge of `tok` that changes the chunk, from the
+    bytes (None) to the final ids. After the merges ranked below k the ids are
+    those of encoding with only the first k merges (`merged_ranks`)."""
+    from minigpt.tokenizer import bpe_encode_chunk, merged_ranks
+    piece = chunk.encode("utf-8")
+    steps = [(None, list(piece))]
+    for k in range(1, len(tok.merges) + 1):
+        if tok.vocab[255 + k] not in piece:
+            continue                     # a token the chunk cannot contain
+        ids = bpe_encode_chunk(piece, merged_ranks(tok.merges[:k]))
+        if ids != steps[-1][1]:
+            steps.append((255 + k, ids))
+    return steps
+
+
+def bpe_merges(tok, chunk: str):
+    """A chunk's bytes merged step by step into tokens by a trained
+    `BPETokenizer` (`bpe_steps`): each row the tokens after one merge, the
+    new token highlighted, the merge named on the right."""
+    steps = bpe_steps(tok, chunk)
+    piece = chunk.encode("utf-8")
+    rh, cw = 0.5, 0.72
+    W, H = 10.0, 1.2 + len(steps) * rh
+    fig, ax = canvas(W, H, WIDTH * H / W)
+    x0, top = 1.5, H - 0.6
+    for j, byte in enumerate(piece):             # the byte values above
+        label(ax, x0 + (j + 0.5) * cw, top + 0.25, str(byte), color=MUTED)
+    for r, (idx, ids) in enumerate(steps):
+        y = top - (r + 0.5) * rh
+        label(ax, x0 - 0.15, y, "bytes" if idx is None else f"step {r}",
+              ha="right")
+        start = 0
+        for i in ids:
+            n = len(tok.vocab[i])
+            kind = "model" if i == idx else "data"
+            ax.add_patch(FancyBboxPatch(
+                (x0 + start * cw + 0.04, y - rh / 2 + 0.05), n * cw - 0.08,
+                rh - 0.1, boxstyle="round,pad=0,rounding_size=0.05",
+                fc=COLORS[kind][0], ec=COLORS[kind][1],
+                lw=1.4 if i == idx else 0.8))
+            label(ax, x0 + (start + n / 2) * cw, y, visible_bytes(tok.vocab[i]),
+                  family="monospace", weight="bold" if i == idx else "normal")
+            start += n
+        if idx is not None:
+            a, b = tok.merges[idx - 256]
+            label(ax, x0 + len(piece) * cw + 0.3, y, f"merge {idx}:  "
+                  f"{visible_bytes(tok.vocab[a])} + {visible_bytes(tok.vocab[b])}",
+                  ha="left", family="monospace")
+    label(ax, x0 + len(piece) * cw + 0.3, top + 0.25, "the merge that acts",
+          ha="left", color=MUTED)
+    label(ax, x0, 0.22, f"{chunk!r} \u2192 {steps[-1][1]}: {len(piece)} bytes,"
+          f" {len(steps[-1][1])} token{'s' * (len(steps[-1][1]) > 1)}; "
+          f"the tokenizer has {len(tok.merges)} merges", ha="left")
+    fig.steps = steps
+    return finish(ax, W, H)
+
+
+# ------------------------------------------------ ch. 7: the static cache
+def static_cache_steps(prompt_lens=(3, 5), new_tokens: int = 3,
+                       max_len: int = 10, seed: int = 0) -> list[dict]:
+    """A tiny GPT run through the fixed-shape path of `decode_steps`: a prefill
+    of the left-padded prompts into a `KVCache` of `max_len` slots, then
+    `decode_step` per token, with `cache.slot` and the mask `visible` as
+    `fixed_shape_inputs` makes them. Per forward pass: the slot written
+    (None: the prefill), `visible` (B, max_len) as that pass saw it, which
+    slots hold a key afterwards (read from the cache itself), the logits."""
+    from minigpt.generate import (KVCache, decode_step, fixed_shape_inputs,
+                                  padding_mask, positions_of, token_buffer)
+    from minigpt.model import GPT, GPTConfig
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=32, block_size=max_len, n_layer=1, n_head=2,
+                    d_model=8)
+    model = GPT(cfg).eval()
+    rows = [torch.randint(0, 32, (n,)).tolist() for n in prompt_lens]
+    ids, valid = token_buffer(rows, new_tokens, "cpu")
+    w = max(prompt_lens)
+    cache = KVCache(cfg, len(rows), max_len)
+    held = lambda: (cache.k[0, :, 0] != 0).any(-1).clone()    # (B, max_len)
+    steps = []
+    with torch.no_grad():
+        v = valid[:, :w]
+        logits = model(ids[:, :w], positions=positions_of(v), cache=cache,
+                       mask=padding_mask(v, w))[0][:, -1]
+        visible, pos = fixed_shape_inputs(cache, v)
+        steps.append(dict(slot=None, visible=visible[:, 0].clone(),
+                          held=held(), logits=logits, rows=rows))
+        for n in range(w, w + new_tokens):
+            nxt = logits.argmax(-1)
+            ids[:, n], valid[:, n] = nxt, True
+            visible.index_fill_(2, cache.slot, True)   # its own key too
+            slot = int(cache.slot)
+            logits = decode_step(model, nxt[:, None], pos, visible, cache)
+            cache.slot.add_(1)
+            pos.add_(1)
+            steps.append(dict(slot=slot, visible=visible[:, 0].clone(),
+                              held=held(), logits=logits))
+    steps[0]["model"], steps[0]["ids"] = model, ids
+    return steps
+
+
+def static_cache(prompt_lens=(3, 5), new_tokens: int = 3, max_len: int = 10):
+    """The fixed-shape KV cache of `static_cache_steps`, one grid per row of
+    the batch: each forward pass (a row of the grid) over the `max_len`
+    preallocated slots, the slot it writes, the keys the mask `visible`
+    shows and those it hides (padding, empty slots)."""
+    steps = static_cache_steps(prompt_lens, new_tokens, max_len)
+    B, S = steps[0]["visible"].shape
+    # 0 empty and hidden, 1 a key, visible, 2 written now, visible,
+    # 3 a key the mask hides (padding)
+    grids = np.zeros((B, len(steps), S), dtype=int)
+    for r, s in enumerate(steps):
+        held, vis = s["held"].numpy(), s["visible"].numpy()
+        now = held if s["slot"] is None else np.arange(S) == s["slot"]
+        grids[:, r] = np.where(held & ~vis, 3, np.where(now & vis, 2,
+                                                        np.where(vis, 1, 0)))
+    c, gap = 0.36, 0.75
+    W, H = 10.0, 0.45 + B * (len(steps) * c + gap)
+    fig, ax = canvas(W, H, WIDTH * H / W)
+    x0, top = 1.25, H - 0.45 - gap + 0.3
+    cmap = ListedColormap(["white", COLORS["data"][0], COLORS["model"][1],
+                           COLORS["frozen"][0]])
+    for j in range(S):
+        label(ax, x0 + (j + 0.5) * c, H - 0.2, str(j))
+    label(ax, x0 + S * c + 0.2, H - 0.2, "cache slots", ha="left", color=MUTED)
+    for b in range(B):
+        pad = max(prompt_lens) - prompt_lens[b]
+        label(ax, x0 - 1.15, top + 0.2, f"row {b} of the batch: a prompt of "
+              f"{prompt_lens[b]} tokens" + (f", left-padded by {pad}" if pad
+                                          else ""), ha="left", weight="bold")
+        ax.imshow(grids[b], cmap=cmap, vmin=-0.5, vmax=3.5,
+                  interpolation="nearest",
+                  extent=(x0, x0 + S * c, top - len(steps) * c, top)
+                  ).set_label(f"row {b}")
+        for k in range(S + 1):
+            ax.plot([x0 + k * c] * 2, [top, top - len(steps) * c],
+                    color="#bbbbbb", lw=0.5)
+        for r in range(len(steps) + 1):
+            ax.plot([x0, x0 + S * c], [top - r * c] * 2, color="#bbbbbb",
+                    lw=0.5)
+        ax.add_patch(Rectangle((x0, top - len(steps) * c), S * c,
+                               len(steps) * c, fill=False, ec=INK, lw=0.8))
+        for r, s in enumerate(steps):
+            y = top - (r + 0.5) * c
+            label(ax, x0 - 0.12, y, "prefill" if s["slot"] is None else
+                  f"step {r}", ha="right")
+            text = (f"writes slots 0\u2013{max(prompt_lens) - 1}" if
+                    s["slot"] is None else f"writes slot {s['slot']}")
+            label(ax, x0 + S * c + 0.2, y, text, ha="left")
+        top -= len(steps) * c + gap
+    lx, ly = 7.1, H - 0.75
+    for i, (code, text) in enumerate(((2, "written by this pass"),
+                                      (1, "a key the mask shows"),
+                                      (3, "a key the mask hides"),
+                                      (0, "empty, hidden"))):
+        ax.add_patch(Rectangle((lx, ly - i * 0.42 - 0.13), 0.26, 0.26,
+                               fc=cmap(code), ec=INK, lw=0.5))
+        label(ax, lx + 0.38, ly - i * 0.42, text, ha="left")
+    label(ax, lx, ly - 4 * 0.42 + 0.1, f"each step attends to\nall {S} slots; "
+          "the mask\n`visible` hides all but\nthe keys of real tokens",
+          ha="left", va="top", color=MUTED)
+    fig.grids, fig.steps = grids, steps
+    return finish(ax, W, H)
+
+
+# ------------------------------------------------------ ch. 8: the sandbox
+def sandbox_runs(programs: dict, timeout: float = 1.0) -> dict:
+    """Run each program of `programs` with `run_program`, recording the
+    `subprocess.Popen` call it makes: {name: (its result, (argv, kwargs))}."""
+    import subprocess
+    from unittest import mock
+    from minigpt.evaluate import run_program
+    calls = []
+    class Recorded(subprocess.Popen):
+        def __init__(self, args, **kwargs):
+            calls.append((list(args), dict(kwargs)))
+            super().__init__(args, **kwargs)
+    out = {}
+    with mock.patch.object(subprocess, "Popen", Recorded):
+        for name, program in programs.items():
+            out[name] = (run_program(program, timeout), calls[-1])
+    return out
+
+
+def sandbox_demos() -> dict:
+    "A one-line program for each outcome of `run_program`."
+    return {"passed": "assert sorted([3, 1, 2]) == [1, 2, 3]\n",
+            "failed": "assert sorted([3, 1, 2]) == [3, 2, 1]\n",
+            "timed out": "while True:\n    pass\n"}
+
+
+def sandbox(programs: dict | None = None, timeout: float = 1.0):
+    """What `run_program` does with a program: the parent, the child process
+    it starts (its command line, folder, environment and session, as recorded
+    from real calls), the limits and the audit hook that `SANDBOX` installs
+    in the child, and what comes back: one real run per outcome."""
+    import ast, re
+    from minigpt.evaluate import SANDBOX
+    runs = sandbox_runs(programs or sandbox_demos(), timeout)
+    argv, kw = next(iter(runs.values()))[1]
+    head = [a for a in argv[1:] if a != SANDBOX and not a.isdigit()]
+    cpu, memory, size = (int(a) for a in argv[-3:])
+    rlimits = re.findall(r"resource\.(RLIMIT_\w+)", SANDBOX)
+    consts = {t.id: ast.literal_eval(node.value)
+              for node in ast.parse(SANDBOX).body if isinstance(node, ast.Assign)
+              for t in node.targets if isinstance(t, ast.Name)
+              and isinstance(node.value, ast.Tuple)}
+    refused = [r.rstrip(".") for r in consts["REFUSED"]]
+    limits = {"RLIMIT_CPU": f"{cpu} s of CPU time", "RLIMIT_AS":
+              f"{memory >> 20:,} MiB of memory", "RLIMIT_FSIZE":
+              f"files of at most {size >> 20} MiB"}
+    parts = [("child: python " + " ".join(head) + " SANDBOX",
+              [f"folder: the temporary one; environment: {kw.get('env')}",
+               "its own session and process group"
+               if kw.get("start_new_session") else "the parent's group"],
+              "model"),
+             ("1. limits (resource.setrlimit)",
+              [f"{n}: {limits.get(n, '')}" for n in rlimits], "frozen"),
+             ("2. an audit hook refuses", textwrap.wrap(", ".join(refused), 48)
+              + ["and any write outside the folder"], "bad"),
+             ("3. runs program.py, then prints the token", [], "train")]
+    outcome = [f"{res['outcome']}: " + (res["error"] or "the token came back")
+               for res, _ in runs.values()]
+    gap = 0.12
+    right = sum(panel_height(lines) for _, lines, _ in parts) + gap * 3
+    W, H = 10.0, 0.2 + right + 0.55 + panel_height(outcome)
+    fig, ax = canvas(W, H, WIDTH * H / W)
+    top = H - 0.1
+    parent = ["writes program.py into a", "new temporary folder,",
+              "starts the child and", "sends it a secret token,",
+              f"waits {timeout:g} s (wall clock), then", "kills its process group,",
+              "reads stdout and stderr"]
+    pb = panel(ax, 0.1, top, 3.2, None, "parent: run_program", parent,
+               kind="data")
+    y = top
+    for i, (title, lines, kind) in enumerate(parts):
+        b = panel(ax, 4.55, y, 5.35, None, title, lines, kind=kind)
+        if i == 0: child_mid = (y + b) / 2
+        y = b - gap
+    tag(ax, (3.3, child_mid + 0.3), (4.55, child_mid + 0.3), "Popen",
+        side="above")
+    tag(ax, (3.3, child_mid - 0.3), (4.55, child_mid - 0.3), "stdin: token",
+        side="above")
+    last = y + gap + panel_height([]) / 2
+    ax.plot([4.55, 2.4], [last, last], color=INK, lw=1.0)
+    tag(ax, (2.4, last), (2.4, pb))
+    label(ax, 3.45, last + 0.08, "stdout, stderr\n(files)", va="bottom",
+          color=MUTED)
+    panel(ax, 0.1, y - 0.3, 9.8, None, "the outcome, from real runs of "
+          f"{len(outcome)} one-line programs", outcome, kind="other")
+    tag(ax, (0.9, pb), (0.9, y - 0.3), "decides", side="right")
+    fig.runs = runs
+    return fig
+
+
+# ------------------------------------------------------ ch. 10: GGUF layout
+def gguf_sections(path) -> dict:
+    """A GGUF file as minigpt.gguf writes it, read back byte by byte: the
+    header's counts, each metadata entry (key, type, value or its count,
+    start, end), each tensor info (name, dims, type, offset, start, end),
+    where the data starts, and the file's size."""
+    import struct
+    from minigpt import gguf as G
+    raw = open(path, "rb").read()
+    pos = 0
+    def take(fmt):
+        nonlocal pos
+        vals = struct.unpack_from("<" + fmt, raw, pos)
+        pos += struct.calcsize("<" + fmt)
+        return vals
+    def string():
+        nonlocal pos
+        (n,) = take("Q")
+        pos += n
+        return raw[pos - n:pos].decode("utf-8")
+    def value(vtype):
+        if vtype == G.STRING: return string()
+        if vtype == G.ARRAY:
+            etype, n = take("IQ")
+            items = [value(etype) for _ in range(n)]
+            return items
+        return take({G.UINT32: "I", G.INT32: "i", G.FLOAT32: "f",
+                     G.BOOL: "?"}[vtype])[0]
+    magic = raw[:4]
+    pos = 4
+    version, n_tensors, n_kv = take("IQQ")
+    header_end = pos
+    kvs, infos = [], []
+    for _ in range(n_kv):
+        start = pos
+        key = string()
+        (vtype,) = take("I")
+        v = value(vtype)
+        kvs.append(dict(key=key, type=vtype, value=v, start=start, end=pos))
+    for _ in range(n_tensors):
+        start = pos
+        name = string()
+        (nd,) = take("I")
+        dims = take(f"{nd}Q")
+        ttype, offset = take("IQ")
+        infos.append(dict(name=name, dims=dims, type=ttype, offset=offset,
+                          start=start, end=pos))
+    data = pos + G.pad_to(pos)
+    sizes = [G.tensor_nbytes(i["dims"][::-1], i["type"]) for i in infos]
+    for i, n in zip(infos, sizes): i["nbytes"] = n
+    return dict(magic=magic, version=version, n_tensors=n_tensors, n_kv=n_kv,
+                header_end=header_end, kvs=kvs, infos=infos, infos_end=pos,
+                data=data, size=len(raw))
+
+
+def gguf_layout(path, shown: int = 2):
+    """The layout of a real GGUF file (`gguf_sections`): header, metadata,
+    tensor infos, padding and aligned tensor data, each with its byte range
+    and the first `shown` entries of the file; a bar below to scale."""
+    from minigpt import gguf as G
+    f = gguf_sections(path)
+    vnames = {G.UINT32: "uint32", G.INT32: "int32", G.FLOAT32: "float32",
+              G.BOOL: "bool", G.STRING: "string", G.ARRAY: "array"}
+    tnames = {G.F32: "f32", G.F16: "f16", G.Q8_0: "q8_0"}
+    def val(kv):
+        v = kv["value"]
+        if isinstance(v, list): return f"{len(v):,} items"
+        if isinstance(v, str): return repr(textwrap.shorten(v, 18, placeholder="..."))
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    big = max(f["kvs"], key=lambda kv: kv["end"] - kv["start"])
+    kvs = f["kvs"][:shown] + ([big] if big not in f["kvs"][:shown] else [])
+    kv_lines = [f"{kv['key']}  {vnames[kv['type']]}  {val(kv)}" for kv in kvs]
+    kv_lines.append(f"... {f['n_kv']} entries; the largest: {big['key']}, "
+                    f"{big['end'] - big['start']:,} bytes")
+    info_lines = [f"{i['name']}  ({', '.join(map(str, i['dims']))})  "
+                  f"{tnames[i['type']]}  offset {i['offset']:,}"
+                  for i in f["infos"][:shown]]
+    info_lines.append(f"... {f['n_tensors']} tensors; dims ne0 (the fastest) "
+                      "first; offset: from the data's start")
+    last = f["infos"][-1]
+    data_lines = [f"{i['name']}: bytes {f['data'] + i['offset']:,} to "
+                  f"{f['data'] + i['offset'] + i['nbytes'] - 1:,}"
+                  for i in f["infos"][:shown - 1]]
+    data_lines += [f"... {last['name']}: to {f['data'] + last['offset'] + last['nbytes'] - 1:,}",
+                   f"each tensor starts at a multiple of {G.ALIGNMENT} bytes; "
+                   "zeros between"]
+    parts = [("header", 0, f["header_end"], "data",
+              ["magic, version, counts", f"magic {f['magic'].decode()}, version {f['version']}, "
+               f"{f['n_tensors']} tensors, {f['n_kv']} metadata entries"]),
+             ("metadata", f["header_end"], f["kvs"][-1]["end"], "other",
+              ["key, value type, value"] + kv_lines),
+             ("tensor infos", f["infos"][0]["start"], f["infos_end"], "model",
+              ["name, dims, type, offset"] + info_lines),
+             ("padding", f["infos_end"], f["data"], "frozen",
+              ["zeros", f"{f['data'] - f['infos_end']} zero bytes: the data starts at "
+               f"a multiple of {G.ALIGNMENT}"]),
+             ("tensor data", f["data"], f["size"], "train",
+              ["the tensors' bytes, in the order of the infos"] + data_lines)]
+    hs = [max(panel_height(lines[1:]), panel_height("a")) for *_, lines in parts]
+    W, H = 10.0, sum(hs) + 0.1 * len(parts) + 1.1
+    fig, ax = canvas(W, H, WIDTH * H / W)
+    y = H - 0.1
+    for (name, a, b, kind, lines), h in zip(parts, hs):
+        panel(ax, 0.1, y, 2.0, h, name, [f"{a:,}\u2013{b - 1:,}"], kind=kind)
+        panel(ax, 2.25, y, 7.65, h, lines[0], lines[1:], kind=kind)
+        y -= h + 0.1
+    # the file to scale
+    x0, span = 0.1, 9.8
+    label(ax, x0, 0.72, f"the file to scale: {f['size']:,} bytes; byte "
+          "ranges above", ha="left",
+          color=MUTED)
+    for name, a, b, kind, _ in parts:
+        ax.add_patch(Rectangle((x0 + a / f["size"] * span, 0.15),
+                               max((b - a) / f["size"] * span, 0.02), 0.35,
+                               fc=COLORS[kind][1], ec="none"))
+    fig.sections = f
+    return finish(ax, W, H)
+
+
+# ----------------------------------------------------- ch. 10: the server
+class _StubEngine:
+    "What `events` and `create_app` use of an Engine, with a scripted reply."
+    def __init__(self, pieces, name="book-cpu-chat", reason="stop"):
+        self.pieces, self.name, self.reason = list(pieces), name, reason
+        self.chat, self.created = True, 0
+
+    async def stream(self, ids, cfg, reply):
+        for p in self.pieces:
+            reply.text += p
+            reply.tokens += 1
+            yield p
+        reply.finish_reason = self.reason
+
+
+def sse_events(pieces=("To", " be", ","), chat: bool = True,
+               include_usage: bool = False) -> list[str]:
+    "The server-sent events `minigpt.serve.events` sends for a reply of `pieces`."
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from minigpt.serve import events
+    async def collect():
+        return [e async for e in events(_StubEngine(pieces), [1, 2, 3], None,
+                                        chat, include_usage)]
+    with ThreadPoolExecutor(1) as pool:    # its own loop, even in a notebook's
+        return pool.submit(lambda: asyncio.run(collect())).result()
+
+
+def server_routes() -> list[tuple[str, str]]:
+    "(method, path) of each route of `create_app`'s application."
+    from minigpt.serve import create_app
+    app = create_app(_StubEngine(()))
+    return [(m, r.path) for r in app.routes if getattr(r, "include_in_schema",
+                                                        False)
+            for m in sorted(getattr(r, "methods", ()) - {"HEAD"})]
+
+
+def worker_threads() -> int:
+    "The threads of `Engine.worker`, read from Engine's code."
+    import inspect, re
+    from minigpt.serve import Engine
+    return int(re.search(r"ThreadPoolExecutor\((\d+)",
+                         inspect.getsource(Engine.__init__)).group(1))
+
+
+def server(pieces=("To", " be", ",")):
+    """`minigpt serve`: requests from several clients, checked on the event
+    loop, queued for the one worker thread that generates, and the reply of
+    one streamed as the server-sent events `events` makes (real ones, for a
+    reply of `pieces`)."""
+    import json
+    routes = server_routes()
+    threads = worker_threads()
+    lines = []
+    for e in sse_events(pieces):
+        body = e.strip()[len("data: "):]
+        if body == "[DONE]":
+            lines.append("data: [DONE]")
+            continue
+        c = json.loads(body)["choices"][0]
+        extra = {k: c[k] for k in ("delta", "finish_reason")}
+        lines.append("data: {\u2026 " + json.dumps(extra)[1:])
+    W = 10.0
+    gets = [p for m, p in routes if m == "GET"]
+    posts = [p for m, p in routes if m == "POST"]
+    loop = ["GET " + ", ".join(gets)] + [f"POST {p}" for p in posts] + [
+        "read_request checks each one:", "a bad request is refused at once"]
+    work = [f"ThreadPoolExecutor({threads}):", "one request at a time,",
+            "in the order they came:", "stream() of chapter 7;",
+            "pieces go back through", "an asyncio.Queue"]
+    top_h = max(panel_height(loop), panel_height(work))
+    H = 0.3 + top_h + 0.55 + panel_height(lines) + 0.1
+    fig, ax = canvas(W, H, WIDTH * H / W)
+    top = H - 0.1
+    ch = (top_h - 0.3) / 3
+    panel(ax, 1.95, top, 3.9, top_h, "event loop (FastAPI)", loop,
+          kind="other")
+    panel(ax, 6.65, top, 3.25, top_h, f"Engine: {threads} worker thread"
+          + "s" * (threads > 1), work, kind="model")
+    for i, name in enumerate("ABC"):
+        y = top - 0.1 - ch / 2 - i * (ch + 0.1)
+        box(ax, 0.7, y, 1.2, ch, f"client {name}", kind="data")
+        tag(ax, (1.3, y), (1.95, y), "POST" if i == 0 else None,
+            side="above")
+    mid = top - top_h / 2
+    tag(ax, (5.85, mid + 0.3), (6.65, mid + 0.3), "queue", side="above")
+    tag(ax, (6.65, mid - 0.3), (5.85, mid - 0.3), "pieces", side="below")
+    ytop = top - top_h - 0.55
+    tag(ax, (3.9, top - top_h), (3.9, ytop), "text/event-stream to client A",
+        side="right")
+    panel(ax, 0.1, ytop, 9.8, None, "the events of a reply: one per piece, "
+          "then the finish reason, then [DONE]", lines, kind="train")
+    for t in ax.texts[-len(lines):]:
+        t.set_family("monospace")
+    fig.routes, fig.threads, fig.events = routes, threads, lines
+    return fig
+
+
+# ------------------------------------------------ ch. 11: tensor parallel
+def tensor_parallel_mlp(cfg, world: int = 2, batch: int = 8) -> dict:
+    """Shapes of a feed-forward network of `cfg` split as `train_tensor_parallel`
+    splits it (fc column-wise, proj row-wise), read from the real DTensors of
+    rank 0 of `world` in a fake process group (one process, no other ranks),
+    and the collectives its forward pass runs (`CommDebugMode`)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.debug import CommDebugMode
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel, RowwiseParallel, parallelize_module)
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from minigpt.model import GPT
+    if dist.is_initialized():
+        raise RuntimeError("tensor_parallel_mlp makes its own (fake) process "
+                           "group; this process has one already")
+    torch.manual_seed(0)
+    mlp = GPT(cfg).blocks[0].mlp
+    full = {n: tuple(p.shape) for n, p in mlp.named_parameters()}
+    dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        parallelize_module(mlp, mesh, {"fc": ColwiseParallel(),
+                                       "proj": RowwiseParallel()})
+        local = {n: tuple(p.to_local().shape) for n, p in mlp.named_parameters()}
+        placement = {n: str(p.placements[0]) for n, p in mlp.named_parameters()}
+        seen = {}
+        hook = mlp.act.register_forward_hook(
+            lambda m, i, o: seen.update(hidden=tuple(o.shape)))   # None
+        x = torch.randn(batch, cfg.block_size, cfg.d_model)
+        comm = CommDebugMode()
+        with comm, torch.no_grad():
+            y = mlp(x)
+        y = y.wait() if hasattr(y, "wait") else y
+        hook.remove()
+        counts = {str(k).split(".")[-1]: v for k, v in comm.get_comm_counts().items()}
+    finally:
+        dist.destroy_process_group()
+    return dict(full=full, local=local, placement=placement, x=tuple(x.shape),
+                hidden=seen["hidden"], y=tuple(y.shape), comms=counts,
+                world=world)
+
+
+def tensor_parallel(cfg, world: int = 2, batch: int = 8):
+    """The feed-forward network of `cfg` split over `world` ranks
+    (`tensor_parallel_mlp`): each rank multiplies the whole input by its
+    columns of W1, applies GELU, multiplies by its rows of W2, and one
+    all-reduce adds the partial outputs. Matrices drawn to scale."""
+    s = tensor_parallel_mlp(cfg, world, batch)
+    d_ff_r, d = s["local"]["fc.weight"]              # (out/W, in)
+    B, T, _ = s["x"]
+    W, H = 10.0, 1.0 + world * 2.0
+    fig, ax = canvas(W, H, WIDTH * H / W)
+    u = 1.2 / max(d_ff_r, d)                         # units per row/column
+    ys = [H - 0.95 - r * 2.0 for r in range(world)]
+    cy = (ys[0] + ys[-1]) / 2
+    label(ax, 0.1, cy, f"x\n{s['x']}\non every\nrank", ha="left")
+    n_ar = s["comms"].get("all_reduce", 0)
+    for r, y in enumerate(ys):
+        w1, h1 = d_ff_r * u, d * u        # W1's columns: d rows, d_ff/W cols
+        w2, h2 = d * u, d_ff_r * u        # W2's rows: d_ff/W rows, d cols
+        label(ax, 1.75, y + h2 / 2 + 0.05, f"rank {r}", ha="left",
+              weight="bold", va="bottom")
+        ax.plot([1.3, 1.55], [cy, y], color=INK, lw=1.0)
+        tag(ax, (1.55, y), (1.75, y))
+        ax.add_patch(Rectangle((1.75, y - h1 / 2), w1, h1, fc=COLORS["model"][1],
+                               ec=INK, lw=0.8))
+        label(ax, 1.75 + w1 / 2, y - h1 / 2 - 0.05, rf"$W_1$ columns"
+              f"\n{r * d_ff_r}\u2013{(r + 1) * d_ff_r - 1}: {d} \u00d7 {d_ff_r}",
+              va="top")
+        tag(ax, (1.8 + w1, y), (4.6, y), "GELU", side="above")
+        label(ax, 3.75, y - 0.1, f"h {s['hidden']}", va="top", color=MUTED)
+        ax.add_patch(Rectangle((4.65, y - h2 / 2), w2, h2, fc=COLORS["model"][1],
+                               ec=INK, lw=0.8))
+        label(ax, 4.65 + w2 + 0.1, y + h2 / 2, rf"$W_2$ rows"
+              f"\n{r * d_ff_r}\u2013{(r + 1) * d_ff_r - 1}:\n{d_ff_r} \u00d7 {d}",
+              ha="left", va="top")
+        tag(ax, (4.7 + w2, y - 0.4), (7.75, y - 0.4), f"partial y {s['y']}",
+            side="below")
+    for y in ys:
+        ax.plot([7.75, 7.95], [y - 0.4, cy], color=INK, lw=1.0)
+    ax.add_patch(plt.Circle((8.1, cy), 0.16, fc="white", ec=INK, lw=1.0,
+                            zorder=3))
+    label(ax, 8.1, cy, "+", weight="bold", zorder=4)
+    label(ax, 8.25, cy + 0.22, f"all-reduce\n(\u00d7 {n_ar})", va="bottom",
+          ha="left")
+    tag(ax, (8.26, cy), (8.7, cy))
+    label(ax, 8.75, cy - 0.1, f"y\n{s['y']}\non every\nrank", ha="left",
+          va="top")
+    label(ax, 0.1, 0.45, f"ColwiseParallel: fc.weight {s['full']['fc.weight']}"
+          f" \u2192 {s['local']['fc.weight']} on each rank", ha="left",
+          color=MUTED)
+    label(ax, 0.1, 0.15, f"RowwiseParallel: proj.weight "
+          f"{s['full']['proj.weight']} \u2192 {s['local']['proj.weight']} on "
+          "each rank (PyTorch's (out, in) shapes)", ha="left", color=MUTED)
+    fig.shapes = s
+    return finish(ax, W, H)
+
+
+# ----------------------------------------------- appendix A: run directory
+class _Opened:
+    """The files this process opens or replaces while `log` is a list, seen
+    through an audit hook (PEP 578), added once and idle otherwise."""
+    log, hooked = None, False
+
+    @classmethod
+    def hook(cls, event, args):
+        if cls.log is None: return
+        import os
+        try:
+            if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+                write = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT
+                cls.log.append((os.fsdecode(args[0]), bool(args[2] & write)))
+            elif event in ("os.rename", "os.replace", "os.link"):
+                cls.log.append((os.fsdecode(args[1]), True))
+        except Exception:                # a hook must never break the caller
+            pass
+
+
+def resume_trace(data_dir, run) -> tuple[set, set]:
+    """What `minigpt.train.train(..., resume=True)` reads and what it rewrites
+    in run directory `run`, paths relative to it: resumed on a copy, with the
+    files it opens recorded (`_Opened`)."""
+    import os, shutil, sys, tempfile
+    from pathlib import Path
+    from minigpt.train import train
+    if not _Opened.hooked:
+        sys.addaudithook(_Opened.hook)
+        _Opened.hooked = True
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / Path(run).name
+        shutil.copytree(run, copy)
+        first = {}                      # hard links stay hard links
+        for p in sorted(Path(run).rglob("*")):
+            if p.is_file():
+                key = (p.stat().st_dev, p.stat().st_ino)
+                if key in first:
+                    (copy / p.relative_to(run)).unlink()
+                    os.link(copy / first[key], copy / p.relative_to(run))
+                else:
+                    first[key] = p.relative_to(run)
+        _Opened.log = log = []
+        try:
+            train(data_dir, copy, resume=True, progress_bar=False)
+        finally:
+            _Opened.log = None
+        root = str(copy.resolve()) + "/"
+        rel = lambda p: str(Path(p).resolve())[len(root):]
+        inside = [(rel(p), w) for p, w in log
+                  if str(Path(p).resolve()).startswith(root)]
+    kept = {p for p, _ in run_tree(run)}          # not the temporary files
+    written = {p for p, w in inside if w and p in kept}
+    read = {p for p, w in inside if not w and p in kept}
+    return read, written
+
+
+def run_tree(run) -> list[tuple[str, int]]:
+    "(path relative to `run`, size in bytes; -1 for a folder) of every entry."
+    from pathlib import Path
+    run = Path(run)
+    out = []
+    def walk(folder, prefix):
+        entries = sorted(folder.iterdir(), key=lambda p: (p.is_dir(), p.name))
+        for p in entries:
+            out.append((prefix + p.name, -1 if p.is_dir() else p.stat().st_size))
+            if p.is_dir(): walk(p, prefix + p.name + "/")
+    walk(run, "")
+    return out
+
+
+def run_directory(data_dir, run):
+    """A real run directory (`run_tree`): its files and checkpoint folders,
+    what each holds, and which of them a `--resume` reads and rewrites
+    (`resume_trace`)."""
+    from minigpt.checkpoint import CHECKPOINTS, MANIFEST, STATE, WEIGHTS
+    tree = run_tree(run)
+    read, written = resume_trace(data_dir, run)
+    import json
+    from pathlib import Path
+    run = Path(run)
+    what = {"config.json": "model and training settings",
+            "tokenizer.json": "the tokenizer of the data",
+            WEIGHTS: "a link to the newest checkpoint's weights",
+            "best.safetensors": "a link to the best validation loss's weights",
+            "metrics.jsonl": "a line per logged step",
+            "samples.txt": "generated text",
+            CHECKPOINTS: "a folder per checkpoint kept"}
+    inside = {WEIGHTS: "the weights"}
+    for path, size in tree:              # what the checkpoints really hold
+        if path.endswith("/" + STATE):
+            keys = torch.load(run / path, weights_only=True).keys()
+            inside[STATE] = ", ".join(keys)
+        elif path.endswith("/" + MANIFEST):
+            keys = json.loads((run / path).read_text()).keys()
+            inside[MANIFEST] = ", ".join(keys) + " (of the two files)"
+    newest = max(p for p, s in tree if p.startswith(CHECKPOINTS + "/step-")
+                 and s < 0)
+    rh = 0.32
+    W, H = 10.0, 0.75 + rh * len(tree) + 0.1
+    fig, ax = canvas(W, H, WIDTH * H / W)
+    top = H - 0.65
+    label(ax, 0.1, H - 0.25, f"{run.name}/", ha="left", weight="bold",
+          family="monospace")
+    colours = {"read": COLORS["train"][1], "rewritten": COLORS["model"][1]}
+    marks = {}
+    for r, (path, size) in enumerate(tree):
+        y = top - r * rh
+        depth = path.count("/")
+        name = path.rsplit("/", 1)[-1]
+        label(ax, 0.55 + 0.35 * depth, y, name + ("/" if size < 0 else ""),
+              ha="left", family="monospace", weight="bold" if size < 0
+              else "normal")
+        if size >= 0:
+            label(ax, 5.0, y, f"{size:,} B" if size < 10_000 else
+                  f"{size / 1e3:,.0f} kB", ha="right", color=MUTED)
+        if name.startswith("step-"):
+            keep = json.loads((run / path / MANIFEST).read_text())["keep"]
+            desc = ("the newest checkpoint" if path == newest else "") + (
+                ", " * (path == newest and keep) + "kept (keep_every)" if keep
+                else "")
+        else:
+            desc = (inside if depth > 1 else what).get(name, "")
+        label(ax, 5.2, y, desc, ha="left")
+        marks[path] = [k for k, s in (("read", read), ("rewritten", written))
+                       if path in s]
+        for i, k in enumerate(marks[path]):
+            ax.add_patch(Rectangle((0.1 + i * 0.2, y - 0.09), 0.16, 0.18,
+                                   fc=colours[k], ec="none"))
+    lx = 4.9
+    for i, (k, c) in enumerate(colours.items()):
+        ax.add_patch(Rectangle((lx + i * 2.5, H - 0.34), 0.16, 0.18, fc=c,
+                               ec="none"))
+        label(ax, lx + 0.25 + i * 2.5, H - 0.25, f"{k} by --resume",
+              ha="left")
+    fig.tree, fig.read, fig.written, fig.marks = tree, read, written, marks
+    return finish(ax, W, H)
