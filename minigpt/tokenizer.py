@@ -3,13 +3,17 @@
 # %% ../nbs/02_tokenizer.ipynb #ae9e672b
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
+import numbers
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Iterable
 
 import regex
 
-from .common import ENDOFTEXT, PAD
+from .common import ENDOFTEXT, PAD, atomic_write
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS', 'BYTE_CHARS', 'check_special',
@@ -197,8 +201,6 @@ def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     return [ranks[p] for p in parts]
 
 # %% ../nbs/02_tokenizer.ipynb #b54a30c2
-import numbers
-
 def merges_needed(vocab_size, specials=SPECIAL_TOKENS) -> int:
     "Merges for a vocabulary of `vocab_size`; `ValueError` if it is nonsense."
     need = 256 + len(specials)
@@ -314,12 +316,6 @@ def from_tiktoken(enc) -> BPETokenizer:
     return BPETokenizer(enc._mergeable_ranks, enc._pat_str, enc._special_tokens)
 
 # %% ../nbs/02_tokenizer.ipynb #445b44e6
-import hashlib
-import json
-from pathlib import Path
-
-from .common import atomic_write
-
 FORMAT, VERSION = "minigpt-tokenizer", 1
 
 def tokenizer_state(tok) -> dict:
