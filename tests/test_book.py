@@ -274,6 +274,20 @@ def test_the_notation_table_gives_each_quantity_one_symbol_that_the_equations_us
         assert any(re.search(rf"(?<![A-Za-z\\]){re.escape(sym)}(?![A-Za-z])", t) for t in spans), sym
 
 
+def test_every_figure_is_referred_to_by_its_chapter():
+    "A figure the text never mentions is a picture the reader has to guess the point of."
+    unreferred = []
+    for ch in book.chapters(book.read_config(ROOT / "_quarto.yml"), ROOT):
+        cells = json.loads(ch.notebook.read_text())["cells"]
+        prose = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        for c in cells:
+            if c["cell_type"] != "code": continue
+            for label in re.findall(r"^#\|\s*label:\s*(fig-[\w-]+)", "".join(c["source"]), re.M):
+                if f"@{label}" not in prose:
+                    unreferred.append(f"{ch.notebook.name}: {label}")
+    assert unreferred == [], unreferred
+
+
 def test_real_book_reaches_make_demo_by_page_5(real_book):
     from pypdf import PdfReader
     reader = PdfReader(str(real_book))
