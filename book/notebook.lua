@@ -86,10 +86,29 @@ local function render_output(div)
   return plain
 end
 
+-- Typst reads an apostrophe after a digit as a prime (5'11"): "GPT-4's" would print
+-- "GPT-4′s". After a digit and before a letter it is an apostrophe, so it is written as one.
+local function apostrophe_after_digit(el)
+  local rest = el.text:gsub("(%d)\u{2019}(%a)", "%1'%2")
+  if not rest:find("%d'%a") then return nil end
+  local parts = {}
+  while true do
+    local at = rest:find("%d'%a")
+    if not at then break end
+    table.insert(parts, pandoc.Str(rest:sub(1, at)))
+    table.insert(parts, pandoc.RawInline("typst", "\u{2019}"))  -- literal: no smart quote
+    rest = rest:sub(at + 2)
+  end
+  if rest ~= "" then table.insert(parts, pandoc.Str(rest)) end
+  return parts
+end
+
+-- A caption or a one-line summary, as inlines; summaries are written to Typst at once, so
+-- they get the apostrophe fix here rather than from the filter's later pass.
 local function parse_caption(text)
   local blocks = pandoc.read(text, "markdown").blocks
   if #blocks == 0 then return pandoc.Inlines {} end
-  return blocks[1].content
+  return pandoc.Inlines(blocks[1].content):walk { Str = apostrophe_after_digit }
 end
 
 local function cell_error(source, message)
@@ -281,21 +300,20 @@ local function not_an_email(el)
   if address and not address:match("@.+%..+") then return el.content end
 end
 
--- Typst reads an apostrophe after a digit as a prime (5'11"): "GPT-4's" would print
--- "GPT-4′s". After a digit and before a letter it is an apostrophe, so it is written as one.
-local function apostrophe_after_digit(el)
-  local rest = el.text:gsub("(%d)\u{2019}(%a)", "%1'%2")
-  if not rest:find("%d'%a") then return nil end
-  local parts = {}
-  while true do
-    local at = rest:find("%d'%a")
-    if not at then break end
-    table.insert(parts, pandoc.Str(rest:sub(1, at)))
-    table.insert(parts, pandoc.RawInline("typst", "\u{2019}"))  -- literal: no smart quote
-    rest = rest:sub(at + 2)
+-- "[@fig-pipeline]'s": the reference prints "Figure 1", so the apostrophe that follows it
+-- comes after a digit as well, and would print as a prime.
+local function apostrophe_after_ref(inlines)
+  for i = 1, #inlines - 1 do
+    local ref, next = inlines[i], inlines[i + 1]
+    if ref.t == "Cite" and next.t == "Str" then
+      local rest = next.text:match("^'(.*)$") or next.text:match("^\u{2019}(.*)$")
+      if rest then
+        inlines[i + 1] = pandoc.Str(rest)
+        inlines:insert(i + 1, pandoc.RawInline("typst", "\u{2019}"))
+      end
+    end
   end
-  if rest ~= "" then table.insert(parts, pandoc.Str(rest)) end
-  return parts
+  return inlines
 end
 
 local function header(el)
@@ -446,7 +464,7 @@ return {
   { Div = function(el)
       if el.classes:includes("cell") and el.classes:includes("code") then return code_cell(el) end
     end },
-  { Inlines = drop_spelled_word },
+  { Inlines = function(inlines) return apostrophe_after_ref(drop_spelled_word(inlines)) end },
   { Div = function(el)
       if el.classes:includes("cell") then return el.content end -- unwrap markdown cells
     end,

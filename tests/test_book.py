@@ -300,12 +300,12 @@ def test_an_apostrophe_after_a_digit_prints_as_one_and_a_cited_subject_has_its_a
     (tmp_path / "refs.bib").write_text("@inproceedings{lee2022dedup, author = {Lee, Katherine and Ippolito, "
                                       "Daphne and Nystrom, Andrew}, title = {Deduplicating Training Data}, "
                                       "booktitle = {ACL}, year = {2022}}\n")
-    cfg = make_book(tmp_path, [md("# T\n\nGPT-4's vocabulary; Chapter 6's loop. @lee2022dedup found "
+    cfg = make_book(tmp_path, [md("# T {#sec-t}\n\nGPT-4's vocabulary; Chapter 6's loop; [@sec-t]'s end. @lee2022dedup found "
                                    "duplicates, as others did [@lee2022dedup].")])
     cfg.write_text(cfg.read_text() + "bibliography: refs.bib\n")
     book.build(cfg, tmp_path / "b.pdf")
     text = re.sub(r"\s+", " ", pdf_text(tmp_path / "b.pdf")[1])
-    assert "GPT-4\u2019s vocabulary; Chapter 6\u2019s loop" in text and "\u2032" not in text
+    assert "GPT-4\u2019s vocabulary; Chapter 6\u2019s loop; Chapter 1\u2019s end" in text and "\u2032" not in text
     assert "K. Lee, D. Ippolito, and A. Nystrom [1] found" in text and "as others did [1]." in text
     assert not [p for p in problems(tmp_path / "b.pdf", cfg) if "prime" in p]
 
