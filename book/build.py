@@ -142,8 +142,30 @@ _DEFAULT_EXP = re.compile(r"^#\|\s*default_exp\s+(\S+)", re.M)
 def is_plumbing_cell(src: str) -> bool: return bool(_PLUMBING.search(src))
 
 
+def _imports(src: str) -> list[ast.alias] | None:
+    "What a cell that only imports imports (`from __future__` left out), or None for any other cell."
+    body = ast.parse(src).body
+    if not body or not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body): return None
+    return [a for n in body if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")
+            for a in n.names]
+
+
+def imported_labels(src: str) -> list[str]:
+    """How the book names what an import cell imports: its plain imports as one label
+    (`json, urllib.request, numpy as np`), then one per `from` import (`from pathlib: Path`)."""
+    def named(a: ast.alias) -> str: return f"{a.name} as {a.asname}" if a.asname else a.name
+    body = [n for n in ast.parse(src).body if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
+    plain = [named(a) for n in body if isinstance(n, ast.Import) for a in n.names]
+    return ([", ".join(plain)] if plain else []) + [
+        f"from {'.' * n.level}{n.module or ''}: {', '.join(map(named, n.names))}"
+        for n in body if isinstance(n, ast.ImportFrom)]
+
+
 def shown_names(src: str) -> list[str]:
-    "The public names a cell binds at its top level (def, class, assignment), in order."
+    """The public names a cell binds at its top level (def, class, assignment), in order; for a
+    cell that only imports, the names it binds (`np` for `import numpy as np`)."""
+    if (aliases := _imports(src)) is not None:
+        return [a.asname or a.name.split(".")[0] for a in aliases]
     names = []
     for node in ast.parse(src).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -179,8 +201,11 @@ def annotate_plumbing(notebook: dict) -> None:
         if not is_plumbing_cell(src): continue
         target = _EXPORT.search(src).group(1) or module
         path = f"{PACKAGE}/{target.replace('.', '/')}.py" if target else PACKAGE
-        cell["source"] = (f"#| plumbing-names: {', '.join(shown_names(src))}\n"
-                          f"#| plumbing-module: {path}\n" + src)
+        imports = _imports(src) is not None     # an import cell: its line says what it imports
+        names = imported_labels(src) if imports else shown_names(src)
+        cell["source"] = (f"#| plumbing-names: {'; '.join(names)}\n"
+                          f"#| plumbing-module: {path}\n"
+                          + ("#| plumbing-kind: imports\n" if imports else "") + src)
 
 
 def _fold_cell_problem(src: str) -> str | None:
@@ -390,8 +415,9 @@ def _typst_str(s: str) -> str: return json.dumps(s)  # a JSON string is a valid 
 
 def has_plumbing(chs: list[Chapter]) -> bool:
     "Whether some chapter has a plumbing cell, for the Engineering notes appendix to list."
-    return any(c.get("cell_type") == "code" and is_plumbing_cell("".join(c.get("source", "")))
-               for ch in chs for c in json.loads(ch.notebook.read_text())["cells"])
+    sources = ("".join(c.get("source", "")) for ch in chs
+               for c in json.loads(ch.notebook.read_text())["cells"] if c.get("cell_type") == "code")
+    return any(is_plumbing_cell(src) and _imports(src) is None for src in sources)
 
 
 def main_typ(book: dict, chs: list[Chapter], version: str, date: dt.date, bib: Path | None,

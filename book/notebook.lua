@@ -153,13 +153,15 @@ local function plumbing_cell(source, opts)
     cell_error(source.text, "a plumbing cell needs its summary: `#| plumbing: what it guards against`")
   end
   local names = {}
-  for name in (opts["plumbing-names"] or ""):gmatch("[%w_]+") do
-    table.insert(names, '"' .. name .. '"')
+  for name in (opts["plumbing-names"] or ""):gmatch("[^;]+") do   -- `x; y`, `json, os; from a: b`
+    name = name:gsub("^%s+", ""):gsub("%s+$", ""):gsub('"', "")
+    if name ~= "" then table.insert(names, '"' .. name .. '"') end
   end
   local module = (opts["plumbing-module"] or ""):gsub('"', "")
+  local kind = opts["plumbing-kind"] == "imports" and "imports" or "code"
   local typ = pandoc.write(pandoc.Pandoc { pandoc.Plain(parse_caption(opts.plumbing)) }, "typst"):gsub("%s+$", "")
   return { pandoc.RawBlock("typst", '#import "template.typ": plumbing\n#plumbing(('
-    .. table.concat(names, ", ") .. ',), "' .. module .. '")[' .. typ .. "]") }
+    .. table.concat(names, ", ") .. ',), "' .. module .. '", kind: "' .. kind .. '")[' .. typ .. "]") }
 end
 
 local function code_cell(el)

@@ -195,6 +195,8 @@ def test_a_plumbing_cell_prints_its_names_and_summary_and_the_appendix_lists_it(
         md("# T"),
         code("#| default_exp files"),
         md("BEFORE_PLUMBING"),
+        code("#| export\n#| plumbing: what the module works with\nfrom __future__ import annotations\n"
+             "import json, urllib.request\nimport numpy as np\nfrom pathlib import Path as P"),
         code("#| export\n#| plumbing: writes a file whole or not at all\n"
              "def atomic_write(path, data):\n    PLUMBING_BODY = data\n\n_private = 1\nLIMIT = 3\n"
              "WEIGHTS, (STATE, _KEY) = 'w', ('s', 'k')"),
@@ -212,11 +214,23 @@ def test_a_plumbing_cell_prints_its_names_and_summary_and_the_appendix_lists_it(
     assert re.search(r"package: ?check_corpus \(minigpt/other/place\.py\): refuses a corpus that would be empty",
                      place)
     assert "PLUMBING_BODY" not in text and "_private" not in text
+    # an import cell: one line of what it imports
+    assert re.search(r"imports: ?json, urllib\.request, numpy as np · from pathlib: Path as P \(minigpt/files\.py\): "
+                     r"what the module works with", place)
+    assert "__future__" not in text
     # the appendix, after the chapter: both, under the chapter, with the page they run on
     notes = text[text.index("Appendix A Engineering notes"):]
     assert "Chapter 1 · T" in notes
     assert re.search(r"atomic_write, LIMIT, WEIGHTS, STATE \(minigpt/files\.py, p\. 1\): writes a file", notes)
     assert re.search(r"check_corpus \(minigpt/other/place\.py, p\. 1\): refuses a corpus", notes)
+    assert "what the module works with" not in notes   # imports are not engineering
+
+
+def test_a_chapter_whose_only_plumbing_is_imports_has_no_engineering_notes(tmp_path):
+    cfg = make_book(tmp_path, [md("# T\n\nText."), code("#| export\n#| plumbing: the imports\nimport json")])
+    book.build(cfg, tmp_path / "b.pdf")
+    text = pdf_text(tmp_path / "b.pdf")[1]
+    assert "imports:" in text and "Engineering notes" not in text
 
 
 def test_without_plumbing_cells_there_is_no_engineering_notes_appendix(tmp_path):

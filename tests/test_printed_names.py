@@ -153,5 +153,7 @@ def test_no_alarm_on_what_a_reader_can_see():
         cell("def h(n):\n    return {Path: n for Path in range(n)}", "parameters-and-comprehensions"),
         cell("%matplotlib inline\n!ls json\nprint(len([]))", "magics"),
         cell("z = (len('a')\n     != len('b'))\nw = (3\n     % 2)", "operators-on-continued-lines"),
+        cell("#| export\n#| plumbing: the imports\nimport numpy as np\nfrom typing import Iterable", "import-line"),
+        cell("def k(xs: Iterable):\n    return np.array(list(xs))", "uses-what-the-import-line-names"),
     ]
     assert names_from_hidden_cells(cells) == []
