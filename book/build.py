@@ -142,19 +142,35 @@ _DEFAULT_EXP = re.compile(r"^#\|\s*default_exp\s+(\S+)", re.M)
 def is_plumbing_cell(src: str) -> bool: return bool(_PLUMBING.search(src))
 
 
-def _imports(src: str) -> list[ast.alias] | None:
+def _import_nodes(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom] | None:
+    """The imports of statements that only import, an optional import included
+    (`try: import x` / `except ImportError: x = None`), or None."""
+    out = []
+    for n in body:
+        if isinstance(n, (ast.Import, ast.ImportFrom)): out.append(n)
+        elif isinstance(n, ast.Try) and (inner := _import_nodes(n.body)) is not None: out += inner
+        else: return None
+    return out
+
+
+def _import_statements(src: str) -> list[ast.Import | ast.ImportFrom] | None:
     "What a cell that only imports imports (`from __future__` left out), or None for any other cell."
-    body = ast.parse(src).body
-    if not body or not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body): return None
-    return [a for n in body if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")
-            for a in n.names]
+    nodes = _import_nodes(ast.parse(src).body)
+    if not nodes: return None
+    return [n for n in nodes if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
+
+
+def _imports(src: str) -> list[ast.alias] | None:
+    "The names a cell that only imports imports, or None for any other cell."
+    nodes = _import_statements(src)
+    return None if nodes is None else [a for n in nodes for a in n.names]
 
 
 def imported_labels(src: str) -> list[str]:
     """How the book names what an import cell imports: its plain imports as one label
     (`json, urllib.request, numpy as np`), then one per `from` import (`from pathlib: Path`)."""
     def named(a: ast.alias) -> str: return f"{a.name} as {a.asname}" if a.asname else a.name
-    body = [n for n in ast.parse(src).body if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
+    body = _import_statements(src) or []
     plain = [named(a) for n in body if isinstance(n, ast.Import) for a in n.names]
     return ([", ".join(plain)] if plain else []) + [
         f"from {'.' * n.level}{n.module or ''}: {', '.join(map(named, n.names))}"

@@ -196,7 +196,8 @@ def test_a_plumbing_cell_prints_its_names_and_summary_and_the_appendix_lists_it(
         code("#| default_exp files"),
         md("BEFORE_PLUMBING"),
         code("#| export\n#| plumbing: what the module works with\nfrom __future__ import annotations\n"
-             "import json, urllib.request\nimport numpy as np\nfrom pathlib import Path as P"),
+             "import json, urllib.request\nimport numpy as np\nfrom pathlib import Path as P\n"
+             "try:\n    from fastapi import Request   # optional\nexcept ImportError:\n    Request = None"),
         code("#| export\n#| plumbing: writes a file whole or not at all\n"
              "def atomic_write(path, data):\n    PLUMBING_BODY = data\n\n_private = 1\nLIMIT = 3\n"
              "WEIGHTS, (STATE, _KEY) = 'w', ('s', 'k')"),
@@ -215,7 +216,7 @@ def test_a_plumbing_cell_prints_its_names_and_summary_and_the_appendix_lists_it(
                      place)
     assert "PLUMBING_BODY" not in text and "_private" not in text
     # an import cell: one line of what it imports
-    assert re.search(r"imports: ?json, urllib\.request, numpy as np · from pathlib: Path as P \(minigpt/files\.py\): "
+    assert re.search(r"imports: ?json, urllib\.request, numpy as np · from pathlib: Path as P · from fastapi: Request \(minigpt/files\.py\): "
                      r"what the module works with", place)
     assert "__future__" not in text
     # the appendix, after the chapter: both, under the chapter, with the page they run on
@@ -417,6 +418,35 @@ def test_check_pdf_catches_what_a_reader_would(tmp_path):
     assert "chapter title missing: 'Preface'" in found
     assert "'#|'" in found and "\\\\frac" in found and "[@" in found
     assert "missing a numbered figure" in found
+
+
+def _paragraphs_over_a_page_break(tmp_path, words: int, widow_cost: str) -> Path:
+    "A two-page PDF: a paragraph of `words` words across the page break, then another."
+    import typst
+    text = " ".join(["several plain words"] * (words // 3)) + " end."
+    src = tmp_path / f"p{words}-{widow_cost.strip('%')}.typ"
+    src.write_text(f"#set page(width: 300pt, height: 260pt, margin: 30pt)\n"
+                   f"#set text(size: 10.5pt, costs: (widow: {widow_cost}, orphan: {widow_cost}))\n"
+                   f"#set par(justify: true, leading: 0.62em, spacing: 1.1em)\n"
+                   f"{' '.join(['Opening words.'] * 40)}\n\n{text}\n\nThe next paragraph starts here.\n")
+    pdf = src.with_suffix(".pdf")
+    pdf.write_bytes(typst.compile(str(src), ignore_system_fonts=True))
+    return pdf
+
+
+def test_check_pdf_finds_a_widow_and_only_a_widow(tmp_path):
+    """Typst keeps a paragraph's last line off the top of a page unless told it costs nothing;
+    so told, some length of paragraph leaves a widow, and `widows` finds it, with its text."""
+    import check_pdf
+    lengths = range(30, 130, 6)
+    found = {n: check_pdf.widows(_paragraphs_over_a_page_break(tmp_path, n, "0%")) for n in lengths}
+    widowed = {n: w for n, w in found.items() if w}
+    assert widowed, "no length of paragraph left a widow"
+    for n, w in widowed.items():
+        (page, line), = w
+        assert page == 2 and line.endswith("end."), (n, w)
+    for n in widowed:            # the same pages, set with typst's default costs: none
+        assert check_pdf.widows(_paragraphs_over_a_page_break(tmp_path, n, "100%")) == [], n
 
 
 # --- prose numbers that repeat an output: `[x]{.out}` ---

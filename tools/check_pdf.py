@@ -4,12 +4,15 @@
 
 Fails (exit 1, one line per problem) unless the PDF has pages, a table of contents, every
 chapter title of `_quarto.yml`, numbered figures, tables and equations, a bibliography, and
-no leaked notebook directives (`#|`) or raw LaTeX (`\\frac`, `\\begin`, ...), and no prime
-where an apostrophe belongs ("GPT-4′s").
+no leaked notebook directives (`#|`) or raw LaTeX (`\\frac`, `\\begin`, ...), no prime
+where an apostrophe belongs ("GPT-4′s"), and no widow (a paragraph's last line alone at the
+top of a page).
 """
 import json
 import re
 import sys
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +39,76 @@ def pdf_text(pdf: Path) -> tuple[int, str]:
     return len(reader.pages), "\n".join(p.extract_text() or "" for p in reader.pages)
 
 
+# ---- widows: a paragraph's last line alone at the top of a page
+
+@dataclass
+class Line:
+    "One printed line of a page: its height on the page (points) and its pieces of text."
+    y: float
+    pieces: list[tuple[float, str, float, str]]   # (x, text, font size, font name)
+
+    @property
+    def text(self) -> str: return "".join(t for _, t, _, _ in self.pieces).strip()
+
+
+def page_lines(page) -> list[Line]:
+    "The lines of a pypdf page, top to bottom; an index or exponent joins the line it belongs to."
+    rows: dict[int, list] = {}
+    def visit(text, cm, tm, font, size):
+        if not text.strip(): return
+        x = tm[4] * cm[0] + tm[5] * cm[2] + cm[4]
+        y = tm[4] * cm[1] + tm[5] * cm[3] + cm[5]
+        scaled = round(abs(size * (tm[3] or 1) * (cm[3] or 1)), 1)
+        rows.setdefault(round(y), []).append((x, text, scaled, str(font.get("/BaseFont", "")) if font else ""))
+    page.extract_text(visitor_text=visit)
+    groups: list[list] = []
+    for y, pieces in sorted(rows.items(), reverse=True):
+        if groups and groups[-1][-1][0] - y < 5: groups[-1].append((y, pieces))   # a subscript
+        else: groups.append([(y, pieces)])
+    # a line sits where its largest text sits, not where an index beside it does
+    return [Line(max(g, key=lambda r: max(p[2] for p in r[1]))[0], sorted(p for _, ps in g for p in ps))
+            for g in groups]
+
+
+def _body_size(pages: list[list[Line]]) -> float:
+    "The font size of the running text: the commonest size of text that is not code."
+    return Counter(p[2] for lines in pages for line in lines for p in line.pieces
+                   if "Mono" not in p[3]).most_common(1)[0][0]
+
+
+def widows(pdf: Path) -> list[tuple[int, str]]:
+    """(page, line) for each page that starts with the last line of a paragraph begun on the page
+    before. A page's running text starts at the same height on every page; the line there is a
+    widow when it is running text, the text before it on the previous page goes on (it ends
+    without a sentence's end, or the line starts in lower case), and a paragraph's gap or
+    nothing follows it."""
+    from pypdf import PdfReader
+    pages = [page_lines(p) for p in PdfReader(str(pdf)).pages]
+    body = _body_size(pages)
+    def running(line: Line) -> bool:   # starts with the body's text, not code, math or a heading
+        x, _, size, font = line.pieces[0]
+        return size == body and not any(kind in font for kind in ("Mono", "Math", "Bold"))
+    def text_lines(lines: list[Line]) -> list[Line]:   # without running head and page number
+        return [l for l in lines if any(p[2] >= body for p in l.pieces) and not l.text.isdigit()]
+    texts = [text_lines(lines) for lines in pages]
+    gaps = Counter(round(a.y - b.y) for lines in texts for a, b in zip(lines, lines[1:])
+                   if running(a) and running(b))
+    if not gaps: return []
+    pitch = gaps.most_common(1)[0][0]
+    top = Counter(round(lines[0].y) for lines in texts if lines).most_common(1)[0][0]
+    found = []
+    for n in range(1, len(texts)):
+        before, here = texts[n - 1], texts[n]
+        if not before or not here or abs(here[0].y - top) > 2: continue
+        last, first = before[-1], here[0]
+        if not (running(last) and running(first)): continue
+        goes_on = (not re.search(r"[.:!?)\]][\"”’]?$", last.text)
+                   or re.match(r"[a-z]", first.text) is not None)
+        alone = len(here) == 1 or first.y - here[1].y > 1.2 * pitch
+        if goes_on and alone: found.append((n + 1, first.text))
+    return found
+
+
 def problems(pdf: Path, config: Path, min_pages: int = 5) -> list[str]:
     "Everything a reader would notice is wrong with `pdf`; empty when it is fine."
     if not pdf.exists(): return [f"{pdf}: not found; run `make pdf`"]
@@ -51,6 +124,9 @@ def problems(pdf: Path, config: Path, min_pages: int = 5) -> list[str]:
         if not re.search(pattern, text): found.append(f"missing {what}")
     for m in re.finditer(r"\S*\d\u2032[a-z]+", text):
         found.append(f"a prime after a digit where an apostrophe belongs: {m.group(0)!r}")
+    for page, line in widows(pdf):
+        found.append(f"a widow on page {page}: the last line of a paragraph alone at the top ({line[:50]!r}); "
+                     "rephrase the paragraph or the one before it")
     for leak in LEAKS:
         m = re.search(leak, text)
         if m: found.append(f"leaked source text {m.group(0)!r}: ...{text[max(0, m.start()-40):m.end()+40]!r}")
