@@ -85,9 +85,10 @@ def widows(pdf: Path) -> list[tuple[int, str]]:
     from pypdf import PdfReader
     pages = [page_lines(p) for p in PdfReader(str(pdf)).pages]
     body = _body_size(pages)
-    def running(line: Line) -> bool:   # starts with the body's text, not code, math or a heading
+    def running(line: Line) -> bool:   # the body's text, not code, math, a heading or the contents
         x, _, size, font = line.pieces[0]
-        return size == body and not any(kind in font for kind in ("Mono", "Math", "Bold"))
+        return (size == body and not any(kind in font for kind in ("Mono", "Math", "Bold"))
+                and ". . ." not in line.text)
     def text_lines(lines: list[Line]) -> list[Line]:   # without running head and page number
         return [l for l in lines if any(p[2] >= body for p in l.pieces) and not l.text.isdigit()]
     texts = [text_lines(lines) for lines in pages]
