@@ -130,6 +130,24 @@ def _check_cell_problem(cell: dict) -> str | None:
     return None
 
 
+# A figure's text in print: `make execute` records, with each matplotlib figure a chapter shows,
+# its text that would print under 7 points (nbs/figures.py); the book refuses such a figure.
+FIGURE_KEY = "minigpt"
+
+
+def figure_problem(out: dict) -> str | None:
+    "Why a saved output, if it is a matplotlib figure, cannot be printed, or None."
+    plain = out.get("data", {}).get("text/plain", "")
+    if not "".join(plain).startswith("<Figure size"): return None   # a list of lines, or one string
+    record = out.get("metadata", {}).get(FIGURE_KEY)
+    if not isinstance(record, dict) or "small_text" not in record:
+        return "a figure with no record of its text sizes: run `make execute` (it measures each figure)"
+    if record["small_text"]:
+        return (f"a figure whose text prints under 7 points: {', '.join(record['small_text'][:4])}; "
+                "make it larger (8.3 points in a 6.4-inch-wide figure) and run `make execute`")
+    return None
+
+
 # A plumbing cell: package code that protects rather than teaches (validation, file safety,
 # wire formats). The book prints, in its place, one line naming what it defines and what it
 # guards against, and lists it again in the "Engineering notes" appendix (book/template.typ).
@@ -291,6 +309,8 @@ def check_notebook(nb: Path) -> dict:
             if out.get("output_type") == "error":
                 raise BookError(f"{nb.name}, cell {i}: its saved output is an error ({out.get('ename')}); "
                                 "fix the cell and run `make execute`")
+            if problem := figure_problem(out):
+                raise BookError(f"{nb.name}, cell {i}: {problem}")
         if is_check_cell(src) and (problem := _check_cell_problem(cell)):
             raise BookError(f"{nb.name}, cell {i}: {problem}")
         if problem := _fold_cell_problem(src):

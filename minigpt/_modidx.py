@@ -511,6 +511,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.serve.Server.stop': ('using.html#server.stop', 'minigpt/serve.py'),
                                'minigpt.serve.Server.url': ('using.html#server.url', 'minigpt/serve.py'),
                                'minigpt.serve.bool_field': ('using.html#bool_field', 'minigpt/serve.py'),
+                               'minigpt.serve.chat_page': ('using.html#chat_page', 'minigpt/serve.py'),
                                'minigpt.serve.chat_turns': ('using.html#chat_turns', 'minigpt/serve.py'),
                                'minigpt.serve.check_model_name': ('using.html#check_model_name', 'minigpt/serve.py'),
                                'minigpt.serve.check_port': ('using.html#check_port', 'minigpt/serve.py'),

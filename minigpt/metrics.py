@@ -140,7 +140,7 @@ def plot_runs(runs, panels=tuple(PANELS), labels=None):
         if name == "lr":
             ax.ticklabel_format(axis="y", scilimits=(-2, 2))
         if ax.lines and (name == "loss" or len(runs) > 1):
-            ax.legend(frameon=False, fontsize=8)
+            ax.legend(frameon=False, fontsize=9)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()

@@ -27,11 +27,11 @@ except ImportError:
     Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
-__all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'CHAT_HEAD', 'CHAT_CONTROLS', 'CHAT_SEND', 'CHAT_PAGE', 'APIError',
-           'number_field', 'strings_field', 'bool_field', 'ServeConfig', 'request_field', 'sampling_config',
-           'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Engine', 'check_model_name',
-           'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'sse', 'events', 'create_app',
-           'require_serve_packages', 'check_port', 'Server', 'serve']
+__all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'APIError', 'number_field', 'strings_field', 'bool_field',
+           'ServeConfig', 'request_field', 'sampling_config', 'completion_prompt', 'message_text', 'chat_turns',
+           'end_tokens', 'Engine', 'check_model_name', 'request_prompt_ids', 'read_request', 'usage', 'choice',
+           'response', 'sse', 'events', 'create_app', 'chat_page', 'require_serve_packages', 'check_port', 'Server',
+           'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
 class APIError(Exception):
@@ -346,7 +346,7 @@ def create_app(engine: Engine):
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return CHAT_PAGE
+        return chat_page()
 
     @app.get("/v1/models")
     async def models():
@@ -388,129 +388,9 @@ def create_app(engine: Engine):
     return app
 
 # %% ../nbs/10_using.ipynb #6b23752e
-CHAT_HEAD = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>minigpt</title>
-<style>
- body { font: 15px/1.45 system-ui, sans-serif; margin: 0; background: #f4f4f1;
-        display: flex; flex-direction: column; height: 100vh; }
- header { padding: 8px 16px; background: #23262b; color: #eee;
-          display: flex; gap: 18px; align-items: center; flex-wrap: wrap; }
- header b { font-size: 17px; }
- header label { font-size: 13px; }
- header input { width: 64px; }
- #log { flex: 1; overflow-y: auto; padding: 16px; }
- .msg { max-width: 46em; margin: 0 0 12px; padding: 8px 12px;
-        border-radius: 8px; white-space: pre-wrap; }
- .user { background: #dbe8ff; margin-left: auto; }
- .assistant { background: #fff; border: 1px solid #ddd; }
- .error { background: #ffe1e1; color: #900; }
- .stopped::after { content: " [stopped]"; color: #999; }
- form { display: flex; gap: 8px; padding: 12px 16px; background: #e8e8e4; }
- textarea { flex: 1; font: inherit; height: 3.2em; }
- button { font: inherit; padding: 0 18px; }
-</style></head>
-<body>
-<header><b>minigpt</b><span id="model">…</span>
- <label>temperature <input id="temperature" type="number" value="0.8"
-   min="0" max="2" step="0.1"></label>
- <label>top-p <input id="top_p" type="number" value="0.95" min="0.01"
-   max="1" step="0.05"></label>
- <label>max tokens <input id="max_tokens" type="number" value="200"
-   min="1" step="10"></label>
- <button id="clear" type="button">New chat</button></header>
-<div id="log"></div>
-<form id="form"><textarea id="prompt" placeholder="Type a message"></textarea>
- <button id="send" type="submit">Send</button>
- <button id="stop" type="button" disabled>Stop</button></form>
-"""
-
-# %% ../nbs/10_using.ipynb #83c150a0
-CHAT_CONTROLS = """<script>
-const $ = id => document.getElementById(id);
-let model = null, chat = true, history = [], controller = null;
-
-fetch("/v1/models").then(r => r.json()).then(j => {
-  model = j.data[0].id; chat = j.data[0].chat;
-  $("model").textContent = model + (chat ? " (chat)" :
-    " (not fine-tuned: it continues your text)");
-});
-
-function bubble(cls, text) {
-  const div = document.createElement("div");
-  div.className = "msg " + cls; div.textContent = text;
-  $("log").appendChild(div); $("log").scrollTop = $("log").scrollHeight;
-  return div;
-}
-
-function busy(on) { $("send").disabled = on; $("stop").disabled = !on; }
-
-$("form").onsubmit = e => {
-  e.preventDefault();
-  const text = $("prompt").value.trim();
-  if (!text || controller) return;
-  $("prompt").value = ""; send(text);
-};
-$("prompt").onkeydown = e => {
-  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault();
-    $("form").requestSubmit(); }
-};
-$("stop").onclick = () => controller && controller.abort();
-$("clear").onclick = () => { history = []; $("log").textContent = ""; };
-"""
-
-# %% ../nbs/10_using.ipynb #036ea04b
-CHAT_SEND = """async function send(text) {
-  const settings = {model, stream: true,
-    temperature: +$("temperature").value, top_p: +$("top_p").value,
-    max_tokens: +$("max_tokens").value};
-  const body = chat ? {...settings, messages: [...history,
-                        {role: "user", content: text}]}
-                    : {...settings, prompt: text};
-  bubble("user", text);
-  const out = bubble("assistant", "");
-  // the text is drawn once a frame, however fast the tokens come
-  let answer = "", frame = 0;
-  const draw = () => { frame = 0; out.textContent = answer;
-                       $("log").scrollTop = $("log").scrollHeight; };
-  controller = new AbortController(); busy(true);
-  try {
-    const r = await fetch(chat ? "/v1/chat/completions" : "/v1/completions",
-      {method: "POST", headers: {"Content-Type": "application/json"},
-       body: JSON.stringify(body), signal: controller.signal});
-    if (!r.ok) throw new Error((await r.json()).error.message);
-    const reader = r.body.getReader(), utf8 = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const {value, done} = await reader.read();
-      if (done) break;
-      buffer += utf8.decode(value, {stream: true});
-      const events = buffer.split("\\n\\n"); buffer = events.pop();
-      for (const event of events) {
-        const data = event.replace(/^data: /, "");
-        if (data === "[DONE]") continue;
-        const j = JSON.parse(data);
-        if (j.error) throw new Error(j.error.message);
-        const c = j.choices[0];
-        if (c) answer += chat ? (c.delta.content || "") : c.text;
-        if (!frame) frame = requestAnimationFrame(draw);
-      }
-    }
-  } catch (e) {
-    if (e.name === "AbortError") out.classList.add("stopped");
-    else { out.className = "msg error"; answer = e.message; }
-  }
-  cancelAnimationFrame(frame); draw();
-  if (chat && !out.classList.contains("error"))
-    history.push({role: "user", content: text},
-                 {role: "assistant", content: out.textContent});
-  controller = null; busy(false);
-}
-</script></body></html>
-"""
-
-CHAT_PAGE = CHAT_HEAD + CHAT_CONTROLS + CHAT_SEND
+def chat_page() -> str:
+    "The chat page: minigpt/chat.html, installed with the package beside this module."
+    return (Path(__file__).parent / "chat.html").read_text(encoding="utf-8")
 
 # %% ../nbs/10_using.ipynb #85b0e3d8
 def require_serve_packages() -> None:

@@ -5,8 +5,9 @@ Book scaffolding like `book_settings.py`: the chapters import it (`from diagrams
 computes (a mask, attention weights, shapes, a cache, a schedule), it is drawn from the
 real object, so that the picture cannot drift from the code. Every function returns a
 matplotlib Figure; the shared style below (colours, boxes, arrows, text sizes) makes the
-diagrams one family. Figures are 6.4 inches wide and printed at the text width (about
-5.4 inches), so 9-point text prints at about 7.6 points.
+diagrams one family. Figures are 6.4 inches wide and printed at the text width (5.45
+inches), so 9-point text prints at about 7.7 points (`figures.small_text` finds any text
+that would print under 7 points).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
 WIDTH = 6.4                      # inches, like the book's plots
-FONT, SMALL = 9, 8               # points before scaling to the text width
+FONT, SMALL, TINY = 9, 9, 8.5    # points before scaling: 7.7, 7.7 and 7.2 printed
 INK, MUTED = "#333333", "#666666"
 # one colour per kind of thing, a pale fill and a strong edge/line of each
 COLORS = {"data": ("#deebf7", "#3182bd"), "model": ("#fee6ce", "#e6550d"),
@@ -38,7 +39,7 @@ def canvas(w: float, h: float, height: float):
     return fig, ax
 
 
-def box(ax, x, y, w, h, title, sub=None, kind="model", bold=True, size=FONT):
+def box(ax, x, y, w, h, title, sub=None, kind="model", bold=True, size=FONT, sub_size=SMALL):
     "A rounded box centred at (x, y), a title and an optional smaller line below."
     fill, edge = COLORS[kind]
     ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h,
@@ -49,7 +50,7 @@ def box(ax, x, y, w, h, title, sub=None, kind="model", bold=True, size=FONT):
             weight="bold" if bold else "normal", color=INK)
     if sub:
         ax.text(x, y - 0.22 * h, sub, ha="center", va="center",
-                fontsize=SMALL, color=INK)
+                fontsize=sub_size, color=INK)
 
 
 def arrow(ax, start, end, text=None, color=INK, side="above", lw=1.0, style="-|>",
@@ -74,6 +75,14 @@ def label(ax, x, y, text, size=FONT, color=INK, **kw):
     return ax.text(x, y, text, fontsize=size, color=color, **kw)
 
 
+def number_text(numbers, value: float) -> str:
+    """A cell's number: `numbers` is a format ("{:.1f}"), or "prob" for a probability in
+    three characters (".59", "1", "0"), which fits a small cell."""
+    if numbers != "prob": return numbers.format(value)
+    text = f"{value:.2f}"
+    return text[0] if text in ("0.00", "1.00") else text[1:]
+
+
 def matrix(ax, x, y, values, cell, name, cmap="Blues", vmin=None, vmax=None,
            numbers=None, title=None):
     """Draw `values` (rows x cols) with its top-left corner at (x, y), cells `cell`
@@ -90,7 +99,7 @@ def matrix(ax, x, y, values, cell, name, cmap="Blues", vmin=None, vmax=None,
             for j in range(c):
                 if np.isfinite(values[i, j]):
                     label(ax, x + (j + 0.5) * cell, y - (i + 0.5) * cell,
-                          numbers.format(values[i, j]), size=SMALL - 1, zorder=3)
+                          number_text(numbers, values[i, j]), size=TINY, zorder=3)
     if title:
         label(ax, x + c * cell / 2, y + 0.18, title, size=FONT)
     return im
@@ -138,16 +147,18 @@ def book_map():
     top, mid, low = 4.35, 2.75, 1.25
     w, h = 2.35, 0.95
     label(ax, 0.3, top, "raw\ntext", size=SMALL, style="italic")
-    box(ax, x1, top, w, h, "data", "ch. 1: clean, dedup", "data")
-    box(ax, x2, top, w, h, "tokenizer", "ch. 2: BPE", "data")
-    box(ax, x3, top, w, h, "loader", "ch. 3: shards, batches", "data")
-    box(ax, x4, mid, w, h, "model", "ch. 4-5: attention, GPT", "model")
-    box(ax, x3, low, w, h, "train", "ch. 6: AdamW, DDP", "model")
-    box(ax, x2, low, w, h, "run directory", "weights, metrics", "train")
-    box(ax, x1, low + 0.62, w, h * 0.8, "generate", "ch. 7: sampling", "other")
-    box(ax, x1, low - 0.62, w, h * 0.8, "evaluate", "ch. 8: perplexity", "other")
-    box(ax, x2, mid, w, h, "fine-tune", "ch. 9: SFT, DPO, RL", "other")
-    box(ax, x3, mid, w, h, "use it", "ch. 10: export, serve", "other")
+    for x, y, title, sub, kind, height in [
+            (x1, top, "data", "ch. 1: cleaning", "data", h),
+            (x2, top, "tokenizer", "ch. 2: BPE", "data", h),
+            (x3, top, "loader", "ch. 3: batches", "data", h),
+            (x4, mid, "model", "ch. 4-5: the GPT", "model", h),
+            (x3, low, "train", "ch. 6: AdamW", "model", h),
+            (x2, low, "run directory", "weights, metrics", "train", h),
+            (x1, low + 0.62, "generate", "ch. 7: sampling", "other", h * 0.8),
+            (x1, low - 0.62, "evaluate", "ch. 8: scores", "other", h * 0.8),
+            (x2, mid, "fine-tune", "ch. 9: SFT, RL", "other", h),
+            (x3, mid, "use it", "ch. 10: export", "other", h)]:
+        box(ax, x, y, w, height, title, sub, kind, sub_size=TINY)
     half = w / 2
     for start, end in [((0.6, top), (x1 - half, top)), ((x1 + half, top), (x2 - half, top)),
                        ((x2 + half, top), (x3 - half, top)), ((x3 + half, top), (x4, mid + h / 2)),
@@ -188,14 +199,14 @@ def data_pipeline(docs: list[str], encode, eot: int, seq_len: int = 256,
         ax.add_patch(FancyBboxPatch((cx - w / 2 + 0.08, rows["documents"] - 0.4),
                      w - 0.16, 0.8, boxstyle="round,pad=0,rounding_size=0.06",
                      fc=DOCS[i % len(DOCS)], ec=INK, lw=0.6))
-        label(ax, cx, rows["documents"] + 0.14, first, size=SMALL - 1)
+        label(ax, cx, rows["documents"] + 0.14, first, size=TINY)
         label(ax, cx, rows["documents"] - 0.2, f"{len(d):,} characters",
-              size=SMALL - 1, color=MUTED)
+              size=TINY, color=MUTED)
         head = ", ".join(str(v) for v in t[:3])
-        label(ax, cx, rows["token ids"] + 0.12, f"[{head}, ...]", size=SMALL - 1,
+        label(ax, cx, rows["token ids"] + 0.12, f"[{head}, ...]", size=TINY,
               family="monospace")
         label(ax, cx, rows["token ids"] - 0.2, f"{len(t) - 1:,} tokens + eot",
-              size=SMALL - 1, color=MUTED)
+              size=TINY, color=MUTED)
         arrow(ax, (cx, rows["raw text"] - 0.3), (cx, rows["documents"] + 0.45))
         arrow(ax, (cx, rows["documents"] - 0.45), (cx, rows["token ids"] + 0.32),
               "encode" if i == 0 else None, side="right")
@@ -210,7 +221,7 @@ def data_pipeline(docs: list[str], encode, eot: int, seq_len: int = 256,
         ax.add_patch(Rectangle((x0 + start * scale, y - 0.2), len(t) * scale, 0.4,
                                fc=DOCS[i % len(DOCS)], ec="none"))
         ax.plot([x0 + start * scale] * 2, [y - 0.24, y + 0.24], color="black", lw=1.4)
-    label(ax, x0 + span, y - 0.42, f"{len(stream):,} tokens", size=SMALL - 1,
+    label(ax, x0 + span, y - 0.42, f"{len(stream):,} tokens", size=TINY,
           color=MUTED, ha="right")
     # B windows of T + 1 tokens at random offsets, and the batch they make
     rng = np.random.default_rng(seed)
@@ -222,8 +233,8 @@ def data_pipeline(docs: list[str], encode, eot: int, seq_len: int = 256,
     for b, o in enumerate(offsets):
         ax.add_patch(Rectangle((x0 + o * scale, y - 0.2), seq_len * scale, 0.4,
                                fill=False, ec=INK, lw=1.0))
-        label(ax, x0 + (o + seq_len / 2) * scale, y - 0.36, str(b), size=SMALL - 1)
-        label(ax, bx - 0.12, top - (b + 0.5) * bh, str(b), size=SMALL - 1, ha="right")
+        label(ax, x0 + (o + seq_len / 2) * scale, y - 0.36, str(b), size=TINY)
+        label(ax, bx - 0.12, top - (b + 0.5) * bh, str(b), size=TINY, ha="right")
     arrow(ax, (bx + bw / 2, y - 0.5), (bx + bw / 2, top + 0.08),
           "B windows at random offsets, stacked", side="right")
     ax.imshow(batch, cmap=ListedColormap(DOCS[:n]), vmin=-0.5, vmax=n - 0.5,
@@ -263,7 +274,7 @@ def packing(x: torch.Tensor, eot: int):
                                fc="black" if is_eot else DOCS[(doc[j] - first) % 6],
                                ec="white", lw=0.5))
         label(ax, x0 + (j + 0.5) * cell, ytok - cell / 2, str(pos[j]),
-              size=SMALL - 1, color="white" if is_eot else INK)
+              size=TINY, color="white" if is_eot else INK)
     label(ax, x0 - 0.1, ytok - cell / 2, "position in\ndocument", size=SMALL,
           ha="right")
     top = ytok - 1.6 * cell
@@ -332,7 +343,7 @@ def attention_steps(words=("To", "be", "or", "not", "to"), d: int = 4, seed: int
     label(ax, x + 0.62, mid2 - 0.35, "softmax", size=SMALL)
     x += 1.25
     matrix(ax, x, top2, weights, c, "weights", cmap="Oranges", vmin=0, vmax=1.4,
-           numbers="{:.2f}", title="weights")
+           numbers="prob", title="weights")
     label(ax, x + T * c / 2, top2 - T * c - 0.3, "rows sum to 1", size=SMALL,
           color=MUTED)
     x += T * c
@@ -370,7 +381,7 @@ def heads(n_head: int = 8, kv_heads=(8, 2, 1), d_model: int = 256):
             cx = x0 + (h + 0.5) * step
             ax.add_patch(Rectangle((cx - step * 0.4, qy - 0.22), step * 0.8, 0.44,
                                    fc=COLORS["data"][0], ec=COLORS["data"][1]))
-            label(ax, cx, qy, f"q{h}", size=SMALL - 1)
+            label(ax, cx, qy, f"q{h}", size=TINY)
             kx = x0 + (served[h] + 0.5) * w / n_kv
             ax.plot([cx, kx], [qy - 0.22, ky + 0.22], color=MUTED, lw=0.7)
         kw = w / n_kv
@@ -379,7 +390,7 @@ def heads(n_head: int = 8, kv_heads=(8, 2, 1), d_model: int = 256):
             ax.add_patch(Rectangle((cx - min(kw, step) * 0.4, ky - 0.22),
                                    min(kw, step) * 0.8, 0.44,
                                    fc=COLORS["model"][0], ec=COLORS["model"][1]))
-            label(ax, cx, ky, f"kv{j}", size=SMALL - 1)
+            label(ax, cx, ky, f"kv{j}", size=TINY)
         title = names.get(n_kv, "grouped-query")
         label(ax, x0 + w / 2, 3.3, f"{title}: {n_head} q, {n_kv} kv",
               size=FONT, weight="bold")
@@ -440,10 +451,10 @@ def flash_tiles(T: int = 14, block_q: int = 4, block_k: int = 4):
               "no mask", weight="bold")
         arrow(ax, (x0, top + 0.12), (x0 + T * c, top + 0.12))
         label(ax, x0 + T * c / 2, top + 0.25, "inner loop: key blocks",
-              size=SMALL - 1, color=MUTED, va="bottom")
+              size=TINY, color=MUTED, va="bottom")
         arrow(ax, (x0 - 0.12, top), (x0 - 0.12, top - T * c))
         label(ax, x0 - 0.22, top - T * c / 2, "outer loop: query blocks",
-              size=SMALL - 1, color=MUTED, rotation=90, ha="right")
+              size=TINY, color=MUTED, rotation=90, ha="right")
         label(ax, x0 + T * c / 2, top - T * c - 0.22,
               f"{len(order)} of {math.ceil(T / block_q) * math.ceil(T / block_k)}"
               " tiles computed", size=SMALL, color=MUTED)
@@ -484,11 +495,11 @@ def block(cfg):
              f"{cfg.d_model}")):
         by = 2.25
         ax.plot([x0, x0], [y, by - 0.35], color=INK, lw=1.0)
-        box(ax, x0 + 0.8, by, 1.3, 0.7, n, sub_n, kind="other")
+        box(ax, x0 + 0.8, by, 1.44, 0.7, n, sub_n, kind="other")
         arrow(ax, (x0, by - 0.35), (x0, by), style="-")
-        ax.plot([x0, x0 + 0.15], [by, by], color=INK, lw=1.0)
+        ax.plot([x0, x0 + 0.08], [by, by], color=INK, lw=1.0)
         box(ax, x0 + 2.55, by, 1.85, 0.7, f, sub_f, kind="model")
-        arrow(ax, (x0 + 1.45, by), (x0 + 1.62, by))
+        arrow(ax, (x0 + 1.52, by), (x0 + 1.62, by))
         plus = x0 + 3.75
         ax.plot([x0 + 3.48, plus], [by, by], color=INK, lw=1.0)
         arrow(ax, (plus, by), (plus, y + 0.14))
@@ -543,21 +554,21 @@ def training_step(cfg):
     W, H = 10.0, 3.4
     fig, ax = canvas(W, H, 2.2)
     y1, y2 = 2.6, 0.8
-    box(ax, 1.1, y1, 1.9, 0.85, "batch", f"x, y  ({cfg.batch_size}, T)", kind="data")
-    box(ax, 3.85, y1, 2.1, 0.85, "forward", "logits (B, T, V)", kind="model")
-    box(ax, 6.6, y1, 2.1, 0.85, "loss", "cross-entropy vs y", kind="model")
-    box(ax, 6.6, y2, 2.1, 0.85, "backward", "a gradient per weight", kind="train")
-    box(ax, 3.85, y2, 2.1, 0.85, "clip", f"norm \u2264 {cfg.grad_clip}", kind="train")
-    box(ax, 1.1, y2, 1.9, 0.85, "AdamW step", "lr(step), decay", kind="train")
-    arrow(ax, (2.05, y1), (2.8, y1))
-    arrow(ax, (4.9, y1), (5.55, y1))
-    arrow(ax, (6.6, y1 - 0.43), (6.6, y2 + 0.43), "loss.backward()", side="right")
-    arrow(ax, (5.55, y2), (4.9, y2))
-    arrow(ax, (2.8, y2), (2.05, y2))
-    arrow(ax, (1.6, y2 + 0.43), (3.3, y1 - 0.43), "new weights", side="left",
+    box(ax, 1.05, y1, 1.9, 0.85, "batch", f"x, y  ({cfg.batch_size}, T)", kind="data")
+    box(ax, 3.75, y1, 2.4, 0.85, "forward", "logits (B, T, V)", kind="model")
+    box(ax, 6.65, y1, 2.4, 0.85, "loss", "cross-entropy vs y", kind="model")
+    box(ax, 6.65, y2, 2.4, 0.85, "backward", "a gradient per weight", kind="train")
+    box(ax, 3.75, y2, 2.4, 0.85, "clip", f"norm \u2264 {cfg.grad_clip}", kind="train")
+    box(ax, 1.05, y2, 1.9, 0.85, "AdamW step", "lr(step), decay", kind="train")
+    arrow(ax, (2.0, y1), (2.55, y1))
+    arrow(ax, (4.95, y1), (5.45, y1))
+    arrow(ax, (6.65, y1 - 0.43), (6.65, y2 + 0.43), "loss.backward()", side="left")
+    arrow(ax, (5.45, y2), (4.95, y2))
+    arrow(ax, (2.55, y2), (2.0, y2))
+    arrow(ax, (1.6, y2 + 0.43), (3.2, y1 - 0.43), "new weights", side="left",
           color=COLORS["train"][1])
-    label(ax, 9.0, (y1 + y2) / 2, f"{cfg.grad_accum} micro-batch"
-          f"{'es' if cfg.grad_accum > 1 else ''}\nper step; then\nzero the gradients\n"
+    label(ax, 9.05, (y1 + y2) / 2, f"{cfg.grad_accum} micro-batch"
+          f"{'es' if cfg.grad_accum > 1 else ''}\nper step, then\nzero the\ngradients\n"
           "and repeat", size=SMALL, color=MUTED)
     return fig
 
@@ -679,7 +690,7 @@ def dpo(example: dict, beta: float):
     fig, ax = canvas(W, H, 3.0)
     box(ax, 1.6, 2.3, 3.0, 2.2, "", kind="data")
     label(ax, 1.6, 3.2, "prompt x", weight="bold")
-    label(ax, 1.6, 2.15, prompt, size=SMALL - 1)
+    label(ax, 1.6, 2.15, prompt, size=TINY)
     for y, name, text, kind in ((3.6, "chosen $y_w$", right, "train"),
                                 (1.0, "rejected $y_l$", wrong, "bad")):
         box(ax, 4.6, y, 2.2, 0.8, name,
@@ -740,7 +751,7 @@ def sharding(world: int = 4, strategies=("ddp", "zero1", "zero2", "fsdp"),
         ax.add_patch(Rectangle((lx, 0.12), 0.25, 0.22, fc=COLORS[kinds[p]][1]))
         label(ax, lx + 0.32, 0.23, f"{p} ({full[p]:g} B/param)", size=SMALL,
               ha="left")
-        lx += 2.55
+        lx += 2.8
     ax.set_xlim(0, W); ax.set_ylim(0, H)
     return fig
 

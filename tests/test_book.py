@@ -1,6 +1,7 @@
 """The PDF book: built from the real chapters, and from small notebooks made to break it."""
 import json
 import re
+import sys
 from pathlib import Path
 
 import nbformat
@@ -59,15 +60,22 @@ def code(src, *outputs):
 def stream(text): return nbformat.v4.new_output("stream", name="stdout", text=text)
 
 
-def png_output():
+def png_output(width: float = 2, label_size: float = 10, record: bool = True):
+    "A matplotlib figure's output, with the record of its small text that `make execute` writes."
     import base64, io
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(2, 1)); ax.plot([0, 1], [0, 1])
-    buf = io.BytesIO(); fig.savefig(buf, format="png"); plt.close(fig)
+    sys.path.insert(0, str(ROOT / "nbs"))
+    from figures import small_text
+    fig, ax = plt.subplots(figsize=(width, 1)); ax.plot([0, 1], [0, 1])
+    ax.tick_params(labelsize=label_size)
+    buf = io.BytesIO(); fig.savefig(buf, format="png")
+    metadata = {"minigpt": {"small_text": small_text(fig)}} if record else {}
+    plt.close(fig)
     return nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(buf.getvalue()).decode(),
-                                                        "text/plain": "<Figure>"})
+                                                        "text/plain": f"<Figure size {width * 100:g}x100 with 1 Axes>"},
+                                  metadata=metadata)
 
 
 def test_directives_hidden_cells_and_crossrefs(tmp_path):
@@ -418,6 +426,17 @@ def test_check_pdf_catches_what_a_reader_would(tmp_path):
     assert "chapter title missing: 'Preface'" in found
     assert "'#|'" in found and "\\\\frac" in found and "[@" in found
     assert "missing a numbered figure" in found
+
+
+@pytest.mark.parametrize("figure, message", [
+    (dict(width=12, label_size=10), r"a figure whose text prints under 7 points: '\S+' \(4\.5 pt\)"),
+    (dict(record=False), r"a figure with no record of its text sizes: run `make execute`"),
+])
+def test_a_figure_whose_text_prints_too_small_or_unmeasured_is_an_error(tmp_path, figure, message):
+    "A 12-inch figure prints at 45% of its size: its 10-point ticks at 4.5 points."
+    cfg = make_book(tmp_path, [md("# T"), code("#| label: fig-x\n#| fig-cap: A plot.\nplot()", png_output(**figure))])
+    with pytest.raises(book.BookError, match=r"01_test\.ipynb, cell 1: " + message):
+        book.build(cfg, tmp_path / "b.pdf")
 
 
 def _paragraphs_over_a_page_break(tmp_path, words: int, widow_cost: str) -> Path:

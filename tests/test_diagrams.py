@@ -12,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "nbs"))
 import diagrams as D                                      # noqa: E402
+from figures import small_text                            # noqa: E402
 from minigpt.attention import attention, causal_mask, tile_schedule  # noqa: E402
 from minigpt.finetune import LoRALinear                  # noqa: E402
 from minigpt.loader import document_mask                 # noqa: E402
@@ -103,9 +104,23 @@ def test_every_diagram_draws(tiny_gguf, tiny_run, monkeypatch):
         f.canvas.draw()                  # lays out every artist, text and image
         assert f.get_size_inches()[0] == D.WIDTH
         assert D.clipped(f) == [], f"{f.axes[0].texts[0].get_text()!r}...: {D.clipped(f)} cut"
+        assert small_text(f) == [], f"{f.axes[0].texts[0].get_text()!r}...: {small_text(f)}"
     for f in new:
         sizes = [t.get_fontsize() for ax in f.axes for t in ax.texts]
         assert min(sizes) >= 9, f"{f.axes[0].texts[0].get_text()!r}...: {min(sizes)} pt"
+
+
+def test_text_that_prints_under_7_points_is_found():
+    "A figure prints at the text width: 8 points in a 6.4-inch figure print at 6.8."
+    fig, ax = D.canvas(10, 4, 2.0)
+    D.label(ax, 2, 2, "big enough", size=9)
+    assert small_text(fig) == []
+    ax.set_xticks([0, 5]); ax.set_yticks([]); ax.axis("on")
+    ax.tick_params(labelsize=8)                      # tick labels count too
+    assert small_text(fig) == ["'0' (6.8 pt)", "'5' (6.8 pt)"]
+    wide, ax2 = plt.subplots(figsize=(2 * D.WIDTH, 2))  # printed at half its size
+    ax2.set_title("a title", fontsize=12); ax2.set_xticks([]); ax2.set_yticks([])
+    assert small_text(wide) == ["'a title' (5.1 pt)"]
 
 
 def test_a_box_past_the_edge_of_its_axes_is_found():

@@ -23,9 +23,22 @@ from provenance import (KEY, Layout, book_notebooks, code_record, machine, proje
 RUN_ONE = """
 import sys
 from execnb.shell import CaptureShell
+from figures import watch_figures        # nbs/figures.py: the notebook's folder is the cwd
 src, dest = sys.argv[1], sys.argv[2]
-CaptureShell(mpl_format="retina").execute(src, dest, exc_stop=True)
+shell = CaptureShell(mpl_format="retina")
+watch_figures(shell)                     # each figure shown records its text too small to print
+shell.execute(src, dest, exc_stop=True)
 """
+
+
+def lift_figure_records(nb: dict) -> None:
+    """Move the record `watch_figures` puts in a figure's PNG metadata to the output's own
+    metadata (`{"minigpt": ...}`), the key nbdev-clean keeps (`allowed_out_metadata_keys`)."""
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            png = out.get("metadata", {}).get("image/png")
+            if isinstance(png, dict) and KEY in png:
+                out["metadata"][KEY] = png.pop(KEY)
 
 
 def book_env() -> dict:
@@ -45,6 +58,7 @@ def execute(nb: Path, layout: Layout, env: dict, machine_info: dict) -> float:
         raise SystemExit(f"execute: {nb.name} failed (its saved outputs are unchanged)")
     seconds = time.perf_counter() - start
     executed = read_notebook(tmp)
+    lift_figure_records(executed)
     executed.setdefault("metadata", {})[KEY] = provenance(code, seconds, machine_info)
     write_notebook(executed, tmp)
     os.replace(tmp, nb)

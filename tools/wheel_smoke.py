@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DATA = ["minigpt/chat.html"]   # files of the package that are not Python
 
 
 def build_wheel(out: Path) -> Path:
@@ -50,6 +51,8 @@ def main(argv) -> int:
     wheel = build_wheel(work / "dist")
     names, meta = wheel_metadata(wheel)
     print(f"wheel_smoke: built {wheel.name} ({len(names)} files)")
+    missing = [f for f in PACKAGE_DATA if f not in names]
+    if missing: raise SystemExit(f"wheel_smoke: the wheel lacks {', '.join(missing)} (pyproject's package-data)")
     out = install_and_run(wheel, work / "venv", "--version").strip()
     print(f"wheel_smoke: installed in a new virtualenv; `minigpt --version` printed {out!r}")
     return 0
