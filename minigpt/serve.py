@@ -11,6 +11,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from .checkpoint import load_run
@@ -389,8 +390,9 @@ def create_app(engine: Engine):
 
 # %% ../nbs/10_using.ipynb #6b23752e
 def chat_page() -> str:
-    "The chat page: minigpt/chat.html, installed with the package beside this module."
-    return (Path(__file__).parent / "chat.html").read_text(encoding="utf-8")
+    "The chat page: minigpt/chat.html, a file installed with the package."
+    return resources.files("minigpt").joinpath("chat.html").read_text(
+        encoding="utf-8")      # (not __file__: a notebook has none)
 
 # %% ../nbs/10_using.ipynb #85b0e3d8
 def require_serve_packages() -> None:
