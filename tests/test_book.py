@@ -336,6 +336,7 @@ def test_an_apostrophe_after_a_digit_prints_as_one_and_a_cited_subject_has_its_a
 def test_check_pdf_finds_a_prime_after_a_digit(tmp_path, monkeypatch):
     import check_pdf
     monkeypatch.setattr(check_pdf, "pdf_text", lambda pdf: (9, "Contents\nFigure 1 Table 1 (1) References GPT-4\u2032s"))
+    monkeypatch.setattr(check_pdf, "widows", lambda pdf: [])   # no pages to lay out
     (tmp_path / "b.pdf").write_bytes(b"%PDF")
     cfg = make_book(tmp_path, [md("# T")])
     assert any("a prime after a digit" in p and "GPT-4\u2032s" in p for p in check_pdf.problems(tmp_path / "b.pdf", cfg))
