@@ -779,9 +779,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="a run directory")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this "
-                        "machine only; 0.0.0.0: the network, unauthenticated)")
+                        "machine only; 0.0.0.0: the network, with --api-key)")
     parser.add_argument("--port", type=int, default=8000,
                         help="port to listen on (default 8000)")
+    parser.add_argument("--api-key", help="the key clients must send (as "
+                        "'Authorization: Bearer KEY'); default: the variable "
+                        "MINIGPT_API_KEY; needed off this machine")
+    parser.add_argument("--allow-origin", action="append", default=[],
+                        metavar="ORIGIN", help="a web page served elsewhere "
+                        "that may call the server: http://host:port (again "
+                        "for more)")
+    parser.add_argument("--max-tokens", type=int, default=4096,
+                        help="the most tokens one request may ask for "
+                        "(default 4096)")
     add_device_arguments(parser)
 
 @command("serve", "an OpenAI-compatible server and a chat page for a run",
@@ -790,7 +800,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from minigpt.device import resolve_device
     from minigpt.serve import serve
     serve(args.run, args.host, args.port, device=resolve_device(args.device),
-          precision=args.precision or "auto")
+          precision=args.precision or "auto", api_key=args.api_key,
+          origins=tuple(args.allow_origin), max_tokens=args.max_tokens)
     return 0
 
 # %% ../nbs/12_cli.ipynb #8c9528e9

@@ -205,7 +205,9 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
 
 # %% ../nbs/07_generation.ipynb #1753f84d
 def is_token_id(x) -> bool:
-    "An integer: a Python, NumPy or 0-d PyTorch one."
+    "An integer: a Python, NumPy or 0-d PyTorch one (not True or False)."
+    if isinstance(x, bool):
+        return False
     try:
         operator.index(x)
         return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -22,7 +23,8 @@ def option(default, help: str, low: float | None = None,
 @dataclass
 class SamplingConfig:
     "How to pick each next token, and when to stop."
-    max_new_tokens: int = option(200, "the most tokens to generate", low=1)
+    max_new_tokens: int = option(200, "the most tokens to generate", low=1,
+                                 high=1_000_000)
     temperature: float = option(0.8, "0 for greedy decoding", low=0)
     top_k: int | None = option(None, "keep the k likeliest tokens", low=1)
     top_p: float | None = option(None, "keep the fewest likeliest tokens "
@@ -32,7 +34,8 @@ class SamplingConfig:
                                        "the text (1: none)", low=0, above=True)
     stop: tuple[str, ...] = option((), "stop at this string")
     stop_at_eot: bool = option(True, "stop at <|endoftext|>")
-    seed: int | None = option(None, "seed of the random draws")
+    seed: int | None = option(None, "seed of the random draws", low=0,
+                               high=2**64 - 1)
 
     def __post_init__(self):
         self.stop = tuple(self.stop)
@@ -70,9 +73,14 @@ class Option:
 
     def problem(self, x, name: str | None = None) -> str | None:
         "What is wrong with the value `x`, called `name`; None: nothing."
+        name = name or self.name
+        if self.many and x and "" in x:
+            return f"{name} must not be empty: an empty string stops at once"
         if x is None or self.many or self.kind is bool:
             return None
-        return out_of_range(name or self.name, x, self.low, self.high,
+        if isinstance(x, float) and not math.isfinite(x):
+            return f"{name} must be a finite number, not {x}"
+        return out_of_range(name, x, self.low, self.high,
                             self.above)
 
 def value_kind(hint) -> tuple[type, bool]:

@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
+import math
+import os
 import socket
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -28,11 +32,13 @@ except ImportError:
     Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
-__all__ = ['MAX_STOP', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'APIError', 'number_field', 'strings_field', 'bool_field',
-           'ServeConfig', 'request_field', 'sampling_config', 'completion_prompt', 'message_text', 'chat_turns',
-           'end_tokens', 'Engine', 'check_model_name', 'request_prompt_ids', 'read_request', 'usage', 'choice',
-           'response', 'sse', 'events', 'create_app', 'chat_page', 'require_serve_packages', 'check_port', 'Server',
-           'serve']
+__all__ = ['MAX_STOP', 'MAX_BODY_BYTES', 'MAX_TOKENS', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'LOOPBACK_NAMES', 'APIError',
+           'number_field', 'strings_field', 'bool_field', 'stream_fields', 'refuse_constant', 'ServeConfig',
+           'request_field', 'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'end_tokens',
+           'longest_token_bytes', 'Engine', 'check_model_name', 'prompt_size', 'check_prompt_size',
+           'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'sse', 'events', 'read_body',
+           'parse_json', 'unless_gone', 'create_app', 'chat_page', 'is_loopback', 'host_name', 'Access',
+           'access_problem', 'AccessGuard', 'check_exposure', 'require_serve_packages', 'check_port', 'Server', 'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
 class APIError(Exception):
@@ -50,14 +56,15 @@ class APIError(Exception):
 
 # %% ../nbs/10_using.ipynb #c41c2d9b
 MAX_STOP = 4                 # stop strings per request, as OpenAI allows
-
+MAX_BODY_BYTES = 1_000_000   # a request body, JSON and all
+MAX_TOKENS = 4096            # max_tokens of one request, unless --max-tokens
 DEFAULT_MAX_TOKENS = 256
 
 # Where OpenAI differs from SamplingConfig: the names of a field in a request
 # (the first one given counts), its default, its upper bound, the most values.
 OPENAI_FIELDS = {
     "max_new_tokens": {"names": ("max_completion_tokens", "max_tokens"),
-                       "default": DEFAULT_MAX_TOKENS},
+                       "default": DEFAULT_MAX_TOKENS, "high": MAX_TOKENS},
     "temperature": {"default": 1.0, "high": 2},
     "stop": {"most": MAX_STOP}}
 
@@ -73,7 +80,9 @@ def number_field(body: dict, name: str, default, low=None, high=None,
         raise APIError(400, f"{name} must be "
                        f"{'an integer' if integer else 'a number'}, not {x!r}",
                        name, "invalid_type")
-    problem = out_of_range(name, x, low, high, above)
+    problem = (f"{name} must be a finite number, not {x}"
+               if isinstance(x, float) and not math.isfinite(x)   # 1e999
+               else out_of_range(name, x, low, high, above))
     if problem:
         raise APIError(400, problem, name, "invalid_value")
     return x
@@ -102,6 +111,19 @@ def bool_field(body: dict, name: str, default: bool = False) -> bool:
                        "invalid_type")
     return x
 
+def stream_fields(body: dict) -> tuple[bool, bool]:
+    "(stream, stream_options.include_usage), each true or false."
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise APIError(400, "stream_options must be an object such as "
+                       '{"include_usage": true}', "stream_options",
+                       "invalid_type")
+    return bool_field(body, "stream"), bool_field(opts, "include_usage")
+
+def refuse_constant(name: str):
+    "json.loads's hook for NaN and Infinity, which JSON does not have."
+    raise ValueError(f"{name} is not a JSON number")
+
 # %% ../nbs/10_using.ipynb #321121cd
 @dataclass
 class ServeConfig(SamplingConfig):
@@ -110,9 +132,12 @@ class ServeConfig(SamplingConfig):
                               "max_tokens or a stop string")
 
 # %% ../nbs/10_using.ipynb #ef932886
-def request_field(body: dict, o: Option):
-    "The value of the option `o` in a request: under OpenAI's name, checked."
+def request_field(body: dict, o: Option, most_tokens: int = MAX_TOKENS):
+    """The value of the option `o` in a request: under OpenAI's name,
+    checked; max_tokens at most `most_tokens`."""
     api = OPENAI_FIELDS.get(o.name, {})
+    if o.name == "max_new_tokens":
+        api = api | {"high": most_tokens}
     names = api.get("names", (o.name,))
     name = next((n for n in names if body.get(n) is not None), names[-1])
     default = api.get("default", o.default)
@@ -123,12 +148,12 @@ def request_field(body: dict, o: Option):
     return number_field(body, name, default, o.low, api.get("high", o.high),
                         integer=o.kind is int, above=o.above)
 
-def sampling_config(body: dict) -> ServeConfig:
+def sampling_config(body: dict, most_tokens: int = MAX_TOKENS) -> ServeConfig:
     "The ServeConfig a request asks for: a request field per option."
     if number_field(body, "n", 1, integer=True) != 1:
         raise APIError(400, "n must be 1: one completion per request",
                        "n", "invalid_value")
-    return ServeConfig(**{o.name: request_field(body, o)
+    return ServeConfig(**{o.name: request_field(body, o, most_tokens)
                           for o in options(ServeConfig)})
 
 # %% ../nbs/10_using.ipynb #22b3e8c3
@@ -187,16 +212,25 @@ def end_tokens(tok) -> tuple[int, ...]:
                  if s in (ENDOFTEXT, END))
 
 # %% ../nbs/10_using.ipynb #4abb94eb
+def longest_token_bytes(tok) -> int:
+    "The most UTF-8 bytes one token stands for (a character: up to 4)."
+    vocab = getattr(tok, "vocab", None)
+    if vocab and all(isinstance(b, bytes) for b in vocab.values()):
+        return max(len(b) for b in vocab.values())
+    return 4
+
 class Engine:
     """A run's model behind a queue: one worker thread generates for one
     request at a time, in the order they came."""
     def __init__(self, run_dir, name: str | None = None, device=None,
-                 precision: str = "auto"):
+                 precision: str = "auto", max_tokens: int = MAX_TOKENS):
         self.model, self.tok = load_run(run_dir, device=device)
         self.name = name or Path(run_dir).resolve().name
         self.device = next(self.model.parameters()).device
         self.precision = choose_precision(self.device, precision)
         self.chat = all(t in self.tok.special_tokens for t in CHAT_TOKENS)
+        self.max_tokens = max_tokens             # the most of one request
+        self.longest = longest_token_bytes(self.tok)
         self.created = int(time.time())
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="minigpt-serve")
 
@@ -208,14 +242,12 @@ class Engine:
                               out=reply)
 
     async def complete(self, ids, cfg) -> Continuation:
-        "The whole reply, generated in the worker thread when its turn comes."
+        """The whole reply: the stream, gathered; cancelling the task stops
+        the generation, as a stream's consumer leaving does."""
         reply = Continuation()
-        def work():
-            for _ in self.pieces(ids, cfg, reply):
-                pass
-            return reply
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.worker, work)
+        async for _ in self.stream(ids, cfg, reply):
+            pass
+        return reply
 
     async def stream(self, ids, cfg, reply: Continuation):
         """Yield the reply's pieces as the worker thread makes them; stop it
@@ -256,8 +288,33 @@ def check_model_name(engine: Engine, body: dict) -> None:
                        f"server has {engine.name!r}", "model",
                        "model_not_found")
 
+def prompt_size(body: dict, chat: bool) -> int:
+    "The prompt's UTF-8 bytes (a list of ids: its length), found untokenized."
+    if chat:
+        messages = body.get("messages")
+        return sum(len(message_text(m)[1].encode()) for m in messages
+                   ) if isinstance(messages, list) else 0
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return (len(prompt.encode()) if isinstance(prompt, str) else
+            len(prompt) if isinstance(prompt, list) else 0)
+
+def check_prompt_size(engine: Engine, body: dict, chat: bool) -> None:
+    """Refuse, before any tokenizing, a prompt that has more tokens than the
+    context window whatever its text: a token is at most `longest` bytes."""
+    size, block = prompt_size(body, chat), engine.model.cfg.block_size
+    ids = isinstance(body.get("prompt"), list) and not chat
+    fewest = size if ids else -(-size // engine.longest)
+    if fewest > block:
+        raise APIError(400, f"the prompt has at least {fewest:,} tokens; "
+                       f"this model's context window is {block} tokens",
+                       "messages" if chat else "prompt",
+                       "context_length_exceeded")
+
 def request_prompt_ids(engine: Engine, body: dict, chat: bool) -> list[int]:
     "The request's prompt as token ids, checked against the context."
+    check_prompt_size(engine, body, chat)
     if chat and not engine.chat:
         raise APIError(400, f"the run {engine.name!r} has no chat template "
                        "(it is not fine-tuned: fine-tune it with minigpt "
@@ -278,7 +335,7 @@ def read_request(engine: Engine, body, chat: bool):
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     check_model_name(engine, body)
-    cfg = sampling_config(body)
+    cfg = sampling_config(body, engine.max_tokens)
     if chat:
         cfg.stop = cfg.stop + (END,)     # the end of the turn
     return request_prompt_ids(engine, body, chat), cfg
@@ -329,12 +386,53 @@ async def events(engine: Engine, ids, cfg, chat: bool, include_usage: bool):
     yield sse("[DONE]")
 
 # %% ../nbs/10_using.ipynb #9af8eb45
-def create_app(engine: Engine):
-    "The FastAPI application: the chat page and the three OpenAI endpoints."
+async def read_body(request, limit: int = MAX_BODY_BYTES) -> bytes:
+    "The request's body; APIError 413 as soon as it is over `limit` bytes."
+    too_big = APIError(413, f"the request body is over {limit:,} bytes",
+                       code="body_too_large")
+    size = request.headers.get("content-length", "")
+    if size.isdigit() and int(size) > limit:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    return bytes(body)
+
+def parse_json(body: bytes):
+    "The body as JSON, without NaN or Infinity; APIError 400 if it is not."
+    try:
+        return json.loads(body, parse_constant=refuse_constant)
+    except (ValueError, RecursionError) as e:
+        raise APIError(400, f"the body is not valid JSON ({e})",
+                       code="invalid_json") from None
+
+async def unless_gone(request, work, every: float = 0.2):
+    """Await the coroutine `work`, cancelling it if the client disconnects
+    first (a non-streamed reply: nobody would read it)."""
+    task = asyncio.ensure_future(work)
+    while not (await asyncio.wait({task}, timeout=every))[0]:
+        if await request.is_disconnected():
+            task.cancel()
+            raise APIError(499, "the client closed the connection",
+                           code="client_closed")
+    return task.result()
+
+def create_app(engine: Engine, access: Access | None = None):
+    """The FastAPI application: the chat page and the three OpenAI endpoints,
+    behind the `access` rules (default: this machine only, no key)."""
     from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import (HTMLResponse, JSONResponse,
                                    StreamingResponse)
     app = FastAPI(title="minigpt", docs_url=None, redoc_url=None)
+    access = access or Access()
+    app.add_middleware(AccessGuard, access=access)
+    if access.origins:                   # pages served elsewhere (outermost)
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(APIError)
     async def refused(request, e: APIError):
@@ -356,23 +454,17 @@ def create_app(engine: Engine):
              "owned_by": "minigpt", "chat": engine.chat,
              "context_window": engine.model.cfg.block_size}]}
 
-    async def body_of(request: Request):
-        try:
-            return json.loads(await request.body())
-        except ValueError as e:
-            raise APIError(400, f"the body is not valid JSON ({e})",
-                           code="invalid_json") from None
-
     async def answer(request: Request, chat: bool):
-        body = await body_of(request)
-        ids, cfg = read_request(engine, body, chat)
-        if body.get("stream"):
-            opts = body.get("stream_options") or {}
+        body = parse_json(await read_body(request))
+        # the tokenizer runs in a thread: a long prompt does not stop the loop
+        ids, cfg = await asyncio.to_thread(read_request, engine, body, chat)
+        streamed, include_usage = stream_fields(body)
+        if streamed:
             return StreamingResponse(
-                events(engine, ids, cfg, chat, bool(opts.get("include_usage"))),
+                events(engine, ids, cfg, chat, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"})
-        reply = await engine.complete(ids, cfg)
+        reply = await unless_gone(request, engine.complete(ids, cfg))
         kind, prefix = (("chat.completion", "chatcmpl-") if chat
                         else ("text_completion", "cmpl-"))
         return response(kind, prefix + uuid.uuid4().hex[:24], engine.name,
@@ -394,6 +486,85 @@ def chat_page() -> str:
     return resources.files("minigpt").joinpath("chat.html").read_text(
         encoding="utf-8")      # (not __file__: a notebook has none)
 
+# %% ../nbs/10_using.ipynb #a7c3e9d2
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+def host_name(authority: str) -> str:
+    "The host of 'host:port', '[::1]:port' or 'host' (lower case)."
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].split("]")[0]
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 \
+        else authority
+
+@dataclass
+class Access:
+    "Who may call the server: the address it listens on, a key, other pages."
+    host: str = "127.0.0.1"
+    api_key: str | None = None
+    origins: tuple[str, ...] = ()        # pages served elsewhere: http://...
+
+    def names(self) -> set[str] | None:
+        "The names a Host header may give; None: any (bound to all addresses)."
+        if self.host in ("0.0.0.0", "::", ""):
+            return None
+        return {host_name(self.host)} | set(LOOPBACK_NAMES) \
+            if is_loopback(self.host) else {host_name(self.host)}
+
+def access_problem(access: Access, path: str, headers: dict) -> tuple | None:
+    "(status, message) of a request the rules refuse; None if it may pass."
+    host = headers.get("host", "")
+    names = access.names()
+    if names is not None and host_name(host) not in names:
+        return 403, (f"the Host {host!r} is not this server's name; "
+                     f"use http://{access.host}")
+    origin = headers.get("origin")
+    same = origin is not None and origin.split("://", 1)[-1] == host
+    if origin is not None and not same and origin not in access.origins \
+            and "*" not in access.origins:
+        return 403, (f"requests from pages at {origin} are refused; allow "
+                     f"them with minigpt serve --allow-origin {origin}")
+    key = headers.get("authorization", "")
+    if access.api_key and path.startswith("/v1") and not hmac.compare_digest(
+            key.encode(), f"Bearer {access.api_key}".encode()):
+        return 401, ("a valid API key is required: send the header "
+                     "'Authorization: Bearer KEY' (the key of --api-key)")
+    return None
+
+class AccessGuard:
+    "ASGI middleware: an OpenAI-shaped error for a request `access` refuses."
+    def __init__(self, app, access: Access):
+        self.app, self.access = app, access
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1")
+                       for k, v in scope["headers"]}
+            if problem := access_problem(self.access, scope["path"], headers):
+                status, message = problem
+                body = json.dumps(APIError(status, message,
+                                           code="access_denied").body())
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body",
+                            "body": body.encode()})
+                return
+        await self.app(scope, receive, send)
+
+def check_exposure(access: Access) -> None:
+    "ValueError for a server on the network without a key."
+    if not is_loopback(access.host) and not access.api_key:
+        raise ValueError(f"--host {access.host} puts the server on the "
+                         "network: give it a key with --api-key KEY (or "
+                         "MINIGPT_API_KEY=KEY), which clients send as their "
+                         "API key")
+
 # %% ../nbs/10_using.ipynb #85b0e3d8
 def require_serve_packages() -> None:
     "FastAPI and uvicorn, or one line that says how to install them."
@@ -405,6 +576,9 @@ def require_serve_packages() -> None:
 
 def check_port(host: str, port: int) -> None:
     "An OSError that names host:port when nothing can listen there."
+    if isinstance(port, bool) or not isinstance(port, int) or \
+            not 0 < port < 65536:
+        raise ValueError(f"--port {port}: a port is a number from 1 to 65535")
     try:
         with socket.create_server((host, port)):
             pass
@@ -444,13 +618,23 @@ class Server:
         self.stop()
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000,
-          device=None, precision: str = "auto") -> None:
-    "Serve a run until Ctrl-C: the chat page at /, the API under /v1."
+          device=None, precision: str = "auto", api_key: str | None = None,
+          origins: tuple[str, ...] = (), max_tokens: int = MAX_TOKENS) -> None:
+    """Serve a run until Ctrl-C: the chat page at /, the API under /v1; a
+    key is needed off this machine (`api_key`, else MINIGPT_API_KEY)."""
     require_serve_packages()
     import uvicorn
+    access = Access(host, api_key or os.environ.get("MINIGPT_API_KEY") or None,
+                    tuple(origins))
+    check_exposure(access)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) \
+            or max_tokens < 1:
+        raise ValueError(f"--max-tokens {max_tokens}: a whole number >= 1")
     check_port(host, port)
-    engine = Engine(run_dir, device=device, precision=precision)
+    engine = Engine(run_dir, device=device, precision=precision,
+                    max_tokens=max_tokens)
     what = "chat and completions" if engine.chat else "completions only"
     print(f"serving {engine.name} ({what}, {engine.device}) at "
           f"http://{host}:{port}/ (the API: /v1)", flush=True)
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(engine, access), host=host, port=port,
+                log_level="warning")

@@ -188,17 +188,28 @@ def train_bpe(texts: Iterable[str], n_merges: int,
 # %% ../nbs/02_tokenizer.ipynb #c4e5e3c6
 def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     "Token ids of a chunk: merge the lowest-ranked adjacent pair, repeatedly."
-    parts = [piece[i:i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-        best, best_rank = -1, None
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and (best_rank is None or rank < best_rank):
-                best, best_rank = i, rank
-        if best < 0:
-            break
-        parts[best:best + 2] = [parts[best] + parts[best + 1]]
-    return [ranks[p] for p in parts]
+    parts = [piece[i:i + 1] for i in range(len(piece))]  # None: merged away
+    after = list(range(1, len(parts))) + [-1]        # the next live part
+    before = list(range(-1, len(parts) - 1))         # the previous one
+    heap = []                                        # (rank, i, left, right)
+    def push(i):                  # the pair that starts at part i, if a token
+        j = after[i]
+        if i >= 0 and j >= 0 and (r := ranks.get(parts[i] + parts[j])) is not None:
+            heapq.heappush(heap, (r, i, parts[i], parts[j]))
+    for i in range(len(parts) - 1):
+        push(i)
+    while heap:
+        _, i, left, right = heapq.heappop(heap)
+        j = after[i]
+        if parts[i] != left or j < 0 or parts[j] != right:
+            continue                 # a pair one of whose parts has changed
+        parts[i], parts[j] = left + right, None
+        after[i] = after[j]
+        if after[j] >= 0:
+            before[after[j]] = i
+        push(i)
+        push(before[i])
+    return [ranks[p] for p in parts if p is not None]
 
 # %% ../nbs/02_tokenizer.ipynb #b54a30c2
 def merges_needed(vocab_size, specials=SPECIAL_TOKENS) -> int:

@@ -221,14 +221,29 @@ BAD = [  # (path, body, status, param)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x " * 600}]},
      400, "messages"),
     ("/v1/completions", [1, 2], 400, None),
+    # numbers JSON has not, or no JSON int64 holds; flags that must be true or false
+    ("/v1/completions", '{"prompt": "x", "temperature": NaN}', 400, None),
+    ("/v1/completions", '{"prompt": "x", "top_p": NaN}', 400, None),
+    ("/v1/completions", '{"prompt": "x", "temperature": 1e999}', 400, "temperature"),
+    ("/v1/completions", {"prompt": "x", "seed": 2 ** 70}, 400, "seed"),
+    ("/v1/completions", {"prompt": "x", "seed": -1}, 400, "seed"),
+    ("/v1/completions", {"prompt": "x", "stream": True, "stream_options": "x"}, 400,
+     "stream_options"),
+    ("/v1/completions", {"prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("/v1/completions", {"prompt": [True]}, 400, "prompt"),
+    ("/v1/completions", {"prompt": "x", "stop": [""]}, 400, "stop"),
+    # bounded work: no more tokens than --max-tokens, no prompt past the context untokenized
+    ("/v1/completions", {"prompt": "x", "max_tokens": 10 ** 12}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 4097}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "thethe" * 2700}, 400, "prompt"),
 ]
 
 
 @pytest.mark.parametrize("path, body, status, param", BAD)
 def test_bad_request_gets_an_openai_error_and_the_server_goes_on(server, client, path, body,
                                                                  status, param):
-    got, answer = post(server[0], path, body)
-    assert got == status
+    got, answer = post(server[0], path, body, raw=isinstance(body, str))
+    assert got == status, answer
     assert set(answer["error"]) == {"message", "type", "param", "code"}
     assert answer["error"]["param"] == param and answer["error"]["message"]
     assert client.completions.create(model=server[1].name, prompt="x", max_tokens=1)
@@ -297,7 +312,7 @@ def test_chat_page_streams_and_stops_in_chromium(server, tmp_path):
             body = route.request.post_data_json
             route.continue_(post_data=json.dumps(body | {"ignore_eos": True}))
         page.route("**/v1/chat/completions", without_end)
-        page.fill("#max_tokens", "100000")
+        page.fill("#max_tokens", "4096")     # the most a request may ask for
         page.fill("#temperature", "1")
         page.fill("#prompt", "And then?")
         page.click("#send")
@@ -321,3 +336,146 @@ def test_chat_page_streams_and_stops_in_chromium(server, tmp_path):
     start = time.perf_counter()
     status, answer = post(server[0], "/v1/completions", {"prompt": "x", "max_tokens": 2})
     assert status == 200 and time.perf_counter() - start < 10
+
+
+def request(url, method, path, body=None, headers=None, timeout=120):
+    "A raw request: (status, headers, body text); any method, any headers."
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+    conn.request(method, path, data, {"Content-Type": "application/json", **(headers or {})})
+    r = conn.getresponse()
+    return r.status, dict(r.getheaders()), r.read().decode()
+
+
+def test_departed_clients_a_long_prompt_and_a_huge_body_leave_a_small_request_fast(server):
+    """The load test: 30 clients ask for 4,096 tokens each and leave after a second, a
+    16 KB one-word prompt and a 50 MB body arrive; a small request still answers in a second."""
+    url, run = server
+    def leaver(k):
+        try:
+            request(url, "POST", "/v1/completions",
+                    {"prompt": PROMPT, "max_tokens": 4096, "ignore_eos": True, "seed": k},
+                    timeout=1)
+        except (TimeoutError, OSError):
+            return "left"
+        return "answered"
+    with ThreadPoolExecutor(32) as pool:
+        left = list(pool.map(leaver, range(30)))
+        assert left.count("left") >= 25        # they asked for more than a second of work
+        long_prompt = pool.submit(request, url, "POST", "/v1/completions",
+                                  {"prompt": "thethe" * 2700, "max_tokens": 1})
+        start = time.perf_counter()
+        huge = pool.submit(request, url, "POST", "/v1/completions",
+                           b'{"prompt": "' + b"a" * 50_000_000 + b'"}')
+        status, _, body = huge.result()
+        assert status == 413 and "body_too_large" in body
+        assert time.perf_counter() - start < 5        # refused as it came, not parsed
+        status, _, body = long_prompt.result()
+        assert status == 400 and "context_length_exceeded" in body
+    time.sleep(0.5)         # the departed clients' disconnects are noticed (every 0.2 s)
+    start = time.perf_counter()
+    status, _, body = request(url, "POST", "/v1/completions",
+                              {"prompt": PROMPT, "max_tokens": 5, "temperature": 0})
+    took = time.perf_counter() - start
+    print(f"a small request after 30 departed clients: {took:.3f} s")
+    assert status == 200 and took < 1, (status, took)
+
+
+def test_the_prompt_bound_refuses_only_prompts_too_long_for_any_tokenization(runs):
+    "check_prompt_size: a prompt of `block * longest` bytes may fit; one byte more cannot."
+    from minigpt.serve import APIError, Engine, check_prompt_size
+    engine = Engine(runs[1], device="cpu")
+    block, longest = engine.model.cfg.block_size, engine.longest
+    assert longest == max(len(b) for b in engine.tok.vocab.values() if b)
+    check_prompt_size(engine, {"prompt": "x" * (block * longest)}, False)
+    with pytest.raises(APIError, match="context window"):
+        check_prompt_size(engine, {"prompt": "x" * (block * longest + 1)}, False)
+    check_prompt_size(engine, {"prompt": [0] * block}, False)     # token ids: counted
+    with pytest.raises(APIError, match="context window"):
+        check_prompt_size(engine, {"prompt": [0] * (block + 1)}, False)
+    with pytest.raises(APIError, match="context window"):
+        check_prompt_size(engine, {"messages": [{"role": "user", "content": "é" * (
+            block * longest // 2 + 1)}]}, True)
+
+
+@pytest.fixture(scope="module")
+def keyed(runs):
+    "`minigpt serve --api-key` of the chat run, with one page allowed from elsewhere."
+    port = free_port()
+    p = subprocess.Popen([str(BIN), "serve", "--run", str(runs[1]), "--port", str(port),
+                          "--device", "cpu", "--api-key", "s3cret",
+                          "--allow-origin", "http://notebook.example:8888"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert p.poll() is None and time.time() < deadline, p.stderr.read()
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}", runs[1]
+    p.terminate()
+    p.wait(timeout=30)
+
+
+def test_api_key_is_checked_as_openai_clients_send_it(keyed):
+    url, run = keyed
+    good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+    assert good.completions.create(model=run.name, prompt="x", max_tokens=2).choices
+    bad = openai.OpenAI(base_url=f"{url}/v1", api_key="guess", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="API key"):
+        bad.models.list()
+    status, _, body = request(url, "POST", "/v1/completions", {"prompt": "x"})
+    assert status == 401 and json.loads(body)["error"]["code"] == "access_denied"
+    status, _, _ = request(url, "GET", "/")          # the page itself asks for the key
+    assert status == 200
+
+
+FOREIGN = [  # (headers, why): each refused with 403 on a loopback server without a key
+    ({"Origin": "http://evil.example"}, "a page elsewhere drives the server"),
+    ({"Origin": "http://evil.example", "Content-Type": "text/plain"}, "a simple POST"),
+    ({"Host": "evil.example"}, "DNS rebinding: the page's own name"),
+    ({"Host": "evil.example", "Origin": "http://evil.example"}, "rebinding, same-origin"),
+    ({"Host": "127.0.0.1.evil.example:80"}, "a name that begins like loopback"),
+]
+
+
+@pytest.mark.parametrize("headers, why", FOREIGN)
+def test_foreign_origins_and_hosts_are_refused(server, headers, why):
+    url, _ = server
+    status, _, body = request(url, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1},
+                              headers=headers)
+    assert status == 403 and json.loads(body)["error"]["code"] == "access_denied", why
+    status, _, _ = request(url, "OPTIONS", "/v1/completions", headers={
+        **headers, "Access-Control-Request-Method": "POST"})
+    assert status == 403, why
+
+
+def test_the_server_own_page_and_an_allowed_origin_pass(server, keyed):
+    url, _ = server
+    port = url.rsplit(":", 1)[1]
+    for own in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        status, _, _ = request(url, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1},
+                               headers={"Origin": own, "Host": own.removeprefix("http://")})
+        assert status == 200, own
+    url, _ = keyed
+    allowed = "http://notebook.example:8888"
+    status, headers, _ = request(url, "OPTIONS", "/v1/chat/completions", headers={
+        "Origin": allowed, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert status == 200 and headers["access-control-allow-origin"] == allowed
+    status, headers, _ = request(url, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1},
+                                 headers={"Origin": allowed, "Authorization": "Bearer s3cret"})
+    assert status == 200 and headers["access-control-allow-origin"] == allowed
+
+
+def test_a_server_on_the_network_needs_a_key_and_bad_ports_are_one_line(runs):
+    r = minigpt("serve", "--run", runs[0], "--host", "0.0.0.0")
+    assert r.returncode == 1 and "--api-key" in r.stderr and "Traceback" not in r.stderr
+    for port in (70000, -1, 0):
+        r = minigpt("serve", "--run", runs[0], "--port", port)
+        assert r.returncode == 1 and "1 to 65535" in r.stderr, r.stderr
+    r = minigpt("serve", "--run", runs[0], "--max-tokens", 0)
+    assert r.returncode == 1 and "--max-tokens" in r.stderr, r.stderr
