@@ -518,7 +518,23 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-path",
                         help="a folder with your own harness task files")
     parser.add_argument("--limit", type=int,
-                        help="at most this many examples per harness task")
+                        help="at most this many examples per harness task, "
+                        "or problems of --bench")
+    parser.add_argument("--allow-unsafe-code", action="store_true",
+                        help="run the code the model writes (HumanEval): "
+                        "--bench humaneval in chapter 8's sandbox, or the "
+                        "harness's tasks that ask")
+    parser.add_argument("--bench", choices=("gsm8k", "humaneval"),
+                        help="score on a downloaded GSM8K or HumanEval file")
+    parser.add_argument("--data", help="the --bench file: GSM8K's test.jsonl,"
+                        " HumanEval.jsonl.gz")
+    parser.add_argument("--shots", help="GSM8K's train.jsonl: the solved "
+                        "examples of the prompt")
+    parser.add_argument("--k-shot", type=int, default=5,
+                        help="solved examples in a GSM8K prompt (default 5)")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="HumanEval completions per problem (default 1:"
+                        " greedy; more: sampled, for pass@10 and pass@100)")
     parser.add_argument("--batch-size", type=int, default=16)
     add_device_arguments(parser)
 
@@ -530,7 +546,22 @@ def eval_command(args: argparse.Namespace) -> int:
     with ctx:
         return _evaluate(ev, args, device)
 
+# %% ../nbs/12_cli.ipynb #e7f3b9c1
 def _evaluate(ev, args, device) -> int:
+    if args.bench:
+        if not args.data:
+            raise ValueError(f"--bench {args.bench} needs --data FILE, the "
+                             "benchmark's file in its own format")
+        if args.bench == "humaneval" and not args.allow_unsafe_code:
+            raise ValueError("--bench humaneval runs the code the model "
+                             "writes (in a sandbox, not a container): add "
+                             "--allow-unsafe-code to agree")
+        result = ev.run_benchmark(args.run, args.bench, args.data, args.shots,
+                                  args.k_shot, args.samples, args.limit,
+                                  device=device)
+        for name, value in result.items():
+            print(f"{name:<16}  {value:.4f}")
+        return 0
     if args.harness:
         if ev._register_model is None:
             raise ValueError("lm-evaluation-harness is not installed: "
@@ -538,7 +569,8 @@ def _evaluate(ev, args, device) -> int:
         lm = ev.MinigptLM(run=args.run, batch_size=args.batch_size,
                           device=device)
         results = ev.run_harness(lm, args.harness.split(","),
-                                 args.include_path, args.limit)
+                                 args.include_path, args.limit,
+                                 unsafe=args.allow_unsafe_code)
         from lm_eval.utils import make_table
         print(make_table(results))
         return 0

@@ -33,13 +33,14 @@ from .metrics import (bits_per_byte, perplexity, text_bytes,
 from .model import token_logprobs
 
 # %% auto #0
-__all__ = ['GSM8K_URL', 'GSM8K_STOP', 'NUMBER', 'HUMANEVAL_URL', 'HUMANEVAL_FIELDS', 'HUMANEVAL_STOP', 'SANDBOX', 'TASKS',
-           'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'body_lines', 'next_line_items',
-           'split_texts', 'choice_accuracy', 'write_records', 'read_records', 'load_choice_items',
-           'rolling_loglikelihood', 'MinigptLM', 'harness_task', 'run_harness', 'normalize_number', 'final_number',
-           'strip_calculator', 'gsm8k_prompt', 'benchmark_file', 'load_gsm8k', 'score_gsm8k', 'load_humaneval',
+__all__ = ['GSM8K_URL', 'GSM8K_STOP', 'NUMBER', 'MARK', 'SENTENCE_END', 'HARNESS_EXTRACT', 'HARNESS_IGNORE', 'HUMANEVAL_URL',
+           'HUMANEVAL_FIELDS', 'HUMANEVAL_STOP', 'SANDBOX', 'TASKS', 'BENCHMARKS', 'split_metrics', 'checkpoint_steps',
+           'encode_pair', 'score_continuations', 'body_lines', 'next_line_items', 'split_texts', 'choice_accuracy',
+           'write_records', 'read_records', 'load_choice_items', 'rolling_loglikelihood', 'MinigptLM', 'harness_task',
+           'run_harness', 'normalize_number', 'final_number', 'strip_calculator', 'gsm8k_prompt', 'benchmark_file',
+           'load_gsm8k', 'harness_answer', 'harness_normal', 'harness_scores', 'score_gsm8k', 'load_humaneval',
            'humaneval_program', 'run_program', 'last_line', 'kill_process_group', 'pass_at_k', 'score_humaneval',
-           'completion_fn', 'distinct_n', 'repetition_rate', 'evaluate_run']
+           'completion_fn', 'distinct_n', 'repetition_rate', 'evaluate_run', 'run_benchmark']
 
 # %% ../nbs/08_evaluation.ipynb #ba4f0950
 def split_metrics(model, tokens: np.ndarray, tok, batch_size: int = 16,
@@ -280,8 +281,10 @@ def harness_task(folder: str | Path, name: str, items: list[dict]) -> Path:
     return path
 
 def run_harness(lm, tasks: list[str], include_path: str | Path | None = None,
-                limit: int | None = None, defaults: bool = True) -> dict:
-    "lm_eval.simple_evaluate on `tasks`; the results dictionary."
+                limit: int | None = None, defaults: bool = True,
+                unsafe: bool = False) -> dict:
+    """lm_eval.simple_evaluate on `tasks`; the results dictionary. `unsafe`:
+    the user agreed to run model-written code (HumanEval's tasks ask)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
     manager = TaskManager(include_path=str(include_path) if include_path
@@ -293,16 +296,19 @@ def run_harness(lm, tasks: list[str], include_path: str | Path | None = None,
                          "folder of your own with --include-path")
     return lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit,
                                    task_manager=manager, log_samples=False,
-                                   bootstrap_iters=0)
+                                   bootstrap_iters=0,
+                                   confirm_run_unsafe_code=unsafe)
 
 # %% ../nbs/08_evaluation.ipynb #7a5fd56a
 GSM8K_URL = ("https://raw.githubusercontent.com/openai/grade-school-math/"
              "master/grade_school_math/data/test.jsonl")
-GSM8K_STOP = ("Question:", "\n\n")   # where the prompt's answers end
+GSM8K_STOP = ("Question:",)   # where the prompt's answers end (as lm-eval)
 
 # a sign, a $, digits with thousands commas or without, decimals; never the
-# middle of a word or of another number ("3-4" is 3 and 4)
-NUMBER = re.compile(r"(?<![\w.])-?\$?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+# middle of a word or of another number ("3-4" is 3 and 4, "1,2,3" three)
+NUMBER = re.compile(r"(?<![\w.])-?\$?-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+MARK = re.compile(r"####|the answer is", re.IGNORECASE)
+SENTENCE_END = re.compile(r"\n|\.(?!\d)")       # a full stop, not a decimal point
 
 def normalize_number(text: str) -> str:
     "A number as one canonical string: '$1,234.50' -> '1234.5', '-$7' -> '-7'."
@@ -312,13 +318,13 @@ def normalize_number(text: str) -> str:
     return "-" + digits if negative else digits
 
 def final_number(text: str) -> str | None:
-    """The answer of a worked solution: the number after its last '####', else
-    after its last 'The answer is', else its last number; None if none."""
-    for mark in ("####", "the answer is"):
-        at = text.lower().rfind(mark)
-        found = NUMBER.search(text, at + len(mark)) if at >= 0 else None
-        if found:
-            return normalize_number(found.group())
+    """The answer of a worked solution: the last number of the sentence after
+    its last '####' or 'The answer is', else its last number; None if none."""
+    marks = list(MARK.finditer(text))
+    if marks:
+        sentence = SENTENCE_END.split(text[marks[-1].end():].lstrip(), 1)[0]
+        if numbers := NUMBER.findall(sentence):
+            return normalize_number(numbers[-1])
     numbers = NUMBER.findall(text)
     return normalize_number(numbers[-1]) if numbers else None
 
@@ -352,30 +358,59 @@ def load_gsm8k(path: str | Path) -> list[dict]:
                              "in '#### <number>', as GSM8K's answers do")
     return tasks
 
+# %% ../nbs/08_evaluation.ipynb #9d4b6e21
+HARNESS_EXTRACT = {"strict-match": (r"#### (\-?[0-9\.\,]+)", 0),
+                   "flexible-extract": (r"(-?[$0-9.,]{2,})|(-?[0-9]+)", -1)}
+HARNESS_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+
+def harness_answer(text: str, name: str) -> str:
+    "What lm-eval's filter `name` extracts from `text`: '[invalid]' if none."
+    pattern, pick = HARNESS_EXTRACT[name]
+    found = re.findall(pattern, text)
+    if not found:
+        return "[invalid]"
+    match = found[pick]
+    if isinstance(match, tuple):                # the group that matched
+        match = next((g for g in match if g), "[invalid]")
+    return match.strip()
+
+def harness_normal(text: str) -> str:
+    "A string as lm-eval's GSM8K exact match compares it."
+    for pattern in HARNESS_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+def harness_scores(completion: str, answer: str) -> dict:
+    "lm-eval's two GSM8K verdicts on one completion: {score name: bool}."
+    return {name: harness_normal(harness_answer(completion, name))
+            == harness_normal(answer) for name in HARNESS_EXTRACT}
+
 # %% ../nbs/08_evaluation.ipynb #a0a3b2cd
 def score_gsm8k(generate_fn, tasks: list[dict], k_shot: int = 5,
                 shots: list[dict] | None = None) -> dict:
-    """Exact match of the final number. `generate_fn(prompt) -> completion`
-    answers each task after k_shot solved examples (from `shots`, the
-    training problems; else the other tasks)."""
-    pool_size = len(tasks) - 1 if shots is None else len(shots)
-    if not tasks or pool_size < k_shot:
-        raise ValueError(f"{k_shot}-shot scoring of {len(tasks)} task(s) "
-                         f"needs {k_shot} solved examples; pass shots= (the "
-                         "training problems) or lower k_shot")
+    """Exact match of the final number, and lm-eval's two scores.
+    `generate_fn(prompt) -> completion` answers each task after k_shot solved
+    examples from `shots`: the training problems, a file of their own."""
+    if not tasks:
+        raise ValueError("no GSM8K problems to score: the file has none")
+    if len(shots or ()) < k_shot:
+        raise ValueError(f"{k_shot}-shot scoring needs {k_shot} solved "
+                         f"examples, and has {len(shots or ())}: pass shots= "
+                         "(GSM8K's train.jsonl; --shots) or lower k_shot")
     rows = []
-    for i, task in enumerate(tasks):
-        pool = shots if shots is not None else tasks[:i] + tasks[i + 1:]
-        prompt = gsm8k_prompt(task["question"], pool[:k_shot])
+    for task in tasks:
+        prompt = gsm8k_prompt(task["question"], shots[:k_shot] if k_shot else ())
         text = generate_fn(prompt)
         completion = text[:first_stop(text, GSM8K_STOP)]
         predicted, reference = final_number(completion), \
             final_number(task["answer"])
         rows.append({"completion": completion, "predicted": predicted,
-                     "reference": reference,
-                     "correct": predicted == reference})
-    return {"exact_match": sum(r["correct"] for r in rows) / len(rows),
-            "results": rows}
+                     "reference": reference, "correct": predicted == reference}
+                    | harness_scores(completion, task["answer"]))
+    mean = lambda key: sum(r[key] for r in rows) / len(rows)
+    return {"exact_match": mean("correct"), "strict-match": mean(
+        "strict-match"), "flexible-extract": mean("flexible-extract"),
+        "results": rows}
 
 # %% ../nbs/08_evaluation.ipynb #2198800d
 HUMANEVAL_URL = ("https://github.com/openai/human-eval/raw/master/data/"
@@ -569,3 +604,36 @@ def evaluate_run(run_dir: str | Path, tasks=TASKS, n_items: int = 200,
         out |= {f"next_line_{k}": v for k, v in
                 choice_accuracy(model, tok, items).items()}
     return out
+
+BENCHMARKS = ("gsm8k", "humaneval")
+
+def run_benchmark(run_dir, bench: str, data, shots=None, k_shot: int = 5,
+                  n_samples: int = 1, limit: int | None = None,
+                  max_new_tokens: int = 256, device=None) -> dict:
+    """A run scored on a downloaded GSM8K or HumanEval file, as `minigpt eval
+    --bench` does: greedy answers (HumanEval with n_samples > 1: sampled at
+    temperature 0.8) to the first `limit` problems; {score name: value}."""
+    if bench not in BENCHMARKS:
+        raise ValueError(f"--bench {bench}: one of {', '.join(BENCHMARKS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit {limit}: score at least one problem")
+    if n_samples < 1 or k_shot < 0:
+        raise ValueError(f"--samples {n_samples} --k-shot {k_shot}: at least "
+                         "one sample, and no fewer than 0 solved examples")
+    tasks = (load_gsm8k if bench == "gsm8k" else load_humaneval)(data)[:limit]
+    if not tasks:
+        raise ValueError(f"{data}: no problems in this file")
+    model, tok = load_run(run_dir, device=device)
+    if bench == "gsm8k":
+        cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0,
+                             stop=GSM8K_STOP)
+        train = load_gsm8k(shots) if shots else None
+        r = score_gsm8k(completion_fn(model, tok, cfg), tasks, k_shot, train)
+        return {k: r[k] for k in ("exact_match", "strict-match",
+                                  "flexible-extract")}
+    sampled = n_samples > 1
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens, stop=HUMANEVAL_STOP,
+                         temperature=0.8 if sampled else 0, seed=0)
+    ks = tuple(k for k in (1, 10, 100) if k <= n_samples)
+    r = score_humaneval(completion_fn(model, tok, cfg), tasks, n_samples, ks)
+    return {f"pass@{k}": r[f"pass@{k}"] for k in ks}

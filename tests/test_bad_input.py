@@ -145,7 +145,44 @@ CASES = [
     ("--resume of nothing", None, "train --data D --out N --resume",
      "no run to resume"),
     ("no prepared data", None, "train --data N --out O", "no meta.json"),
+    # evaluation on the benchmarks' own files (issue 33)
+    ("--bench without its file", None, "eval --run R --bench gsm8k", "needs --data"),
+    ("--bench humaneval without consent", lambda D, R, T: write_humaneval(T),
+     "eval --run R --bench humaneval --data T/HumanEval.jsonl",
+     "--allow-unsafe-code"),
+    ("GSM8K k-shot without training problems", lambda D, R, T: write_gsm8k(T),
+     "eval --run R --bench gsm8k --data T/test.jsonl", "--shots"),
+    ("--limit 0", lambda D, R, T: write_gsm8k(T),
+     "eval --run R --bench gsm8k --data T/test.jsonl --limit 0", "--limit 0"),
+    ("a GSM8K file without answers", lambda D, R, T: (T / "test.jsonl").write_text(
+        '{"question": "?", "answer": "7"}\n'),
+     "eval --run R --bench gsm8k --data T/test.jsonl", "#### <number>"),
+    # sampling values no generation can use
+    ("--temperature inf", None, "generate --run R --prompt x --temperature inf",
+     "finite"),
+    ("--max-new-tokens 1e9", None,
+     "generate --run R --prompt x --max-new-tokens 1000000000", "--max-new-tokens must be in"),
+    ("--seed 2**70", None, f"generate --run R --prompt x --seed {2 ** 70}", "--seed must be in"),
 ]
+
+
+GSM8K_RECORD = {"question": "Ann has 2 cats and gets 3 more. How many cats?",
+                "answer": "2 + 3 = <<2+3=5>>5\n#### 5"}
+HUMANEVAL_RECORD = {"task_id": "Demo/0", "entry_point": "add",
+                    "prompt": "def add(a, b):\n    \"\"\"a + b\"\"\"\n",
+                    "canonical_solution": "    return a + b\n",
+                    "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"}
+
+
+def write_gsm8k(T, name="test.jsonl"):
+    (T / name).write_text(json.dumps(GSM8K_RECORD) + "\n")
+
+
+def write_humaneval(T):
+    import gzip
+    with gzip.open(T / "HumanEval.jsonl.gz", "wt") as f:
+        f.write(json.dumps(HUMANEVAL_RECORD) + "\n")
+    (T / "HumanEval.jsonl").write_text(json.dumps(HUMANEVAL_RECORD) + "\n")
 
 
 def snapshot(root):
@@ -225,3 +262,22 @@ def test_a_diverged_run_resumes_from_its_last_good_checkpoint(made, tmp_path,
     config = json.loads((run / "config.json").read_text())
     assert [c["changed"] for c in config["resumes"]] == [
         {"lr": [1e-3, 1e30], "max_steps": [2, 6]}, {"lr": [1e30, 1e-3]}]
+
+
+def test_eval_bench_scores_the_official_file_formats(made, tmp_path, capsys):
+    "minigpt eval --bench on GSM8K's JSON Lines and HumanEval's gzipped file."
+    write_gsm8k(tmp_path, "test.jsonl")
+    write_gsm8k(tmp_path, "train.jsonl")
+    write_humaneval(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", "--run", str(made / "run"), "--bench", "gsm8k", "--data",
+                 str(tmp_path / "test.jsonl"), "--shots", str(tmp_path / "train.jsonl"),
+                 "--k-shot", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out[0::2] == ["exact_match", "strict-match", "flexible-extract"]
+    assert all(0 <= float(x) <= 1 for x in out[1::2])
+    assert main(["eval", "--run", str(made / "run"), "--bench", "humaneval", "--data",
+                 str(tmp_path / "HumanEval.jsonl.gz"), "--allow-unsafe-code",
+                 "--samples", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out[0] == "pass@1" and 0 <= float(out[1]) <= 1

@@ -58,16 +58,33 @@ def test_gsm8k_exact_match_of_the_final_number(tmp_path):
     for p, t in zip(prompts, test):    # 2 solved training problems, then the question
         assert p.count("Question:") == 3 and "<<" not in p and "#### 8" in p
         assert p.endswith(f"Question: {t['question']}\nAnswer:")
-    # without training problems, each question is shown the others
-    assert score_gsm8k(model, test, k_shot=3)["exact_match"] == 3 / 4
-    with pytest.raises(ValueError, match="needs 4 solved examples"):
-        score_gsm8k(model, test, k_shot=4)
+    # the solved examples come from the training file, never from the test problems
+    with pytest.raises(ValueError, match="needs 3 solved examples, and has 2"):
+        score_gsm8k(model, test, k_shot=3, shots=train)
+    with pytest.raises(ValueError, match="--shots"):
+        score_gsm8k(model, test, k_shot=1)
+    assert score_gsm8k(model, test, k_shot=0)["exact_match"] == 3 / 4   # zero-shot
+    with pytest.raises(ValueError, match="no GSM8K problems"):
+        score_gsm8k(model, [], k_shot=0)
+
+
+def test_a_multi_paragraph_answer_is_not_cut_at_its_blank_line(tmp_path):
+    test = load_gsm8k(write_jsonl(tmp_path / "test.jsonl", GSM_TEST[3:]))
+    reasoning = " Cy had 10 eggs.\n\nHe broke 4 of them.\n\nSo 10 - 4 = 6.\n#### 6"
+    r = score_gsm8k(lambda p: reasoning + "\n\nQuestion: more?", test, k_shot=0)
+    assert r["results"][0]["completion"] == reasoning + "\n\n"
+    assert r["exact_match"] == r["strict-match"] == 1.0
 
 
 @pytest.mark.parametrize("text, number", [
     ("#### 1,234", "1234"), ("The answer is $3.50.", "3.5"), ("so 12 apples.", "12"),
     ("It is -$7 now", "-7"), ("3.0", "3"), ("between 3-4 hours", "4"),
-    ("#### 18\nand then 7", "18"), ("nothing", None)])
+    ("#### 18\nand then 7", "18"), ("nothing", None),
+    # the cases: the last number of the marked sentence; no lower() offsets; no
+    # number made of part of another
+    ("The answer is that 3 bags of 5 apples make 15", "15"),
+    ("İİİ the answer is 42. Check: 7", "42"), ("Total: 1,2345 dollars", "2345"),
+    ("1,2,3", "3"), ("The answer is 7.5. Then 2", "7.5")])
 def test_final_number(text, number):
     assert final_number(text) == number
 
@@ -147,3 +164,45 @@ def test_sandbox_refuses_writes_outside_and_new_processes(tmp_path):
     r = run_program("import sys\nsys.exit(0)\n")            # exiting early is no pass
     assert r["outcome"] == "failed"
     assert run_program("open('mine.txt', 'w').write('x')\n")["outcome"] == "passed"
+
+
+# completions a model writes, scored by lm-eval's own GSM8K filters and metric (read from the
+# installed harness's task file) and by ours: each string must give the same verdicts
+HARNESS_CASES = [
+    ("#### 72", "#### 72"), ("so 72.\n#### 72", "#### 72"), ("#### 72.", "#### 72"),
+    ("#### 1,234", "#### 1234"), ("#### $1,234", "#### 1234"), ("#### -5", "#### -5"),
+    ("#### 72\n#### 73", "#### 73"), ("The answer is 72.", "#### 72"),
+    ("The answer is $72.00.", "#### 72"), ("I think 70, no 72", "#### 72"),
+    ("12 + 60 = 72 apples.", "#### 72"), ("nothing", "#### 0"), ("", "#### 0"),
+    ("-3 and then 4", "#### 4"), ("####72", "#### 72"), ("#### 7.5", "#### 7.5"),
+    ("#### 7.50", "#### 7.5"), ("3.5 hours, so 7", "#### 7"), ("#### 1.000", "#### 1000"),
+    ("Total: 1,2345 dollars", "#### 12345"), ("x = 4. y = 5.", "#### 5"),
+    ("THE ANSWER IS 9", "#### 9")]
+
+
+def harness_gsm8k():
+    "lm-eval's GSM8K filters (strict-match, flexible-extract) and exact-match arguments."
+    lm_eval = pytest.importorskip("lm_eval")
+    import yaml
+    from pathlib import Path
+    from lm_eval.filters.extraction import RegexFilter
+    cfg = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks/gsm8k/gsm8k.yaml").read_text())
+    filters = {f["name"]: RegexFilter(regex_pattern=f["filter"][0]["regex_pattern"],
+                                      group_select=f["filter"][0].get("group_select", 0))
+               for f in cfg["filter_list"]}
+    metric = {k: v for k, v in cfg["metric_list"][0].items()
+              if k in ("regexes_to_ignore", "ignore_case", "ignore_punctuation")}
+    return filters, metric
+
+
+@pytest.mark.parametrize("completion, answer", HARNESS_CASES)
+def test_harness_scores_equal_lm_eval_string_for_string(completion, answer):
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from minigpt.evaluate import harness_answer, harness_scores
+    filters, metric = harness_gsm8k()
+    ours = harness_scores(completion, answer)
+    for name, f in filters.items():
+        extracted = f.apply([[completion]], [{}])[0][0]
+        assert harness_answer(completion, name) == extracted, name
+        theirs = exact_match_hf_evaluate([extracted], [answer], **metric)["exact_match"]
+        assert ours[name] == bool(theirs), (name, extracted)
