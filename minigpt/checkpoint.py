@@ -19,25 +19,18 @@ import torch
 
 from .common import atomic_write, fsync_path
 from .device import resolve_device
+from .loader import file_digest
 from .model import GPT, GPTConfig
 from .tokenizer import load_tokenizer
 
 # %% auto #0
-__all__ = ['CHECKPOINTS', 'WEIGHTS', 'STATE', 'MANIFEST', 'LOCK', 'file_digest', 'weights_digest', 'save_weights', 'load_weights',
-           'all_finite', 'rng_state', 'set_rng_state', 'checkpoint_folders', 'latest_checkpoint', 'discard',
-           'link_file', 'save_checkpoint', 'is_kept', 'publish_weights', 'read_manifest', 'fallback_advice',
-           'verify_checkpoint', 'state_tensors', 'load_state', 'lock_holder', 'run_lock', 'check_out_dir', 'read_json',
-           'read_model_config', 'load_run']
+__all__ = ['CHECKPOINTS', 'WEIGHTS', 'STATE', 'MANIFEST', 'LOCK', 'weights_digest', 'save_weights', 'load_weights', 'all_finite',
+           'rng_state', 'set_rng_state', 'checkpoint_folders', 'latest_checkpoint', 'discard', 'link_file',
+           'save_checkpoint', 'is_kept', 'best_checkpoint', 'publish_weights', 'read_manifest', 'fallback_advice',
+           'verify_checkpoint', 'state_tensors', 'load_state', 'lock_holder', 'lock_host', 'run_lock', 'check_out_dir',
+           'read_json', 'read_model_config', 'load_run']
 
 # %% ../nbs/06_pretraining.ipynb #2a93ff8a
-def file_digest(path: Path) -> str:
-    "SHA-256 of a file, read in chunks."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
 def weights_digest(model) -> str:
     "SHA-256 of a model's state: every tensor's name, dtype, shape and bytes."
     h = hashlib.sha256()
@@ -128,8 +121,8 @@ def link_file(src: Path, dst: Path) -> None:
 
 # %% ../nbs/06_pretraining.ipynb #76e394bd
 def save_checkpoint(run: Path, model, optimizer_state: dict, scaler, sampler,
-                    progress: dict, best: bool = False,
-                    keep: bool = False) -> Path:
+                    progress: dict, best: bool = False, keep: bool = False,
+                    metrics: dict | None = None) -> Path:
     """Weights, training state and a manifest of their hashes in a new folder,
     published by one rename: a crash at any moment leaves whole checkpoints."""
     folder = Path(run) / CHECKPOINTS
@@ -146,7 +139,7 @@ def save_checkpoint(run: Path, model, optimizer_state: dict, scaler, sampler,
              "sampler": sampler.state_dict(), "rng": rng_state(),
              "progress": progress}
     atomic_write(tmp / STATE, lambda f: torch.save(state, f))
-    manifest = {"step": step, "best": best, "keep": keep,
+    manifest = {"step": step, "best": best, "keep": keep, "metrics": metrics,
                 "sha256": {n: file_digest(tmp / n) for n in (WEIGHTS, STATE)}}
     atomic_write(tmp / MANIFEST,
                  lambda f: f.write_text(json.dumps(manifest, indent=1)))
@@ -157,17 +150,23 @@ def save_checkpoint(run: Path, model, optimizer_state: dict, scaler, sampler,
     os.rename(tmp, final)                  # the checkpoint exists from here
     fsync_path(folder)
     publish_weights(run, final, manifest)
-    for old in checkpoint_folders(run)[:-1]:   # keep the newest and the kept
-        if not is_kept(old):
+    best_folder = best_checkpoint(run)
+    for old in checkpoint_folders(run)[:-1]:  # keep newest, best and the kept
+        if not is_kept(old) and old != best_folder:
             discard(old)
     return final
 
-def is_kept(checkpoint: Path) -> bool:
+def is_kept(checkpoint: Path, flag: str = "keep") -> bool:
     "Was `checkpoint` saved to be kept (keep_every)? Unreadable: keep it."
     try:
-        return json.loads((checkpoint / MANIFEST).read_text())["keep"]
+        return json.loads((checkpoint / MANIFEST).read_text())[flag]
     except (OSError, ValueError, KeyError, TypeError):
         return True
+
+def best_checkpoint(run: Path) -> Path | None:
+    "The newest checkpoint saved as the best so far: the best of the run."
+    return next((f for f in reversed(checkpoint_folders(run))
+                 if is_kept(f, "best")), None)
 
 def publish_weights(run: Path, checkpoint: Path, manifest: dict) -> None:
     "RUN/model.safetensors (and best.safetensors) are the checkpoint's weights."
@@ -268,6 +267,14 @@ def lock_holder(path: Path) -> int | None:
         pass
     return info.get("pid", -1)
 
+def lock_host(path: Path) -> str | None:
+    "The lock's host if it is another machine (this one cannot probe its pid)."
+    try:
+        host = json.loads(path.read_text()).get("host")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return host if host != socket.gethostname() else None
+
 @contextmanager
 def run_lock(run: Path):
     "Hold RUN/.lock while training: one writer per run; stale locks are taken."
@@ -277,6 +284,11 @@ def run_lock(run: Path):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             pid = lock_holder(path)
+            if pid is not None and (host := lock_host(path)):
+                raise FileExistsError(
+                    f"{run} is locked by process {pid} on {host}, another "
+                    f"machine; if nothing trains the run there any more, "
+                    f"delete {path}") from None
             if pid is not None:
                 raise FileExistsError(
                     f"{run} is being trained by another process (pid {pid}, "

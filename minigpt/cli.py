@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -19,16 +20,16 @@ from . import __version__
 
 # %% auto #0
 __all__ = ['COMMANDS', 'PLOT_FORMATS', 'RL_DEFAULTS', 'EXPORTERS', 'Command', 'command', 'system_info', 'info_command',
-           'build_parser', 'command_in', 'main', 'add_clean_arguments', 'clean_config', 'add_corpus_argument',
-           'add_data_arguments', 'print_table', 'print_cleaning', 'print_split_note', 'data_command',
-           'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments', 'prepare_command',
-           'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides', 'training_sampler',
-           'train_command', 'add_plot_arguments', 'plot_command', 'option_flag', 'add_sampling_arguments',
-           'sampling_config_of', 'add_generate_arguments', 'generate_command', 'add_eval_arguments', 'eval_command',
-           'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments', 'add_sft_arguments', 'add_dpo_arguments',
-           'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command', 'add_chat_arguments', 'chat_command',
-           'add_export_arguments', 'export_command', 'add_serve_arguments', 'serve_command', 'add_plan_arguments',
-           'plan_command']
+           'build_parser', 'command_in', 'out_of_memory', 'allocation', 'sizes_asked', 'main', 'add_clean_arguments',
+           'clean_config', 'add_corpus_argument', 'add_data_arguments', 'print_table', 'print_cleaning',
+           'print_split_note', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments',
+           'prepare_command', 'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides',
+           'training_sampler', 'train_command', 'add_plot_arguments', 'plot_command', 'option_flag',
+           'add_sampling_arguments', 'sampling_config_of', 'add_generate_arguments', 'generate_command',
+           'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments',
+           'add_sft_arguments', 'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command',
+           'add_chat_arguments', 'chat_command', 'add_export_arguments', 'export_command', 'add_serve_arguments',
+           'serve_command', 'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/12_cli.ipynb #adee5c61
 @dataclass
@@ -101,6 +102,22 @@ def command_in(argv: list[str]) -> str:
     return next((a for a in argv if not a.startswith("-")), "")
 
 # %% ../nbs/12_cli.ipynb #d9ccb557
+def out_of_memory(e: BaseException) -> bool:
+    "An allocation that failed, on the CPU or a GPU."
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower() \
+        or "can't allocate memory" in str(e)
+
+def allocation(e: BaseException) -> str:
+    "' (it tried to allocate 1.5 GiB)' from an allocator's message, or ''."
+    found = re.search(r"allocate (\d+) bytes", str(e))
+    return (f" (it tried to allocate {int(found.group(1)) / 2**30:,.1f} GiB)"
+            if found else "")
+
+def sizes_asked(argv: list[str]) -> str:
+    "The flags of `argv` that set a size, as the user typed them."
+    flags = ("--set", "--batch-size", "--seq-len", "--max-new-tokens")
+    return " ".join(f"{a} {b}" for a, b in zip(argv, argv[1:]) if a in flags)
+
 def main(argv: list[str] | None = None) -> int:
     "Run the `minigpt` command with `argv` (default: the process's arguments)."
     argv = sys.argv[1:] if argv is None else argv
@@ -112,10 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return COMMANDS[args.command].run(args)
-    except (ValueError, OSError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError, MemoryError,
+            RuntimeError) as e:
         if os.environ.get("MINIGPT_DEBUG"):
             raise
-        print(f"minigpt {args.command}: error: {e}", file=sys.stderr)
+        if isinstance(e, RuntimeError) and not out_of_memory(e):
+            raise                            # a bug: its traceback, please
+        message = (f"out of memory{allocation(e)}; ask for less: "
+                   f"{sizes_asked(argv) or 'a smaller model or batch'}"
+                   if out_of_memory(e) else e)
+        print(f"minigpt {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"minigpt {args.command}: interrupted", file=sys.stderr)
@@ -371,6 +394,11 @@ def train_command(args: argparse.Namespace) -> int:
                {f.name for f in dataclasses.fields(TrainConfig)}}
     sample = training_sampler(args.out)     # samples.txt at the end
     if args.resume:     # the saved configuration, changed by the flags given
+        given = [f"--set {s}" for s in args.set] + (
+            [f"--preset {args.preset}"] if args.preset != "cpu" else [])
+        if given:      # the model of a run is fixed at its first step
+            raise ValueError(f"--resume keeps the model of {args.out}; drop "
+                             f"{' '.join(given)}, or train a new --out")
         result = train(args.data, args.out, resume=True, changes=options,
                        device=args.device, sample=sample)
     else:               # the model's vocabulary is the data's, unless --set
@@ -672,6 +700,9 @@ def sft_command(args: argparse.Namespace) -> int:
     model, tok, held = _finetune_setup(args)
     examples = load_examples(args.data)
     options = _finetune_options(args)
+    if args.lora and args.lora_rank < 1:
+        raise ValueError(f"--lora-rank {args.lora_rank}: LoRA needs a rank "
+                         ">= 1 (8 is common)")
     if args.lora:
         options = {"lr": 2e-3, "lora_rank": args.lora_rank} | options
     cfg = FinetuneConfig(**options)
@@ -740,13 +771,18 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 @command("chat", "talk to a fine-tuned run (an empty line or Ctrl-D ends)",
          add_chat_arguments)
 def chat_command(args: argparse.Namespace) -> int:
-    from minigpt.common import END
-    from minigpt.finetune import chat_ids, load_for_finetuning
+    from minigpt.checkpoint import load_run
+    from minigpt.common import CHAT_TOKENS, END
+    from minigpt.finetune import chat_ids
     from minigpt.generate import stream
     cfg = sampling_config_of(args)
     cfg.stop = cfg.stop + (END,)                # the end of the turn
     device, ctx = device_context(args)
-    model, tok = load_for_finetuning(args.run, device)
+    model, tok = load_run(args.run, device=device)
+    if not all(t in tok.special_tokens for t in CHAT_TOKENS):
+        raise ValueError(f"{args.run} is not fine-tuned: it has no chat "
+                         "template. Fine-tune it with minigpt sft, or continue "
+                         "text with minigpt generate")
     model.eval()
     turns = []          # the user's lines and the model's replies, as text
     while True:
@@ -757,10 +793,14 @@ def chat_command(args: argparse.Namespace) -> int:
         if not line:
             break
         turns.append(line)
+        ids, block = chat_ids(tok, turns), model.cfg.block_size
+        if len(ids) > block:        # the window slides: say what it drops
+            print(f"(the conversation is {len(ids):,} tokens; the model sees "
+                  f"only the last {block:,} of them)", file=sys.stderr)
         print("model> ", end="", flush=True)
         reply = ""
         with ctx:       # the template places the role tokens; text is text
-            for piece in stream(model, tok, chat_ids(tok, turns), cfg):
+            for piece in stream(model, tok, ids, cfg):
                 print(piece, end="", flush=True)
                 reply += piece
         print()
@@ -801,6 +841,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 @command("export", "write a run in another program's format",
          add_export_arguments)
 def export_command(args: argparse.Namespace) -> int:
+    run, out = Path(args.run).resolve(), Path(args.out).resolve()
+    if out == run or run in out.parents:      # --force would destroy the run
+        raise ValueError(f"--out {args.out} is inside the run {args.run}; "
+                         "export to a folder outside it")
     for f in EXPORTERS[args.format](args):
         print(f"{f.stat().st_size:>14,}  {f}")
     print(f"{args.run} -> {args.out} ({args.format})")

@@ -61,7 +61,7 @@ def check_precision(device: torch.device, precision: str) -> str:
         raise ValueError(f"precision {precision!r}: use one of "
                          f"{', '.join(PRECISIONS)}")
     if device.type == "cpu" and precision == "fp16":
-        raise ValueError("fp16 training needs a GPU; on a CPU use fp32 (or "
+        raise ValueError("fp16 needs a GPU; on a CPU use fp32 (or "
                          "bf16 where the CPU has bf16 units)")
     if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16():
         raise ValueError("this CPU has no bf16 units (no AVX512-BF16 or "

@@ -3,19 +3,23 @@
 # %% ../nbs/08_evaluation.ipynb #25889cd0
 from __future__ import annotations
 
+import ast
+import builtins
 import dataclasses
 import gzip
 import itertools
 import json
 import math
 import os
+import queue
 import random
 import re
-import secrets
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from contextlib import nullcontext
 from decimal import Decimal
 from pathlib import Path
@@ -34,13 +38,14 @@ from .model import token_logprobs
 
 # %% auto #0
 __all__ = ['GSM8K_URL', 'GSM8K_STOP', 'NUMBER', 'MARK', 'SENTENCE_END', 'HARNESS_EXTRACT', 'HARNESS_IGNORE', 'HUMANEVAL_URL',
-           'HUMANEVAL_FIELDS', 'HUMANEVAL_STOP', 'SANDBOX', 'TASKS', 'BENCHMARKS', 'split_metrics', 'checkpoint_steps',
-           'encode_pair', 'score_continuations', 'body_lines', 'next_line_items', 'split_texts', 'choice_accuracy',
-           'write_records', 'read_records', 'load_choice_items', 'rolling_loglikelihood', 'MinigptLM', 'harness_task',
-           'run_harness', 'normalize_number', 'final_number', 'strip_calculator', 'gsm8k_prompt', 'benchmark_file',
-           'load_gsm8k', 'harness_answer', 'harness_normal', 'harness_scores', 'score_gsm8k', 'load_humaneval',
-           'humaneval_program', 'run_program', 'last_line', 'kill_process_group', 'pass_at_k', 'score_humaneval',
-           'completion_fn', 'distinct_n', 'repetition_rate', 'evaluate_run', 'run_benchmark']
+           'HUMANEVAL_FIELDS', 'HUMANEVAL_STOP', 'SANDBOX_LIMITS', 'SANDBOX_GUARD', 'SANDBOX', 'TASKS', 'BENCHMARKS',
+           'split_metrics', 'checkpoint_steps', 'encode_pair', 'score_continuations', 'body_lines', 'next_line_items',
+           'split_texts', 'choice_accuracy', 'write_records', 'read_records', 'load_choice_items',
+           'rolling_loglikelihood', 'MinigptLM', 'harness_task', 'run_harness', 'normalize_number', 'final_number',
+           'strip_calculator', 'gsm8k_prompt', 'benchmark_file', 'load_gsm8k', 'harness_answer', 'harness_normal',
+           'harness_scores', 'score_gsm8k', 'load_humaneval', 'checked', 'TimedOut', 'Candidate', 'rebuilt_error',
+           'read_lines', 'run_check', 'benchmark_code', 'error_line', 'last_line', 'kill_process_group', 'pass_at_k',
+           'score_humaneval', 'completion_fn', 'distinct_n', 'repetition_rate', 'evaluate_run', 'run_benchmark']
 
 # %% ../nbs/08_evaluation.ipynb #ba4f0950
 def split_metrics(model, tokens: np.ndarray, tok, batch_size: int = 16,
@@ -172,8 +177,13 @@ def write_records(records: list[dict], path: str | Path) -> Path:
 def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
     "The records of a JSON Lines file (or .gz); a clear error names a bad line."
     path, records = Path(path), []
-    text = (gzip.open(path, "rt").read() if path.suffix == ".gz"
-            else path.read_text())
+    try:
+        text = (gzip.open(path, "rt", encoding="utf-8").read()
+                if path.suffix == ".gz" else path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
+        kind = "gzipped JSON Lines" if path.suffix == ".gz" else "JSON Lines"
+        raise ValueError(f"{path}: not {kind} in UTF-8 "
+                         f"({type(e).__name__})") from None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -306,9 +316,10 @@ GSM8K_STOP = ("Question:",)   # where the prompt's answers end (as lm-eval)
 
 # a sign, a $, digits with thousands commas or without, decimals; never the
 # middle of a word or of another number ("3-4" is 3 and 4, "1,2,3" three)
-NUMBER = re.compile(r"(?<![\w.])-?\$?-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+NUMBER = re.compile(r"(?<![\w.])-?\$?-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
+                    r"(?:\.\d+)?")
 MARK = re.compile(r"####|the answer is", re.IGNORECASE)
-SENTENCE_END = re.compile(r"\n|\.(?!\d)")       # a full stop, not a decimal point
+SENTENCE_END = re.compile(r"\n|\.(?!\d)")   # a full stop, not a decimal point
 
 def normalize_number(text: str) -> str:
     "A number as one canonical string: '$1,234.50' -> '1234.5', '-$7' -> '-7'."
@@ -399,7 +410,8 @@ def score_gsm8k(generate_fn, tasks: list[dict], k_shot: int = 5,
                          "(GSM8K's train.jsonl; --shots) or lower k_shot")
     rows = []
     for task in tasks:
-        prompt = gsm8k_prompt(task["question"], shots[:k_shot] if k_shot else ())
+        prompt = gsm8k_prompt(task["question"], shots[:k_shot] if k_shot
+                              else ())
         text = generate_fn(prompt)
         completion = text[:first_stop(text, GSM8K_STOP)]
         predicted, reference = final_number(completion), \
@@ -423,90 +435,244 @@ def load_humaneval(path: str | Path) -> list[dict]:
     "HumanEval problems from its JSON Lines (.jsonl or .jsonl.gz)."
     return read_records(benchmark_file(path, HUMANEVAL_URL), HUMANEVAL_FIELDS)
 
-# %% ../nbs/08_evaluation.ipynb #848643e7
-def humaneval_program(task: dict, completion: str) -> str:
-    "The file that decides one sample: prompt, completion, tests, the call."
-    return (task["prompt"] + completion + "\n\n" + task["test"] + "\n\n"
-            f"check({task['entry_point']})\n")
+# %% ../nbs/08_evaluation.ipynb #f4a8c2e6
+def checked(task: dict, candidate: Candidate) -> dict:
+    "Run the task's `check` here, on the sandboxed candidate: our verdict."
+    try:
+        kind, *rest = candidate.receive()       # its file ran, or raised
+        if kind == "error":
+            raise rebuilt_error(*rest)
+        if kind != "ready":
+            raise ChildProcessError("the candidate answered before a call")
+        tests = {"__name__": "tests"}           # the benchmark's own code
+        exec(benchmark_code(task), tests)
+        tests["check"](candidate)
+    except TimedOut:
+        return {"outcome": "timed out",
+                "error": f"still running after {candidate.timeout:g} s"}
+    except Exception as e:
+        return {"outcome": "failed", "error": error_line(e)}
+    return {"outcome": "passed", "error": ""}
 
 # %% ../nbs/08_evaluation.ipynb #55466b24
-# The child's code, run before the candidate: limits, then an audit hook that
-# refuses the network, new processes and writes outside the child's folder.
-SANDBOX = r"""
-import os, sys
+# The child's code, first: its limits and what its audit hook refuses.
+SANDBOX_LIMITS = r"""
+import ast, os, sys
 try:
     import resource                                  # POSIX only
     cpu, memory, size = (int(a) for a in sys.argv[1:4])
     for limit, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1),
                               (resource.RLIMIT_AS, memory, memory),
-                              (resource.RLIMIT_FSIZE, size, size)):
+                              (resource.RLIMIT_FSIZE, size, size),
+                              (resource.RLIMIT_NPROC, 0, 0)):  # not root
         try: resource.setrlimit(limit, (soft, hard))
         except (ValueError, OSError): pass      # not settable here (macOS)
 except ImportError: pass
-HOME = os.getcwd() + os.sep
+calls = os.fdopen(int(sys.argv[4]), "r", encoding="utf-8")
+answers = os.fdopen(int(sys.argv[5]), "w", encoding="utf-8")
+entry = sys.argv[6]
 REFUSED = ("socket.", "subprocess.", "os.system", "os.exec", "os.spawn",
            "os.posix_spawn", "os.fork", "os.forkpty", "os.kill",
-           "os.killpg", "ctypes.")
+           "os.killpg", "ctypes.", "sqlite3.", "os.chdir", "os.fchdir",
+           "resource.setrlimit", "resource.prlimit", "gc.get_")
+MODULES = ("_posixsubprocess", "_ctypes", "_sqlite3")
 CHANGES = ("os.remove", "os.rename", "os.replace", "os.rmdir", "os.mkdir",
            "os.truncate", "os.chmod", "os.chown", "os.link", "os.symlink",
            "os.utime", "shutil.rmtree", "shutil.copyfile", "shutil.move")
 WRITE = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+"""
 
-def outside(path):
-    if not isinstance(path, (str, bytes, os.PathLike)): return False  # fd
-    return not os.path.abspath(os.fsdecode(path)).startswith(HOME)
+# %% ../nbs/08_evaluation.ipynb #55466b26
+SANDBOX_GUARD = SANDBOX_LIMITS + r"""
+def make_guard(home, readable, refused, modules, changes, write, fspath,
+               stat, is_dir, refuse=PermissionError, kinds=(str, bytes),
+               isinstance=isinstance, hasattr=hasattr):
+    # Everything the hook uses is bound here, out of the candidate's reach;
+    # paths are resolved by hand (os.path is Python the candidate could patch)
+    def guard(event, args):
+        if event.startswith(refused) or (event == "import"
+                                         and args[0] in modules):
+            raise refuse(f"sandbox refused {event} {args[0]}"
+                         if event == "import" else f"sandbox refused {event}")
+        if event != "open" and event not in changes:
+            return
+        for n, path in enumerate(args[:1] if event == "open" else args[:2]):
+            if not (isinstance(path, kinds) or hasattr(path, "__fspath__")):
+                continue                                     # a descriptor
+            path = fspath(path)
+            path = path.decode("utf-8", "surrogateescape") if isinstance(
+                path, bytes) else path
+            parts = []
+            for p in (path if path.startswith("/") else home + path).split("/"):
+                if p == "..":
+                    parts = parts[:-1]
+                elif p not in ("", "."):
+                    parts.append(p)
+            path = "/" + "/".join(parts) + "/"
+            if path.startswith(home):
+                continue
+            if event != "open" or args[2] & write:
+                raise refuse(f"sandbox refused {event} outside its folder")
+            try:
+                folder = is_dir(stat(path[:-1]).st_mode)
+            except OSError:
+                folder = False
+            if folder or not path.startswith(readable):
+                raise refuse(f"sandbox refused reading {path[:-1]}")
+    return guard
 
-def guard(event, args):
-    if event.startswith(REFUSED):
-        raise PermissionError(f"sandbox refused {event}")
-    if (event == "open" and args[2] & WRITE and outside(args[0])
-            or event in CHANGES and any(outside(a) for a in args[:2])):
-        raise PermissionError(f"sandbox refused {event} outside its folder")
+sys.addaudithook(make_guard(
+    os.path.realpath(os.getcwd()) + "/",
+    tuple({os.path.realpath(p) + "/" for p in (*sys.path, sys.prefix,
+                                               sys.base_prefix) if p}),
+    REFUSED, MODULES, CHANGES, WRITE, os.fspath, os.stat,
+    __import__("stat").S_ISDIR))
+del make_guard                            # out of reach from here on
+"""
 
-token = sys.stdin.readline().strip()     # printed once the tests return
-program = open("program.py").read()
-sys.addaudithook(guard)                  # from here on, for good
+# %% ../nbs/08_evaluation.ipynb #55466b25
+SANDBOX = SANDBOX_GUARD + r"""
+def send(*message):
+    answers.write(repr(message) + "\n")
+    answers.flush()
+
+namespace = {"__name__": "candidate"}
 try:
-    exec(compile(program, "program.py", "exec"), {"__name__": "candidate"})
+    exec(compile(open("candidate.py").read(), "candidate.py", "exec"),
+         namespace)
+    send("ready")
 except SystemExit as e:
-    raise RuntimeError(f"the program exited ({e.code}) before its tests")
-print(token)
+    send("error", "RuntimeError", f"the program exited ({e.code}) before "
+         "its tests")
+except BaseException as e:
+    send("error", type(e).__name__, str(e))
+for line in calls:
+    args, kwargs = ast.literal_eval(line)
+    try:
+        send("value", namespace[entry](*args, **kwargs))
+    except SystemExit as e:
+        send("error", "RuntimeError", f"the candidate exited ({e.code})")
+    except BaseException as e:
+        send("error", type(e).__name__, str(e))
 """
 
 # %% ../nbs/08_evaluation.ipynb #e3210f5c
-def run_program(program: str, timeout: float = 3.0, memory_mb: int = 1024,
-                output_mb: int = 16) -> dict:
-    """Run `program` in a new Python process in a temporary folder, under
-    SANDBOX: {outcome: passed | failed | timed out, error: its last line}."""
-    token = secrets.token_hex(16)
+class TimedOut(BaseException):
+    "The candidate ran past its time (a BaseException: tests cannot catch it)."
+
+class Candidate:
+    """The entry point of a sandboxed child, as the tests call it: each call
+    goes down a pipe as plain data, and its answer comes back as plain data."""
+    def __init__(self, calls, answers: queue.Queue, timeout: float):
+        self.calls, self.answers, self.timeout = calls, answers, timeout
+        self.deadline = time.monotonic() + timeout
+
+    def receive(self):
+        "The child's next message: ('ready',), ('value', x) or ('error', ...)."
+        try:
+            line = self.answers.get(timeout=max(0.0, self.deadline -
+                                                time.monotonic()))
+        except queue.Empty:
+            raise TimedOut from None
+        if line is None:
+            raise ChildProcessError("the candidate's process ended")
+        try:
+            message = ast.literal_eval(line)
+        except (ValueError, TypeError, SyntaxError, MemoryError,
+                RecursionError):
+            raise TypeError("the candidate answered with something that is "
+                            "not plain data (numbers, strings, lists, ...)"
+                            ) from None
+        if message not in (("ready",),) and not (
+                isinstance(message, tuple) and len(message) == 2
+                and message[0] == "value") and not (
+                isinstance(message, tuple) and len(message) == 3
+                and message[0] == "error"
+                and all(isinstance(m, str) for m in message[1:])):
+            raise ChildProcessError(f"the candidate's process sent "
+                                    f"{line!r:.60}")
+        return message
+
+    def __call__(self, *args, **kwargs):
+        try:
+            self.calls.write(repr((args, kwargs)) + "\n")
+            self.calls.flush()
+        except (BrokenPipeError, OSError):
+            raise ChildProcessError("the candidate's process ended") from None
+        kind, *rest = self.receive()
+        if kind == "value":
+            return rest[0]
+        if kind == "error":
+            raise rebuilt_error(*rest)
+        raise ChildProcessError("the candidate's process sent 'ready' again")
+
+def rebuilt_error(name: str, message: str) -> Exception:
+    "The child's exception as one of the parent's: the built-in type if any."
+    kind = getattr(builtins, name, None)
+    if not (isinstance(kind, type) and issubclass(kind, Exception)):
+        return RuntimeError(f"{name}: {message}")
+    try:
+        return kind(message)
+    except Exception:
+        return RuntimeError(f"{name}: {message}")
+
+def read_lines(stream, lines: queue.Queue, most: int):
+    "Each line of `stream` into `lines` (up to `most` bytes); None at the end."
+    for line in iter(lambda: stream.readline(most), b""):
+        lines.put(line.decode("utf-8", "replace"))
+    lines.put(None)
+
+# %% ../nbs/08_evaluation.ipynb #e3210f5d
+def run_check(task: dict, completion: str, timeout: float = 3.0,
+              memory_mb: int = 1024, output_mb: int = 16) -> dict:
+    """The task's tests on `completion`: the candidate (prompt + completion)
+    in a new Python process under SANDBOX, the tests here, calling it through
+    a pipe. {outcome: passed | failed | timed out, error: its last line}."""
     limits = [str(math.ceil(timeout) + 1), str(memory_mb << 20),
               str(output_mb << 20)]          # CPU seconds, bytes, bytes
     with tempfile.TemporaryDirectory(prefix="minigpt-sandbox-") as folder:
         home = Path(folder)
-        (home / "program.py").write_text(program)
+        (home / "candidate.py").write_text(task["prompt"] + completion)
+        to_child, from_parent = os.pipe()[::-1]
+        from_child, to_parent = os.pipe()
         with open(home / "stdout", "w+b") as out, \
              open(home / "stderr", "w+b") as err:     # files: no pipe fills
             child = subprocess.Popen(
                 [sys.executable, "-I", "-B", "-X", "utf8", "-c", SANDBOX,
-                 *limits], cwd=home, env={}, stdin=subprocess.PIPE,
-                stdout=out, stderr=err, start_new_session=True)
-            try:
-                child.communicate((token + "\n").encode(), timeout=timeout)
-            except subprocess.TimeoutExpired:
-                kill_process_group(child)
-                return {"outcome": "timed out",
-                        "error": f"still running after {timeout:g} s"}
-            out.seek(0)
+                 *limits, str(from_parent), str(to_parent),
+                 task["entry_point"]], cwd=home, env={},
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                pass_fds=(from_parent, to_parent), start_new_session=True)
+            os.close(from_parent)
+            os.close(to_parent)
+            answers = queue.Queue()
+            threading.Thread(target=read_lines, daemon=True, args=(
+                os.fdopen(from_child, "rb"), answers, output_mb << 20)).start()
+            with os.fdopen(to_child, "w", encoding="utf-8") as calls:
+                result = checked(task, Candidate(calls, answers, timeout))
+            kill_process_group(child)
             err.seek(0)
-            passed = token in out.read().decode(errors="replace").split()
-            error = last_line(err.read()[-4096:].decode(errors="replace"))
-    if passed:
-        return {"outcome": "passed", "error": ""}
-    code = child.returncode
-    if not error and code < 0:
-        error = f"killed by {signal.Signals(-code).name}"
-    return {"outcome": "failed",
-            "error": error or f"exit status {code} before its tests ended"}
+            stderr = last_line(err.read()[-4096:].decode(errors="replace"))
+    if result["outcome"] == "failed" and "process ended" in result["error"]:
+        code = child.returncode
+        result["error"] = stderr or (f"killed by {signal.Signals(-code).name}"
+                                     if code < 0 else f"exit status {code} "
+                                     "before its tests ended")
+    return result
+
+def benchmark_code(task: dict) -> str:
+    """The prompt (its helpers; its own function without a body, as written)
+    and the tests, run in the parent."""
+    try:
+        compile(task["prompt"], "prompt", "exec")
+        prompt = task["prompt"]
+    except SyntaxError:
+        prompt = task["prompt"] + "    pass\n"       # a bare signature
+    return prompt + "\n" + task["test"]
+
+def error_line(e: BaseException) -> str:
+    "An exception as the last line of its traceback."
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 def last_line(text: str) -> str:
     "The last line of `text` that is not blank."
@@ -549,7 +715,7 @@ def score_humaneval(generate_fn, tasks: list[dict], n_samples: int,
         for _ in range(n_samples):
             text = generate_fn(task["prompt"])
             completion = text[:first_stop(text, HUMANEVAL_STOP)]
-            run = run_program(humaneval_program(task, completion), timeout)
+            run = run_check(task, completion, timeout)
             samples.append(run | {"completion": completion})
         c = sum(s["outcome"] == "passed" for s in samples)
         results.append({"task_id": task["task_id"], "correct": c,
@@ -594,9 +760,15 @@ def evaluate_run(run_dir: str | Path, tasks=TASKS, n_items: int = 200,
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(unknown)}; use "
                          f"{', '.join(TASKS)} or all")
+    if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
+        raise ValueError(f"--items {n_items}: ask for at least one question")
     model, tok = load_run(run_dir, device=device)
     config = json.loads((Path(run_dir) / "config.json").read_text())
-    data, out = open_data(config["data"]), {}
+    if "data" not in config:
+        raise ValueError(f"{run_dir} is a fine-tuned run, with no data folder "
+                         "of its own to measure: score it with --bench or "
+                         "--harness, or evaluate the run it was tuned from")
+    data, out = open_data(config["data"], tokenizer=tok), {}  # the same ids
     if "perplexity" in tasks:
         out |= split_metrics(model, data.val, tok, max_batches=max_batches)
     if "choice" in tasks:

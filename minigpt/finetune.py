@@ -29,18 +29,28 @@ from .train import TrainConfig, learning_rate
 # %% auto #0
 __all__ = ['FIELDS', 'load_examples', 'speeches', 'work_of', 'work_title', 'check_task_pool', 'task_examples', 'add_chat_tokens',
            'resize_vocab', 'text_ids', 'role_ids', 'chat_ids', 'instruction_text', 'prompt_ids', 'encode_example',
-           'pack_examples', 'sft_loss', 'FinetuneConfig', 'finetune', 'sft', 'answer_accuracy', 'option_pairs',
-           'option_accuracy', 'response_token_logprobs', 'response_logprobs', 'dpo_loss', 'preference_pairs',
-           'freeze_reference', 'dpo', 'LoRALinear', 'add_lora', 'merge_lora', 'trainable', 'task_rewards',
-           'sample_group', 'group_advantages', 'grpo_loss', 'rl', 'reward_model', 'sequence_rewards',
-           'train_reward_model', 'pair_accuracy', 'save_finetuned', 'load_for_finetuning', 'preference_examples']
+           'pack_examples', 'sft_loss', 'finetune_config_rules', 'check_finetune_config', 'FinetuneConfig', 'finetune',
+           'sft', 'answer_accuracy', 'option_pairs', 'option_accuracy', 'response_token_logprobs', 'response_logprobs',
+           'dpo_loss', 'preference_pairs', 'freeze_reference', 'dpo', 'LoRALinear', 'add_lora', 'merge_lora',
+           'trainable', 'task_rewards', 'sample_group', 'group_advantages', 'grpo_loss', 'rl', 'reward_model',
+           'sequence_rewards', 'train_reward_model', 'pair_accuracy', 'save_finetuned', 'load_for_finetuning',
+           'preference_examples']
 
 # %% ../nbs/09_finetuning.ipynb #5035029e
 FIELDS = ("instruction", "input", "output")
 
 def load_examples(path: str | Path, fields=FIELDS) -> list[dict]:
-    "Instruction examples: `read_records` of Chapter 8 with these fields."
-    return read_records(path, fields)
+    "Instruction examples: `read_records` of Chapter 8 with these fields, text."
+    records = read_records(path, fields)
+    if not records:
+        raise ValueError(f"{path}: no examples in this file; each line is a "
+                         f"JSON object with {', '.join(fields)}")
+    for n, r in enumerate(records, 1):
+        bad = [f for f in fields if not isinstance(r[f], str)]
+        if bad:
+            raise ValueError(f"{path}, example {n}: {bad[0]!r} must be text, "
+                             f"not {r[bad[0]]!r}")
+    return records
 
 # %% ../nbs/09_finetuning.ipynb #4a35c24a
 def speeches(text: str) -> list[tuple[str, str]]:
@@ -212,6 +222,28 @@ def sft_loss(model: GPT, ids: torch.Tensor, labels: torch.Tensor, user: int):
     return model(x, y, positions=document_positions(x, user),
                  mask=document_mask(x, user))[1]
 
+# %% ../nbs/09_finetuning.ipynb #a6c1d3e5
+def finetune_config_rules(cfg) -> list[tuple]:
+    "(field, whether its value is valid, the rule) for `FinetuneConfig`."
+    whole = lambda v, least: type(v) is int and v >= least
+    positive = lambda v: type(v) in (int, float) and 0 < v < math.inf
+    return [*[(n, whole(getattr(cfg, n), 1), "must be a whole number >= 1")
+              for n in ("steps", "batch_size", "group")],
+            *[(n, whole(getattr(cfg, n), 0), "must be a whole number >= 0")
+              for n in ("warmup_steps", "lora_rank", "seed")],
+            *[(n, positive(getattr(cfg, n)), "must be a positive number")
+              for n in ("lr", "grad_clip", "beta", "temperature",
+                        "lora_alpha")],
+            ("precision", cfg.precision in ("auto", "fp32", "bf16", "fp16"),
+             "use auto, fp32, bf16 or fp16")]
+
+def check_finetune_config(cfg) -> None:
+    "ValueError naming the first field of `cfg` whose value is not valid."
+    for name, valid, rule in finetune_config_rules(cfg):
+        if not valid:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} "
+                             f"(--{name.replace('_', '-')}): {rule}")
+
 # %% ../nbs/09_finetuning.ipynb #1de2b7f7
 @dataclass
 class FinetuneConfig:
@@ -228,6 +260,9 @@ class FinetuneConfig:
     lora_alpha: float = 16.0
     precision: str = "auto"
     seed: int = 0
+
+    def __post_init__(self):
+        check_finetune_config(self)   # each bad value: one line, its flag
 
 def finetune(model: nn.Module, next_loss, cfg: FinetuneConfig,
              log_every: int = 10) -> list[dict]:

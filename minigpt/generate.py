@@ -236,6 +236,9 @@ def encode_prompt(tok, prompt: str | list[int],
     try:
         return tok.encode(prompt, allowed_special="all" if allow_special
                           else "none")
+    except UnicodeEncodeError as e:     # a byte of the shell that is not UTF-8
+        raise ValueError(f"the prompt is not UTF-8 text (character {e.start}:"
+                         f" {prompt[e.start]!r}); pass text") from None
     except ValueError as e:
         raise ValueError(f"{e}. From the command line: --allow-special uses it "
                          "as the control token") from None

@@ -3,6 +3,7 @@
 # %% ../nbs/03_loader.ipynb #3a388094
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -25,9 +26,9 @@ from .tokenizer import (BPETokenizer, fingerprint, load_tokenizer,
 # %% auto #0
 __all__ = ['MAGIC', 'SHARD_VERSION', 'HEADER_BYTES', 'META', 'PREPARED', 'META_FIELDS', 'SPLIT_FIELDS', 'token_dtype',
            'shard_header', 'read_header', 'ShardWriter', 'open_shard', 'encode_documents', 'check_splits',
-           'write_splits', 'publish', 'prepare', 'PreparedData', 'meta_error', 'meta_problem', 'read_meta',
-           'file_inside', 'open_data', 'check_ids', 'BatchSampler', 'eval_batches', 'TokenDataset', 'padding_waste',
-           'document_ids', 'document_positions', 'document_mask']
+           'file_digest', 'write_splits', 'publish', 'prepare', 'PreparedData', 'meta_error', 'meta_problem',
+           'read_meta', 'file_inside', 'open_data', 'check_ids', 'BatchSampler', 'eval_batches', 'TokenDataset',
+           'padding_waste', 'document_ids', 'document_positions', 'document_mask']
 
 # %% ../nbs/03_loader.ipynb #bfc630da
 MAGIC = b"MGPTTOK\0"
@@ -156,6 +157,14 @@ def check_splits(train: list, val: list, corpus: str) -> None:
                 "change --val-fraction")
 
 # %% ../nbs/03_loader.ipynb #fcb3fd6c
+def file_digest(path: Path) -> str:
+    "SHA-256 of a file, read in chunks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
 def write_splits(train: list, val: list, tok, folder: Path,
                  workers: int) -> dict:
     "The tokenizer and one shard per split in `folder`; the split counts."
@@ -173,6 +182,7 @@ def write_splits(train: list, val: list, tok, folder: Path,
         writer.close()
         splits[split] = {"file": f"{split}.bin", "documents": len(docs),
                          "tokens": writer.n,
+                         "sha256": file_digest(folder / f"{split}.bin"),
                          "characters": sum(len(d.text) for d in docs)}
     return splits
 
@@ -309,6 +319,10 @@ def open_data(path: str | Path, tokenizer=None) -> PreparedData:
     for split in ("train", "val"):
         info = meta["splits"][split]
         shard = file_inside(path, info["file"], f"{split} shard")
+        if "sha256" in info and file_digest(shard) != info["sha256"]:
+            raise ValueError(f"{shard} is damaged: its bytes are not those "
+                             f"{META} records (SHA-256); prepare the folder "
+                             "again")
         splits[split] = open_shard(shard, own.vocab_size)
         if len(splits[split]) != info["tokens"]:
             raise ValueError(f"{shard}: {len(splits[split]):,} "

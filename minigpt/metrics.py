@@ -21,7 +21,7 @@ __all__ = ['PANELS', 'perplexity', 'bits_per_byte', 'eval_batch_count', 'validat
 
 # %% ../nbs/06_pretraining.ipynb #fbaac409
 def perplexity(loss: float) -> float:
-    return math.exp(loss)
+    return math.exp(loss) if loss < 709 else math.inf   # exp(709.8): overflow
 
 def bits_per_byte(loss: float, bytes_per_token: float) -> float:
     "Cross-entropy in nats per token -> bits per byte of text."
@@ -147,16 +147,32 @@ def plot_runs(runs, panels=tuple(PANELS), labels=None):
     return fig
 
 # %% ../nbs/06_pretraining.ipynb #5d0c1a78
-def trim_metrics(run: Path, step: int) -> None:
-    "Drop the metrics logged after `step`: the resumed run logs them again."
+def trim_metrics(run: Path, step: int, row: dict | None = None) -> None:
+    """Drop the metrics logged after `step`: the resumed run logs them again;
+    add `row`, the line of `step` itself, if a kill lost it."""
     path = Path(run) / "metrics.jsonl"
     if not path.exists():
         return
-    def logged_step(row: str):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is damaged (not UTF-8 text); restore it, or "
+                         "delete it to resume without the rows logged so far"
+                         ) from None
+    rows = []
+    for k, line in enumerate(lines, 1):
         try:
-            return json.loads(row).get("step")
+            logged = json.loads(line)
         except ValueError:
-            return None          # a line cut short by a crash
-    rows = [r for r in path.read_text().splitlines(keepends=True)
-            if (s := logged_step(r)) is not None and s <= step]
+            if k == len(lines):
+                break            # a line cut short by a crash
+            raise ValueError(f"{path}: line {k} is not JSON; restore the file "
+                             "or delete that line") from None
+        if not (isinstance(logged, dict) and type(logged.get("step")) is int):
+            raise ValueError(f"{path}: line {k} is not a row of measurements; "
+                             "restore the file or delete that line")
+        if logged["step"] <= step:
+            rows.append(line if line.endswith("\n") else line + "\n")
+    if row and not any(json.loads(r)["step"] == step for r in rows):
+        rows.append(json.dumps(row) + "\n")
     atomic_write(path, lambda tmp: tmp.write_text("".join(rows)))

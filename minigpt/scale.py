@@ -127,7 +127,13 @@ def resolve_model(params: str | GPTConfig) -> tuple[str, GPTConfig, float]:
     except ValueError:
         raise ValueError(f"--params {params!r}: name a preset "
                          f"({', '.join(PRESETS)}) or a size such as 1B")
-    return human(n), llama_shape(n), n
+    shape = llama_shape(n)
+    if not 0.5 <= count_params(shape) / n <= 2:      # beyond the shapes known
+        most, least = llama_shape(1e30), llama_shape(1)
+        raise ValueError(f"--params {params!r}: the Llama shapes of this plan "
+                         f"run from {human(count_params(least))} to "
+                         f"{human(count_params(most))} parameters")
+    return human(n), shape, n
 
 # %% ../nbs/11_scaling.ipynb #16276236
 SHARDED = {"ddp": (), "zero1": ("optimizer",),   # what each strategy shards

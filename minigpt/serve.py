@@ -553,7 +553,8 @@ class AccessGuard:
                 body = json.dumps(APIError(status, message,
                                            code="access_denied").body())
                 await send({"type": "http.response.start", "status": status,
-                            "headers": [(b"content-type", b"application/json")]})
+                            "headers": [(b"content-type",
+                                         b"application/json")]})
                 await send({"type": "http.response.body",
                             "body": body.encode()})
                 return

@@ -193,8 +193,9 @@ def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     before = list(range(-1, len(parts) - 1))         # the previous one
     heap = []                                        # (rank, i, left, right)
     def push(i):                  # the pair that starts at part i, if a token
-        j = after[i]
-        if i >= 0 and j >= 0 and (r := ranks.get(parts[i] + parts[j])) is not None:
+        j = after[i] if i >= 0 else -1
+        r = ranks.get(parts[i] + parts[j]) if j >= 0 else None
+        if r is not None:
             heapq.heappush(heap, (r, i, parts[i], parts[j]))
     for i in range(len(parts) - 1):
         push(i)

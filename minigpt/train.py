@@ -3,6 +3,7 @@
 # %% ../nbs/06_pretraining.ipynb #edd37c53
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -33,15 +34,15 @@ from .loader import BatchSampler, open_data
 from .metrics import (bits_per_byte, eval_batch_count, perplexity,
                              text_bytes, trim_metrics, validation_loss)
 from .model import GPT, GPTConfig, flops_per_token
-from .tokenizer import save_tokenizer
+from .tokenizer import fingerprint, load_tokenizer, save_tokenizer
 
 # %% auto #0
-__all__ = ['FIT_PROBE_STEPS', 'FIXED_ON_RESUME', 'TrainConfig', 'train_config_rules', 'learning_rate', 'fit_steps',
-           'fitted_config', 'parameter_groups_for_decay', 'make_optimizer', 'create_run', 'reopen_run',
-           'resumed_config', 'record_resume', 'resume_checkpoint', 'load_newest_checkpoint', 'Trainer', 'run_configs',
-           'restore_state', 'setup', 'to_device', 'train_step', 'evaluate_and_save', 'fit_schedule',
-           'fit_schedule_once', 'stop_signals', 'stop_reason', 'Meter', 'progress_bar_for', 'show_step', 'log_step',
-           'write_sample', 'train_loop', 'train']
+__all__ = ['FIT_PROBE_STEPS', 'FIXED_ON_RESUME', 'DIVERGED_NATS', 'TrainConfig', 'train_config_rules', 'learning_rate',
+           'fit_steps', 'fitted_config', 'parameter_groups_for_decay', 'make_optimizer', 'create_run', 'reopen_run',
+           'resumed_config', 'record_resume', 'resume_checkpoint', 'remove_stray_temporaries', 'load_newest_checkpoint',
+           'Trainer', 'run_configs', 'restore_state', 'setup', 'divergence_limit', 'to_device', 'train_step',
+           'evaluate_and_save', 'fit_schedule', 'fit_schedule_once', 'stop_signals', 'stop_reason', 'Meter',
+           'progress_bar_for', 'show_step', 'log_step', 'append_file', 'write_sample', 'train_loop', 'train']
 
 # %% ../nbs/06_pretraining.ipynb #dc6f3667
 @dataclass
@@ -199,11 +200,16 @@ def reopen_run(run: Path, data, changes: dict | None,
         raise ValueError(f"{run} was trained by {saved['world_size']} "
                          f"processes; resume it with the same number, "
                          f"not {world}")
-    fingerprint = data.meta["tokenizer_fingerprint"]
-    if saved.get("tokenizer_fingerprint") != fingerprint:
+    expected = data.meta["tokenizer_fingerprint"]
+    if saved.get("tokenizer_fingerprint") != expected:
         raise ValueError(f"{data.path} was prepared with another tokenizer "
                          f"than {run} was trained with; resume on the "
                          f"data the run started on ({saved['data']})")
+    own = load_tokenizer(run / "tokenizer.json")    # damaged: named there
+    if fingerprint(own) != expected:
+        raise ValueError(f"{run / 'tokenizer.json'} is not the tokenizer the "
+                         f"run was trained with; copy it back from "
+                         f"{data.path}")
     cfg = resumed_config(TrainConfig.from_dict(saved["train"]),
                          changes or {})
     return GPTConfig.from_dict(saved["model"]), cfg
@@ -246,6 +252,14 @@ def resume_checkpoint(run: Path) -> Path:
                                 "start the run again without --resume")
     return checkpoint
 
+def remove_stray_temporaries(run: Path) -> None:
+    "Delete the temporary files a kill left beside the run's own files."
+    for name in (WEIGHTS, "best.safetensors", "config.json", "tokenizer.json",
+                 "metrics.jsonl"):
+        for tmp in run.glob(f"{name}.*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+
 def load_newest_checkpoint(run: Path, model: GPT, cfg: TrainConfig,
                            rank: int) -> dict:
     "Load the newest checkpoint's weights into `model`; its training state."
@@ -254,8 +268,9 @@ def load_newest_checkpoint(run: Path, model: GPT, cfg: TrainConfig,
     load_weights(model, checkpoint / WEIGHTS)
     state = load_state(checkpoint, model)
     if rank == 0:           # all checked: now change the run directory
+        remove_stray_temporaries(run)
         publish_weights(run, checkpoint, manifest)   # if a crash cut it
-        trim_metrics(run, manifest["step"])
+        trim_metrics(run, manifest["step"], manifest.get("metrics"))
         record_resume(run, cfg, manifest["step"])
     return state
 
@@ -332,6 +347,14 @@ def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
     return trainer
 
 # %% ../nbs/06_pretraining.ipynb #c511c971
+DIVERGED_NATS = 3.0    # validation loss this far above the best: diverged
+
+def divergence_limit(trainer: Trainer) -> float:
+    """The highest validation loss a healthy run reports: its best so far, or
+    a uniform guess over the vocabulary (ln V) if lower, + DIVERGED_NATS."""
+    uniform = math.log(trainer.model_cfg.vocab_size)
+    return min(trainer.progress["best_val"], uniform) + DIVERGED_NATS
+
 def _divergence_advice(trainer: Trainer) -> str:
     "What to do about a non-finite loss or gradient, and what is safe."
     fix = "a lower --lr or more --warmup-steps"
@@ -386,8 +409,10 @@ def train_step(trainer: Trainer, step_model, ctx) -> dict:
     return {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": norm}
 
 # %% ../nbs/06_pretraining.ipynb #2762a88f
-def evaluate_and_save(trainer: Trainer, ctx, bytes_per_token: float) -> dict:
-    "Validation numbers, then a checkpoint, if nothing in it is NaN or inf."
+def evaluate_and_save(trainer: Trainer, ctx, bytes_per_token: float,
+                      last: dict | None = None) -> dict:
+    """Validation numbers, then a checkpoint, if nothing in it is NaN or inf
+    and the loss has not diverged; `last`: the step's row of metrics.jsonl."""
     cfg, step = trainer.cfg, trainer.progress["step"]
     seq_len = cfg.seq_len or trainer.model_cfg.block_size
     val = validation_loss(trainer.model, trainer.data.val, cfg.batch_size,
@@ -400,6 +425,15 @@ def evaluate_and_save(trainer: Trainer, ctx, bytes_per_token: float) -> dict:
             f"at step {step} the weights or the validation loss ({val:.4g}) "
             "are not finite: training diverged. "
             f"{_divergence_advice(trainer)}")
+    if val > (limit := divergence_limit(trainer)):      # finite, but absurd
+        raise FloatingPointError(
+            f"at step {step} the validation loss is {val:.4g}, above "
+            f"{limit:.4g} (its best, or a uniform guess, + {DIVERGED_NATS:g}): "
+            f"training diverged. {_divergence_advice(trainer)}")
+    numbers = {"val_loss": val, "val_ppl": perplexity(val),
+               "val_bpb": bits_per_byte(val, bytes_per_token)}
+    row = (last or {}) | numbers | {"tokens": trainer.progress["tokens"],
+                                    "time": trainer.progress["seconds"]}
     weights = full_weights(trainer.model, trainer.model_cfg, trainer.rank)
     opt_state = optimizer_state(trainer.model, trainer.optimizer)  # all ranks
     best = val < trainer.progress["best_val"]
@@ -408,11 +442,10 @@ def evaluate_and_save(trainer: Trainer, ctx, bytes_per_token: float) -> dict:
     if trainer.rank == 0:         # weights is None on the other ranks
         keep = bool(cfg.keep_every) and step % cfg.keep_every == 0
         save_checkpoint(trainer.run, weights, opt_state, trainer.scaler,
-                        trainer.batches, trainer.progress, best, keep)
+                        trainer.batches, trainer.progress, best, keep, row)
     if trainer.world_size > 1:
         dist.barrier()   # saved before anyone goes on
-    return {"val_loss": val, "val_ppl": perplexity(val),
-            "val_bpb": bits_per_byte(val, bytes_per_token)}
+    return numbers
 
 # %% ../nbs/06_pretraining.ipynb #23c4c886
 def fit_schedule(trainer: Trainer, step_times: list[float],
@@ -536,6 +569,18 @@ def log_step(log, last: dict, progress: dict, log_every: int) -> None:
     log.flush()
 
 # %% ../nbs/06_pretraining.ipynb #a83060dd
+def append_file(path: Path):
+    "A text file opened to append to; a link planted at its name is refused."
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW",
+                                                              0)  # POSIX
+    try:
+        return os.fdopen(os.open(path, flags, 0o666), "a", encoding="utf-8")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(f"{path} is a link; minigpt writes only plain files "
+                          "in a run folder: remove the link") from None
+        raise
+
 def write_sample(trainer: Trainer, sample: Callable[[GPT, int], str] | None,
                  reason: str | None, signalled: dict) -> None:
     """At the end of a run (not one a signal stops) and every sample_every
@@ -551,7 +596,7 @@ def write_sample(trainer: Trainer, sample: Callable[[GPT, int], str] | None,
             text = sample(trainer.model, step)
         trainer.model.train()
     if trainer.rank == 0:
-        with open(trainer.run / "samples.txt", "a") as f:
+        with append_file(trainer.run / "samples.txt") as f:
             f.write(f"--- step {step}\n{text}\n")
 
 # %% ../nbs/06_pretraining.ipynb #4dd47d26
@@ -568,7 +613,7 @@ def train_loop(trainer: Trainer, stop_at: int | None, progress_bar: bool,
     trainer.model.train()
     with (stop_signals(announce=main) as signalled,
           progress_bar_for(trainer, progress_bar) as bar,
-          open(trainer.run / "metrics.jsonl", "a") if main
+          append_file(trainer.run / "metrics.jsonl") if main
           else nullcontext() as log):
         session_start = time.perf_counter()     # max_time counts from here
         run_start = session_start - progress["seconds"]    # all sessions
@@ -584,7 +629,8 @@ def train_loop(trainer: Trainer, stop_at: int | None, progress_bar: bool,
             show_step(bar, last)
             reason = stop_reason(trainer, signalled, stop_at, session_start)
             if progress["step"] % trainer.cfg.eval_every == 0 or reason:
-                last |= evaluate_and_save(trainer, ctx, meter.bytes_per_token)
+                last |= evaluate_and_save(trainer, ctx, meter.bytes_per_token,
+                                          last)
             log_step(log, last, progress, trainer.cfg.log_every)
             write_sample(trainer, sample, reason, signalled)
     return {"reason": reason, "precision": trainer.precision,

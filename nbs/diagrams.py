@@ -1093,12 +1093,18 @@ def static_cache(prompt_lens=(3, 5), new_tokens: int = 3, max_len: int = 10):
 
 
 # ------------------------------------------------------ ch. 8: the sandbox
-def sandbox_runs(programs: dict, timeout: float = 1.0) -> dict:
-    """Run each program of `programs` with `run_program`, recording the
+SANDBOX_TASK = {"task_id": "Demo/sort3", "entry_point": "sort3",
+                "prompt": 'def sort3(xs):\n    """xs in increasing order."""\n',
+                "test": "def check(candidate):\n"
+                        "    assert candidate([3, 1, 2]) == [1, 2, 3]\n"}
+
+
+def sandbox_runs(completions: dict, timeout: float = 1.0) -> dict:
+    """Check each completion of SANDBOX_TASK with `run_check`, recording the
     `subprocess.Popen` call it makes: {name: (its result, (argv, kwargs))}."""
     import subprocess
     from unittest import mock
-    from minigpt.evaluate import run_program
+    from minigpt.evaluate import run_check
     calls = []
     class Recorded(subprocess.Popen):
         def __init__(self, args, **kwargs):
@@ -1106,38 +1112,43 @@ def sandbox_runs(programs: dict, timeout: float = 1.0) -> dict:
             super().__init__(args, **kwargs)
     out = {}
     with mock.patch.object(subprocess, "Popen", Recorded):
-        for name, program in programs.items():
-            out[name] = (run_program(program, timeout), calls[-1])
+        for name, completion in completions.items():
+            out[name] = (run_check(SANDBOX_TASK, completion, timeout),
+                         calls[-1])
     return out
 
 
 def sandbox_demos() -> dict:
-    "A one-line program for each outcome of `run_program`."
-    return {"passed": "assert sorted([3, 1, 2]) == [1, 2, 3]\n",
-            "failed": "assert sorted([3, 1, 2]) == [3, 2, 1]\n",
-            "timed out": "while True:\n    pass\n"}
+    "A completion of SANDBOX_TASK for each outcome of `run_check`."
+    return {"passed": "    return sorted(xs)\n",
+            "failed": "    return sorted(xs, reverse=True)\n",
+            "timed out": "    while True:\n        pass\n"}
 
 
-def sandbox(programs: dict | None = None, timeout: float = 1.0):
-    """What `run_program` does with a program: the parent, the child process
-    it starts (its command line, folder, environment and session, as recorded
-    from real calls), the limits and the audit hook that `SANDBOX` installs
-    in the child, and what comes back: one real run per outcome."""
+def sandbox(completions: dict | None = None, timeout: float = 1.0):
+    """What `run_check` does with a completion: the parent, which runs the
+    tests, the child process it starts (its command line, folder, environment
+    and session, as recorded from real calls), the limits and the audit hook
+    that `SANDBOX` installs in the child, the calls and answers between them,
+    and the outcome: one real run per outcome."""
     import ast, re
     from minigpt.evaluate import SANDBOX
-    runs = sandbox_runs(programs or sandbox_demos(), timeout)
+    runs = sandbox_runs(completions or sandbox_demos(), timeout)
     argv, kw = next(iter(runs.values()))[1]
-    head = [a for a in argv[1:] if a != SANDBOX and not a.isdigit()]
-    cpu, memory, size = (int(a) for a in argv[-3:])
+    at = argv.index(SANDBOX)
+    head = argv[1:at]
+    cpu, memory, size = (int(a) for a in argv[at + 1:at + 4])
     rlimits = re.findall(r"resource\.(RLIMIT_\w+)", SANDBOX)
     consts = {t.id: ast.literal_eval(node.value)
               for node in ast.parse(SANDBOX).body if isinstance(node, ast.Assign)
               for t in node.targets if isinstance(t, ast.Name)
               and isinstance(node.value, ast.Tuple)}
-    refused = [r.rstrip(".") for r in consts["REFUSED"]]
+    refused = [r.rstrip(".") + ("*" if r.endswith("_") else "")
+               for r in consts["REFUSED"]]
     limits = {"RLIMIT_CPU": f"{cpu} s of CPU time", "RLIMIT_AS":
               f"{memory >> 20:,} MiB of memory", "RLIMIT_FSIZE":
-              f"files of at most {size >> 20} MiB"}
+              f"files of at most {size >> 20} MiB", "RLIMIT_NPROC":
+              "no new process (unless root)"}
     parts = [("child: python " + " ".join(head) + " SANDBOX",
               [f"folder: the temporary one; environment: {kw.get('env')}",
                "its own session and process group"
@@ -1145,21 +1156,23 @@ def sandbox(programs: dict | None = None, timeout: float = 1.0):
               "model"),
              ("1. limits (resource.setrlimit)",
               [f"{n}: {limits.get(n, '')}" for n in rlimits], "frozen"),
-             ("2. an audit hook refuses", textwrap.wrap(", ".join(refused), 48)
-              + ["and any write outside the folder"], "bad"),
-             ("3. runs program.py, then prints the token", [], "train")]
-    outcome = [f"{res['outcome']}: " + (res["error"] or "the token came back")
+             ("2. an audit hook refuses", textwrap.wrap(", ".join(
+                 refused + [f"import {m}" for m in consts["MODULES"]]), 48)
+              + ["writes outside the folder, reads outside it",
+                 "and Python's own folders"], "bad"),
+             ("3. runs candidate.py, then answers each call", [], "train")]
+    outcome = [f"{res['outcome']}: " + (res["error"] or "every test held")
                for res, _ in runs.values()]
     gap = 0.12
     right = sum(panel_height(lines) for _, lines, _ in parts) + gap * 3
     W, H = 10.0, 0.2 + right + 0.55 + panel_height(outcome)
     fig, ax = canvas(W, H, WIDTH * H / W)
     top = H - 0.1
-    parent = ["writes program.py into a", "new temporary folder,",
-              "starts the child and", "sends it a secret token,",
-              f"waits {timeout:g} s (wall clock), then", "kills its process group,",
-              "reads stdout and stderr"]
-    pb = panel(ax, 0.1, top, 3.2, None, "parent: run_program", parent,
+    parent = ["writes candidate.py (prompt", "and completion) into a new",
+              "temporary folder, starts", "the child, runs the tests",
+              "here: each call of the", "candidate goes to the child;",
+              f"after {timeout:g} s (wall clock)", "kills its process group"]
+    pb = panel(ax, 0.1, top, 3.2, None, "parent: run_check", parent,
                kind="data")
     y = top
     for i, (title, lines, kind) in enumerate(parts):
@@ -1168,15 +1181,15 @@ def sandbox(programs: dict | None = None, timeout: float = 1.0):
         y = b - gap
     tag(ax, (3.3, child_mid + 0.3), (4.55, child_mid + 0.3), "Popen",
         side="above")
-    tag(ax, (3.3, child_mid - 0.3), (4.55, child_mid - 0.3), "stdin: token",
+    tag(ax, (3.3, child_mid - 0.3), (4.55, child_mid - 0.3), "pipe: calls",
         side="above")
     last = y + gap + panel_height([]) / 2
     ax.plot([4.55, 2.4], [last, last], color=INK, lw=1.0)
     tag(ax, (2.4, last), (2.4, pb))
-    label(ax, 3.45, last + 0.08, "stdout, stderr\n(files)", va="bottom",
+    label(ax, 3.45, last + 0.08, "pipe: answers\n(plain data)", va="bottom",
           color=MUTED)
     panel(ax, 0.1, y - 0.3, 9.8, None, "the outcome, from real runs of "
-          f"{len(outcome)} one-line programs", outcome, kind="other")
+          f"{len(outcome)} completions of sort3", outcome, kind="other")
     tag(ax, (0.9, pb), (0.9, y - 0.3), "decides", side="right")
     fig.runs = runs
     return fig

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from minigpt.cli import main
+from minigpt.tokenizer import GPT2_PATTERN
 
 BIN = Path(sys.executable).parent / "minigpt"
 TINY = ["--set", "n_layer=1", "--set", "d_model=32", "--set", "n_head=2",
@@ -60,9 +61,12 @@ def nan_weights(run):
 
 
 def bad_ids(data):
+    "Ids beyond the vocabulary, in a folder without checksums (made before them)."
     m = np.memmap(data / "train.bin", dtype=np.uint16, mode="r+", offset=32)
     m[::10] = 60000
     m.flush()
+    edit_json(data / "meta.json", lambda meta: [s.pop("sha256")
+                                                for s in meta["splits"].values()])
 
 
 EVIL = {"format": "minigpt-tokenizer", "version": 1, "kind": "bpe",
@@ -163,7 +167,78 @@ CASES = [
     ("--max-new-tokens 1e9", None,
      "generate --run R --prompt x --max-new-tokens 1000000000", "--max-new-tokens must be in"),
     ("--seed 2**70", None, f"generate --run R --prompt x --seed {2 ** 70}", "--seed must be in"),
+    ("a prompt that is not UTF-8", None, "generate --run R --prompt \udcff --device cpu",
+     "not UTF-8 text"),
+    ("--precision fp16 on a CPU", None,
+     "generate --run R --prompt x --precision fp16 --device cpu", "fp16 needs a GPU"),
+    # the commands that came last (issue 33)
+    ("--items 0", None, "eval --run R --items 0", "--items 0"),
+    ("--items -1", None, "eval --run R --items -1", "--items -1"),
+    ("eval of a fine-tuned run", lambda D, R, T: edit_json(
+        R / "config.json", lambda c: c.pop("data")), "eval --run R", "a fine-tuned run"),
+    ("eval on data prepared with another tokenizer", lambda D, R, T: reprepare(D, R, T),
+     "eval --run R --task perplexity", "prepared with another tokenizer"),
+    ("sft on an empty file", lambda D, R, T: (T / "e.jsonl").write_text(""),
+     "sft --run R --data T/e.jsonl --out N", "no examples"),
+    ("sft on an output that is not text", lambda D, R, T: write_examples(T, output=42),
+     "sft --run R --data T/ok.jsonl --out N", "'output' must be text"),
+    ("sft on a binary file", lambda D, R, T: (T / "bin.txt").write_bytes(b"\x80\xff\x00"),
+     "sft --run R --data T/bin.txt --out N", "bin.txt: not JSON Lines"),
+    ("sft --batch-size 0", lambda D, R, T: write_examples(T),
+     "sft --run R --data T/ok.jsonl --out N --batch-size 0", "(--batch-size)"),
+    ("sft --steps 0", lambda D, R, T: write_examples(T),
+     "sft --run R --data T/ok.jsonl --out N --steps 0", "steps=0 (--steps)"),
+    ("sft --lora-rank 0", lambda D, R, T: write_examples(T),
+     "sft --run R --data T/ok.jsonl --out N --lora --lora-rank 0", "--lora-rank 0"),
+    ("dpo --beta -1", lambda D, R, T: write_examples(T, chosen="a", rejected="b"),
+     "dpo --run R --data T/ok.jsonl --out N --beta -1", "(--beta)"),
+    ("train --resume --set", None, "train --data D --out R --resume --set d_model=64",
+     "--resume keeps the model"),
+    ("--set block_size=10**12", None,
+     "train --data D --out N --set block_size=1000000000000 --max-steps 1", "out of memory"),
+    ("chat with a base model", None, "chat --run R --device cpu", "not fine-tuned"),
+    ("plan --params 1e30", None, "plan --params 1e30", "--params '1e30'"),
+    ("export into its own run", None, "export --run R --out R --format hf --force",
+     "inside the run"),
+    # training keeps a good state (issue 33): damage is named, foreign locks explained
+    ("metrics.jsonl not UTF-8", lambda D, R, T: (R / "metrics.jsonl").write_bytes(
+        b"\xff\xfe garbage\n"), "train --data D --out R --resume --max-steps 4",
+     "metrics.jsonl is damaged"),
+    ("metrics.jsonl with a bad middle line", lambda D, R, T: (R / "metrics.jsonl").write_text(
+        '{"step": 1}\n[1, 2]\n{"step": 2}\n'), "train --data D --out R --resume --max-steps 4",
+     "metrics.jsonl: line 2"),
+    ("a run tokenizer that is not the run's", lambda D, R, T: edit_json(
+        R / "tokenizer.json", lambda t: t.__setitem__("pattern", GPT2_PATTERN)),
+     "train --data D --out R --resume --max-steps 4", "tokenizer.json is not the tokenizer"),
+    ("a run tokenizer that is not JSON", lambda D, R, T: (R / "tokenizer.json").write_text("{"),
+     "train --data D --out R --resume --max-steps 4", "tokenizer.json"),
+    ("16 flipped bytes in train.bin", lambda D, R, T: flip_bytes(D / "train.bin", 16),
+     "train --data D --out N", "train.bin is damaged"),
+    ("a lock from another machine", lambda D, R, T: (R / ".lock").write_text(json.dumps(
+        {"pid": 4242, "host": "elsewhere.example"})),
+     "train --data D --out R --resume --max-steps 4", "on elsewhere.example, another machine"),
 ]
+
+
+def flip_bytes(path, n):
+    "Flip `n` bytes in the middle of a file, past any header."
+    raw = bytearray(path.read_bytes())
+    for k in range(n):
+        raw[len(raw) // 2 + k] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def write_examples(T, **fields):
+    "T/ok.jsonl: two instruction examples, with `fields` set in each."
+    example = {"instruction": "Who speaks?", "input": "", "output": "ROMEO"} | fields
+    (T / "ok.jsonl").write_text((json.dumps(example) + "\n") * 2)
+
+
+def reprepare(D, R, T):
+    "A prepared folder with another tokenizer, named as the run's data."
+    assert main(["prepare", "--corpus", str(T / "plays.txt"), "--vocab-size", "300",
+                 "--out", str(T / "other"), "--workers", "1"]) == 0
+    edit_json(R / "config.json", lambda c: c.__setitem__("data", str(T / "other")))
 
 
 GSM8K_RECORD = {"question": "Ann has 2 cats and gets 3 more. How many cats?",
@@ -281,3 +356,65 @@ def test_eval_bench_scores_the_official_file_formats(made, tmp_path, capsys):
                  "--samples", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.split()
     assert out[0] == "pass@1" and 0 <= float(out[1]) <= 1
+
+
+def test_an_empty_stop_string_is_refused(made, capsys):
+    "generate --stop '': a stop string that matches everywhere would stop at once."
+    assert main(["generate", "--run", str(made / "run"), "--prompt", "x", "--stop", "",
+                 "--device", "cpu"]) == 1
+    assert "must not be empty" in capsys.readouterr().err
+
+
+def test_samples_txt_planted_as_a_link_is_not_written_through(made, tmp_path, capsys):
+    run, victim = tmp_path / "run", tmp_path / "victim.txt"
+    shutil.copytree(made / "run", run)
+    victim.write_text("precious")
+    (run / "samples.txt").unlink()
+    (run / "samples.txt").symlink_to(victim)
+    assert main(["train", "--data", str(made / "data"), "--out", str(run), "--resume",
+                 "--max-steps", "3", "--eval-every", "1"]) == 1
+    assert "samples.txt is a link" in capsys.readouterr().err
+    assert victim.read_text() == "precious"
+
+
+def test_a_finite_divergence_is_not_saved_and_the_best_stays(made, tmp_path, monkeypatch,
+                                                              capsys):
+    """A validation loss far above the best stops the run before its save; the best
+    checkpoint is kept beside the newest, and the newest is the last good one."""
+    import minigpt.train as T
+    run = tmp_path / "run"
+    shutil.copytree(made / "run", run)          # step 2, evaluated
+    losses = iter([4.0, 4.5, 4.6, 60.0])        # steps 3, 4, 5 and then a jump
+    monkeypatch.setattr(T, "validation_loss", lambda *a, **k: next(losses))
+    assert main(["train", "--data", str(made / "data"), "--out", str(run), "--resume",
+                 "--max-steps", "6", "--eval-every", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "60" in err
+    folders = [p.name for p in sorted((run / "checkpoints").iterdir())]
+    assert folders == ["step-000003", "step-000005"]       # the best and the newest
+    best = json.loads((run / "checkpoints/step-000003/manifest.json").read_text())
+    assert best["best"] and best["metrics"]["val_loss"] == 4.0
+    assert os.path.samefile(run / "best.safetensors",
+                            run / "checkpoints/step-000003/model.safetensors")
+
+
+def test_the_metrics_row_of_a_checkpoint_and_stray_temporaries(made, tmp_path):
+    "A kill after a save lost the step's row: resume puts it back; stray .tmp files go."
+    run = tmp_path / "run"
+    shutil.copytree(made / "run", run)
+    metrics = run / "metrics.jsonl"
+    rows = metrics.read_text().splitlines(keepends=True)
+    assert json.loads(rows[-1])["step"] == 2 and "val_loss" in rows[-1]
+    metrics.write_text("".join(rows[:-1]))                  # the kill
+    stray = run / "model.safetensors.x1y2z3.tmp"
+    stray.write_bytes(b"\0" * 1000)
+    assert main(["train", "--data", str(made / "data"), "--out", str(run), "--resume",
+                 "--max-steps", "2"]) == 0
+    assert metrics.read_text().splitlines(keepends=True) == rows   # the same row again
+    assert not stray.exists()
+
+
+def test_perplexity_of_a_huge_loss_is_infinite():
+    import math
+    from minigpt.metrics import perplexity
+    assert perplexity(1000.0) == math.inf and perplexity(2.0) == math.exp(2.0)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from minigpt.evaluate import (final_number, load_gsm8k, load_humaneval, pass_at_k,
-                              run_program, score_gsm8k, score_humaneval)
+                              run_check, score_gsm8k, score_humaneval)
 
 
 def write_jsonl(path, records):
@@ -154,16 +154,93 @@ def test_pass_at_k_is_the_share_of_k_subsets_with_a_pass():
     with pytest.raises(ValueError, match="0 <= c <= n"): pass_at_k(3, 4, 1)
 
 
-def test_sandbox_refuses_writes_outside_and_new_processes(tmp_path):
-    outside = tmp_path / "outside.txt"
-    r = run_program(f"open({str(outside)!r}, 'w').write('x')\n")
-    assert r["outcome"] == "failed" and "outside its folder" in r["error"]
-    assert not outside.exists()
-    r = run_program("import os\nos.system('true')\n")
-    assert "sandbox refused os.system" in r["error"]
-    r = run_program("import sys\nsys.exit(0)\n")            # exiting early is no pass
-    assert r["outcome"] == "failed"
-    assert run_program("open('mine.txt', 'w').write('x')\n")["outcome"] == "passed"
+ADD = {"task_id": "Test/add", "entry_point": "add",
+       "prompt": 'def add(a, b):\n    """a + b"""\n', "canonical_solution": "    return a + b\n",
+       "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+               "    assert candidate(-1, 1) == 0\n"}
+
+# (name, completion of `add`, outcome, what the error says): hostile programs, each of which
+# must neither pass nor reach outside its folder. {out}: a folder outside the sandbox
+HOSTILE = [
+    ("forges the token and exits 0", "    return 0\nimport __main__, os\n"
+     "os.write(1, (__main__.token + '\\n').encode())\nos._exit(0)\n", "failed", "token"),
+    ("prints 'passed' and exits 0", "    return 0\nimport os\nos.write(1, b'passed\\n')\n"
+     "os._exit(0)\n", "failed", "exit status 0"),
+    ("writes a fake answer to every descriptor", "    return 0\nimport os\n"
+     "for fd in range(3, 64):\n    try: os.write(fd, b\"('value', 5)\\n\")\n"
+     "    except OSError: pass\n", "failed", "answered before a call"),
+    ("an object equal to everything", "    class Yes:\n        def __eq__(self, other): "
+     "return True\n    return Yes()\n", "failed", "not plain data"),
+    ("exits 0 at import", "    return a + b\nimport sys\nsys.exit(0)\n", "failed", "exited (0)"),
+    ("exits 0 inside the call", "    import os\n    os._exit(0)\n", "failed", "exit status 0"),
+    ("writes through dir_fd", "    return a + b\nimport os\nfd = os.open({out!r}, os.O_RDONLY)\n"
+     "os.close(os.open('planted', os.O_WRONLY | os.O_CREAT, dir_fd=fd))\n", "failed",
+     "sandbox refused reading"),
+    ("writes outside", "    return a + b\nopen({out!r} + '/planted', 'w').write('x')\n",
+     "failed", "outside its folder"),
+    ("sqlite3 writes outside", "    return a + b\nimport sqlite3\n"
+     "sqlite3.connect({out!r} + '/planted').execute('create table t (x)')\n", "failed",
+     "sandbox refused"),
+    ("fork_exec starts a shell", "    return a + b\nimport _posixsubprocess\n", "failed",
+     "refused import _posixsubprocess"),
+    ("subprocess", "    return a + b\nimport subprocess\nsubprocess.run(['true'])\n",
+     "failed", "sandbox refused"),
+    ("os.system", "    return a + b\nimport os\nos.system('touch ' + {out!r} + '/planted')\n",
+     "failed", "sandbox refused os.system"),
+    ("a fork bomb", "    return a + b\nimport os\nwhile True: os.fork()\n", "failed",
+     "sandbox refused os.fork"),
+    ("reads the parent's environment", "    return a + b\nimport os\n"
+     "raise ValueError(open(f'/proc/{{os.getppid()}}/environ').read())\n", "failed",
+     "sandbox refused reading /proc/"),
+    ("reads a file outside", "    return a + b\nraise ValueError(open({secret!r}).read())\n",
+     "failed", "sandbox refused reading"),
+    ("switches the guard off", "    return a + b\nimport __main__\n__main__.REFUSED = ()\n"
+     "__main__.CHANGES = ()\nopen({out!r} + '/planted', 'w').write('x')\n", "failed",
+     "outside its folder"),
+    ("patches os.path", "    return a + b\nimport os\nos.path.realpath = lambda p: '/tmp/x'\n"
+     "os.path.abspath = lambda p: '/tmp/x'\nopen({out!r} + '/planted', 'w').write('x')\n",
+     "failed", "outside its folder"),
+    ("finds the hook with gc", "    return a + b\nimport gc\ngc.get_objects()\n", "failed",
+     "sandbox refused gc.get_objects"),
+    ("moves out of its folder", "    return a + b\nimport os\nos.chdir({out!r})\n", "failed",
+     "sandbox refused os.chdir"),
+    ("raises its limits", "    return a + b\nimport resource\n"
+     "resource.setrlimit(resource.RLIMIT_CPU, (-1, -1))\n", "failed", "sandbox refused"),
+    ("loops forever", "    while True:\n        pass\n", "timed out", "still running"),
+    ("connects", "    import socket\n    socket.create_connection(('127.0.0.1', 9))\n",
+     "failed", "sandbox refused socket"),
+    # correct code that does odd things still passes
+    ("prints without a newline", "    print('dbg', end='')\n    return a + b\n", "passed", ""),
+    ("prints to stderr and writes its own folder", "    import sys\n    print('x', file=sys.stderr)"
+     "\n    open('mine.txt', 'w').write('x')\n    return a + b\n", "passed", ""),
+]
+
+
+@pytest.mark.parametrize("name, completion, outcome, says", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_programs_neither_pass_nor_reach_out(tmp_path, monkeypatch, name, completion,
+                                                     outcome, says):
+    out, secret = tmp_path / "outside", tmp_path / "secret.txt"
+    out.mkdir()
+    secret.write_text("CANARY-file")
+    monkeypatch.setenv("MINIGPT_CANARY", "CANARY-environ")       # the parent's environment
+    r = run_check(ADD, completion.format(out=str(out), secret=str(secret)), timeout=2)
+    assert r["outcome"] == outcome and says in r["error"], r
+    assert list(out.iterdir()) == [], "a file was made outside the sandbox"
+    assert "CANARY" not in r["error"]
+
+
+def test_the_reference_solution_and_helpers_of_the_prompt_work(tmp_path):
+    "The tests run in the parent with the prompt's helper functions, as HumanEval/38's do."
+    task = {"task_id": "Test/decode", "entry_point": "decode",
+            "prompt": "def encode(s):\n    return s[::-1]\n\n\ndef decode(s):\n"
+                      "    \"\"\"The inverse of encode.\"\"\"\n",
+            "canonical_solution": "    return s[::-1]\n",
+            "test": "def check(candidate):\n    for s in ['abc', '', 'xy']:\n"
+                    "        assert candidate(encode(s)) == s\n"}
+    assert run_check(task, task["canonical_solution"])["outcome"] == "passed"
+    assert run_check(task, "    return s\n")["outcome"] == "failed"
+    bare = ADD | {"prompt": "def add(a, b):\n"}               # a signature without a docstring
+    assert run_check(bare, "    return a + b\n")["outcome"] == "passed"
 
 
 # completions a model writes, scored by lm-eval's own GSM8K filters and metric (read from the

@@ -280,14 +280,14 @@ def test_static_cache_draws_the_slots_and_the_mask():
             assert torch.allclose(steps[r]["logits"], full, atol=1e-5)
 
 
-def test_sandbox_draws_what_run_program_does():
+def test_sandbox_draws_what_run_check_does():
     import math, sys
     from minigpt.evaluate import SANDBOX
     fig = D.sandbox(timeout=1.0)
     assert {k: r["outcome"] for k, (r, _) in fig.runs.items()} == {
         "passed": "passed", "failed": "failed", "timed out": "timed out"}
     argv, kw = fig.runs["passed"][1]
-    assert argv[0] == sys.executable and argv[-4] == SANDBOX
+    assert argv[0] == sys.executable and argv[argv.index(SANDBOX) - 1] == "-c"
     assert kw["env"] == {} and kw["start_new_session"] and kw["cwd"].name.startswith("minigpt-sandbox-")
     t = texts(fig)
     assert "python -I -B -X utf8 -c SANDBOX" in t and "environment: {}" in t
@@ -296,7 +296,8 @@ def test_sandbox_draws_what_run_program_does():
     import ast
     refused = next(ast.literal_eval(node.value) for node in ast.parse(SANDBOX).body
                    if isinstance(node, ast.Assign) and node.targets[0].id == "REFUSED")
-    assert all(event.rstrip(".") in t for event in refused)   # every refused event
+    assert all(event.rstrip("._") in t for event in refused)   # every refused event
+    assert "RLIMIT_NPROC" in t and "import _posixsubprocess" in t and "pipe: calls" in t
 
 
 def test_gguf_layout_matches_an_independent_reader(tiny_gguf):
@@ -361,7 +362,7 @@ def test_run_directory_marks_what_a_resume_reads(tiny_run):
     newest, kept = f"{CHECKPOINTS}/step-000030", f"{CHECKPOINTS}/step-000020"
     assert {p for p, _ in fig.tree} >= {"config.json", "tokenizer.json", "metrics.jsonl",
                                         WEIGHTS, "best.safetensors", newest, kept}
-    assert fig.read == {"config.json", "metrics.jsonl", f"{newest}/{MANIFEST}",
+    assert fig.read == {"config.json", "tokenizer.json", "metrics.jsonl", f"{newest}/{MANIFEST}",
                         f"{newest}/{WEIGHTS}", f"{newest}/{STATE}"}
     assert fig.written == {"metrics.jsonl"}                # trimmed to the checkpoint
     assert fig.marks[f"{kept}/{STATE}"] == [] and fig.marks["metrics.jsonl"] == ["read", "rewritten"]

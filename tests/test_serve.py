@@ -479,3 +479,15 @@ def test_a_server_on_the_network_needs_a_key_and_bad_ports_are_one_line(runs):
         assert r.returncode == 1 and "1 to 65535" in r.stderr, r.stderr
     r = minigpt("serve", "--run", runs[0], "--max-tokens", 0)
     assert r.returncode == 1 and "--max-tokens" in r.stderr, r.stderr
+
+
+def test_chat_says_when_the_conversation_outgrows_the_context(runs):
+    "minigpt chat with a 3,000-character line: the reply comes, and a note says what is cut."
+    r = subprocess.run([str(BIN), "chat", "--run", str(runs[1]), "--device", "cpu",
+                        "--max-new-tokens", "3"], input="word " * 600 + "\n\n",
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "the model sees only the last" in r.stderr and "model>" in r.stdout
+    r = subprocess.run([str(BIN), "chat", "--run", str(runs[0]), "--device", "cpu"],
+                       input="hi\n", capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "not fine-tuned" in r.stderr
