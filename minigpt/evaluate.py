@@ -547,8 +547,8 @@ except SystemExit as e:
 except BaseException as e:
     send("error", type(e).__name__, str(e))
 for line in calls:
-    args, kwargs = ast.literal_eval(line)
     try:
+        args, kwargs = ast.literal_eval(line)   # the tests' plain data
         send("value", namespace[entry](*args, **kwargs))
     except SystemExit as e:
         send("error", "RuntimeError", f"the candidate exited ({e.code})")

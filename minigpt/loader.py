@@ -319,14 +319,14 @@ def open_data(path: str | Path, tokenizer=None) -> PreparedData:
     for split in ("train", "val"):
         info = meta["splits"][split]
         shard = file_inside(path, info["file"], f"{split} shard")
-        if "sha256" in info and file_digest(shard) != info["sha256"]:
-            raise ValueError(f"{shard} is damaged: its bytes are not those "
-                             f"{META} records (SHA-256); prepare the folder "
-                             "again")
         splits[split] = open_shard(shard, own.vocab_size)
         if len(splits[split]) != info["tokens"]:
             raise ValueError(f"{shard}: {len(splits[split]):,} "
                              f"tokens, {META} says {info['tokens']:,}")
+        if "sha256" in info and file_digest(shard) != info["sha256"]:
+            raise ValueError(f"{shard} is damaged: its bytes are not those "
+                             f"{META} records (SHA-256); prepare the folder "
+                             "again")
     return PreparedData(path, meta, own, splits["train"], splits["val"])
 
 # %% ../nbs/03_loader.ipynb #5bcaf201

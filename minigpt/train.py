@@ -347,7 +347,7 @@ def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
     return trainer
 
 # %% ../nbs/06_pretraining.ipynb #c511c971
-DIVERGED_NATS = 3.0    # validation loss this far above the best: diverged
+DIVERGED_NATS = 10.0   # loss this far above the best: perplexity x 22,000
 
 def divergence_limit(trainer: Trainer) -> float:
     """The highest validation loss a healthy run reports: its best so far, or
