@@ -26,7 +26,7 @@ from .tokenizer import load_tokenizer
 # %% auto #0
 __all__ = ['CHECKPOINTS', 'WEIGHTS', 'STATE', 'MANIFEST', 'LOCK', 'weights_digest', 'save_weights', 'load_weights', 'all_finite',
            'rng_state', 'set_rng_state', 'checkpoint_folders', 'latest_checkpoint', 'discard', 'link_file',
-           'save_checkpoint', 'is_kept', 'best_checkpoint', 'publish_weights', 'read_manifest', 'fallback_advice',
+           'save_checkpoint', 'is_kept', 'publish_weights', 'best_checkpoint', 'read_manifest', 'fallback_advice',
            'verify_checkpoint', 'state_tensors', 'load_state', 'lock_holder', 'lock_host', 'run_lock', 'check_out_dir',
            'read_json', 'read_model_config', 'load_run']
 
@@ -163,16 +163,17 @@ def is_kept(checkpoint: Path, flag: str = "keep") -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return True
 
-def best_checkpoint(run: Path) -> Path | None:
-    "The newest checkpoint saved as the best so far: the best of the run."
-    return next((f for f in reversed(checkpoint_folders(run))
-                 if is_kept(f, "best")), None)
-
 def publish_weights(run: Path, checkpoint: Path, manifest: dict) -> None:
     "RUN/model.safetensors (and best.safetensors) are the checkpoint's weights."
     link_file(checkpoint / WEIGHTS, Path(run) / WEIGHTS)
     if manifest["best"]:
         link_file(checkpoint / WEIGHTS, Path(run) / "best.safetensors")
+
+# %% ../nbs/06_pretraining.ipynb #76e394be
+def best_checkpoint(run: Path) -> Path | None:
+    "The newest checkpoint saved as the best so far: the best of the run."
+    return next((f for f in reversed(checkpoint_folders(run))
+                 if is_kept(f, "best")), None)
 
 # %% ../nbs/06_pretraining.ipynb #c7626ecf
 def read_manifest(checkpoint: Path) -> dict:

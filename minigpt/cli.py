@@ -101,7 +101,7 @@ def command_in(argv: list[str]) -> str:
     "The command `argv` names, or '' (e.g. for `--version`, `--help`)."
     return next((a for a in argv if not a.startswith("-")), "")
 
-# %% ../nbs/12_cli.ipynb #d9ccb557
+# %% ../nbs/12_cli.ipynb #d9ccb556
 def out_of_memory(e: BaseException) -> bool:
     "An allocation that failed, on the CPU or a GPU."
     return isinstance(e, MemoryError) or "out of memory" in str(e).lower() \
@@ -118,6 +118,7 @@ def sizes_asked(argv: list[str]) -> str:
     flags = ("--set", "--batch-size", "--seq-len", "--max-new-tokens")
     return " ".join(f"{a} {b}" for a, b in zip(argv, argv[1:]) if a in flags)
 
+# %% ../nbs/12_cli.ipynb #d9ccb557
 def main(argv: list[str] | None = None) -> int:
     "Run the `minigpt` command with `argv` (default: the process's arguments)."
     argv = sys.argv[1:] if argv is None else argv

@@ -26,9 +26,9 @@ from .tokenizer import (BPETokenizer, fingerprint, load_tokenizer,
 # %% auto #0
 __all__ = ['MAGIC', 'SHARD_VERSION', 'HEADER_BYTES', 'META', 'PREPARED', 'META_FIELDS', 'SPLIT_FIELDS', 'token_dtype',
            'shard_header', 'read_header', 'ShardWriter', 'open_shard', 'encode_documents', 'check_splits',
-           'file_digest', 'write_splits', 'publish', 'prepare', 'PreparedData', 'meta_error', 'meta_problem',
-           'read_meta', 'file_inside', 'open_data', 'check_ids', 'BatchSampler', 'eval_batches', 'TokenDataset',
-           'padding_waste', 'document_ids', 'document_positions', 'document_mask']
+           'file_digest', 'check_digest', 'write_splits', 'publish', 'prepare', 'PreparedData', 'meta_error',
+           'meta_problem', 'read_meta', 'file_inside', 'open_data', 'check_ids', 'BatchSampler', 'eval_batches',
+           'TokenDataset', 'padding_waste', 'document_ids', 'document_positions', 'document_mask']
 
 # %% ../nbs/03_loader.ipynb #bfc630da
 MAGIC = b"MGPTTOK\0"
@@ -156,7 +156,7 @@ def check_splits(train: list, val: list, corpus: str) -> None:
                 "would be empty and nothing was written; give more text, or "
                 "change --val-fraction")
 
-# %% ../nbs/03_loader.ipynb #fcb3fd6c
+# %% ../nbs/03_loader.ipynb #3b7e9d01
 def file_digest(path: Path) -> str:
     "SHA-256 of a file, read in chunks."
     h = hashlib.sha256()
@@ -165,6 +165,13 @@ def file_digest(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
+def check_digest(shard: Path, info: dict) -> None:
+    "Refuse a shard whose SHA-256 is not the one its meta.json records."
+    if "sha256" in info and file_digest(shard) != info["sha256"]:
+        raise ValueError(f"{shard} is damaged: its bytes are not those "
+                         f"{META} records (SHA-256); prepare the folder again")
+
+# %% ../nbs/03_loader.ipynb #fcb3fd6c
 def write_splits(train: list, val: list, tok, folder: Path,
                  workers: int) -> dict:
     "The tokenizer and one shard per split in `folder`; the split counts."
@@ -323,10 +330,7 @@ def open_data(path: str | Path, tokenizer=None) -> PreparedData:
         if len(splits[split]) != info["tokens"]:
             raise ValueError(f"{shard}: {len(splits[split]):,} "
                              f"tokens, {META} says {info['tokens']:,}")
-        if "sha256" in info and file_digest(shard) != info["sha256"]:
-            raise ValueError(f"{shard} is damaged: its bytes are not those "
-                             f"{META} records (SHA-256); prepare the folder "
-                             "again")
+        check_digest(shard, info)
     return PreparedData(path, meta, own, splits["train"], splits["val"])
 
 # %% ../nbs/03_loader.ipynb #5bcaf201

@@ -35,7 +35,7 @@ except ImportError:
 __all__ = ['MAX_STOP', 'MAX_BODY_BYTES', 'MAX_TOKENS', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'LOOPBACK_NAMES', 'APIError',
            'number_field', 'strings_field', 'bool_field', 'stream_fields', 'refuse_constant', 'ServeConfig',
            'request_field', 'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'end_tokens',
-           'longest_token_bytes', 'Engine', 'check_model_name', 'prompt_size', 'check_prompt_size',
+           'Engine', 'check_model_name', 'longest_token_bytes', 'prompt_size', 'check_prompt_size',
            'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'sse', 'events', 'read_body',
            'parse_json', 'unless_gone', 'create_app', 'chat_page', 'is_loopback', 'host_name', 'Access',
            'access_problem', 'AccessGuard', 'check_exposure', 'require_serve_packages', 'check_port', 'Server', 'serve']
@@ -64,7 +64,7 @@ DEFAULT_MAX_TOKENS = 256
 # (the first one given counts), its default, its upper bound, the most values.
 OPENAI_FIELDS = {
     "max_new_tokens": {"names": ("max_completion_tokens", "max_tokens"),
-                       "default": DEFAULT_MAX_TOKENS, "high": MAX_TOKENS},
+                       "default": DEFAULT_MAX_TOKENS},
     "temperature": {"default": 1.0, "high": 2},
     "stop": {"most": MAX_STOP}}
 
@@ -136,8 +136,8 @@ def request_field(body: dict, o: Option, most_tokens: int = MAX_TOKENS):
     """The value of the option `o` in a request: under OpenAI's name,
     checked; max_tokens at most `most_tokens`."""
     api = OPENAI_FIELDS.get(o.name, {})
-    if o.name == "max_new_tokens":
-        api = api | {"high": most_tokens}
+    high = (most_tokens if o.name == "max_new_tokens"      # --max-tokens
+            else api.get("high", o.high))
     names = api.get("names", (o.name,))
     name = next((n for n in names if body.get(n) is not None), names[-1])
     default = api.get("default", o.default)
@@ -145,7 +145,7 @@ def request_field(body: dict, o: Option, most_tokens: int = MAX_TOKENS):
         return bool_field(body, name, default)
     if o.many:
         return strings_field(body, name, api.get("most"))
-    return number_field(body, name, default, o.low, api.get("high", o.high),
+    return number_field(body, name, default, o.low, high,
                         integer=o.kind is int, above=o.above)
 
 def sampling_config(body: dict, most_tokens: int = MAX_TOKENS) -> ServeConfig:
@@ -212,13 +212,6 @@ def end_tokens(tok) -> tuple[int, ...]:
                  if s in (ENDOFTEXT, END))
 
 # %% ../nbs/10_using.ipynb #4abb94eb
-def longest_token_bytes(tok) -> int:
-    "The most UTF-8 bytes one token stands for (a character: up to 4)."
-    vocab = getattr(tok, "vocab", None)
-    if vocab and all(isinstance(b, bytes) for b in vocab.values()):
-        return max(len(b) for b in vocab.values())
-    return 4
-
 class Engine:
     """A run's model behind a queue: one worker thread generates for one
     request at a time, in the order they came."""
@@ -287,6 +280,13 @@ def check_model_name(engine: Engine, body: dict) -> None:
         raise APIError(404, f"the model {model!r} does not exist; this "
                        f"server has {engine.name!r}", "model",
                        "model_not_found")
+
+def longest_token_bytes(tok) -> int:
+    "The most UTF-8 bytes one token stands for (a character: up to 4)."
+    vocab = getattr(tok, "vocab", None)
+    if vocab and all(isinstance(b, bytes) for b in vocab.values()):
+        return max(len(b) for b in vocab.values())
+    return 4
 
 def prompt_size(body: dict, chat: bool) -> int:
     "The prompt's UTF-8 bytes (a list of ids: its length), found untokenized."

@@ -39,10 +39,10 @@ from .tokenizer import fingerprint, load_tokenizer, save_tokenizer
 # %% auto #0
 __all__ = ['FIT_PROBE_STEPS', 'FIXED_ON_RESUME', 'DIVERGED_NATS', 'TrainConfig', 'train_config_rules', 'learning_rate',
            'fit_steps', 'fitted_config', 'parameter_groups_for_decay', 'make_optimizer', 'create_run', 'reopen_run',
-           'resumed_config', 'record_resume', 'resume_checkpoint', 'remove_stray_temporaries', 'load_newest_checkpoint',
-           'Trainer', 'run_configs', 'restore_state', 'setup', 'divergence_limit', 'to_device', 'train_step',
-           'evaluate_and_save', 'fit_schedule', 'fit_schedule_once', 'stop_signals', 'stop_reason', 'Meter',
-           'progress_bar_for', 'show_step', 'log_step', 'append_file', 'write_sample', 'train_loop', 'train']
+           'remove_stray_temporaries', 'resumed_config', 'record_resume', 'resume_checkpoint', 'load_newest_checkpoint',
+           'Trainer', 'run_configs', 'restore_state', 'setup', 'to_device', 'train_step', 'divergence_limit',
+           'refuse_divergence', 'evaluate_and_save', 'fit_schedule', 'fit_schedule_once', 'stop_signals', 'stop_reason',
+           'Meter', 'progress_bar_for', 'show_step', 'log_step', 'append_file', 'write_sample', 'train_loop', 'train']
 
 # %% ../nbs/06_pretraining.ipynb #dc6f3667
 @dataclass
@@ -214,6 +214,15 @@ def reopen_run(run: Path, data, changes: dict | None,
                          changes or {})
     return GPTConfig.from_dict(saved["model"]), cfg
 
+# %% ../nbs/06_pretraining.ipynb #d840ceab
+def remove_stray_temporaries(run: Path) -> None:
+    "Delete the temporary files a kill left beside the run's own files."
+    for name in (WEIGHTS, "best.safetensors", "config.json", "tokenizer.json",
+                 "metrics.jsonl"):
+        for tmp in run.glob(f"{name}.*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+
 # %% ../nbs/06_pretraining.ipynb #d840ceac
 FIXED_ON_RESUME = ("batch_size", "grad_accum", "seq_len", "seed", "parallel")
 
@@ -251,14 +260,6 @@ def resume_checkpoint(run: Path) -> Path:
         raise FileNotFoundError(f"{run}: no checkpoint to resume from{old}; "
                                 "start the run again without --resume")
     return checkpoint
-
-def remove_stray_temporaries(run: Path) -> None:
-    "Delete the temporary files a kill left beside the run's own files."
-    for name in (WEIGHTS, "best.safetensors", "config.json", "tokenizer.json",
-                 "metrics.jsonl"):
-        for tmp in run.glob(f"{name}.*.tmp"):
-            if tmp.is_file() and not tmp.is_symlink():
-                tmp.unlink()
 
 def load_newest_checkpoint(run: Path, model: GPT, cfg: TrainConfig,
                            rank: int) -> dict:
@@ -347,14 +348,6 @@ def setup(data_dir, run_dir, model_cfg=None, cfg=None, resume=False,
     return trainer
 
 # %% ../nbs/06_pretraining.ipynb #c511c971
-DIVERGED_NATS = 10.0   # loss this far above the best: perplexity x 22,000
-
-def divergence_limit(trainer: Trainer) -> float:
-    """The highest validation loss a healthy run reports: its best so far, or
-    a uniform guess over the vocabulary (ln V) if lower, + DIVERGED_NATS."""
-    uniform = math.log(trainer.model_cfg.vocab_size)
-    return min(trainer.progress["best_val"], uniform) + DIVERGED_NATS
-
 def _divergence_advice(trainer: Trainer) -> str:
     "What to do about a non-finite loss or gradient, and what is safe."
     fix = "a lower --lr or more --warmup-steps"
@@ -408,6 +401,23 @@ def train_step(trainer: Trainer, step_model, ctx) -> dict:
     trainer.optimizer.zero_grad(set_to_none=True)
     return {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": norm}
 
+# %% ../nbs/06_pretraining.ipynb #c511c972
+DIVERGED_NATS = 10.0   # loss this far above the best: perplexity x 22,000
+
+def divergence_limit(trainer: Trainer) -> float:
+    """The highest validation loss a healthy run reports: its best so far, or
+    a uniform guess over the vocabulary (ln V) if lower, + DIVERGED_NATS."""
+    uniform = math.log(trainer.model_cfg.vocab_size)
+    return min(trainer.progress["best_val"], uniform) + DIVERGED_NATS
+
+def refuse_divergence(trainer: Trainer, step: int, val: float) -> None:
+    "FloatingPointError, naming the last good checkpoint, if `val` diverged."
+    if val > (limit := divergence_limit(trainer)):
+        raise FloatingPointError(
+            f"at step {step} the validation loss is {val:.4g}, above "
+            f"{limit:.4g} (its best, or a uniform guess, + {DIVERGED_NATS:g}): "
+            f"training diverged. {_divergence_advice(trainer)}")
+
 # %% ../nbs/06_pretraining.ipynb #2762a88f
 def evaluate_and_save(trainer: Trainer, ctx, bytes_per_token: float,
                       last: dict | None = None) -> dict:
@@ -425,11 +435,7 @@ def evaluate_and_save(trainer: Trainer, ctx, bytes_per_token: float,
             f"at step {step} the weights or the validation loss ({val:.4g}) "
             "are not finite: training diverged. "
             f"{_divergence_advice(trainer)}")
-    if val > (limit := divergence_limit(trainer)):      # finite, but absurd
-        raise FloatingPointError(
-            f"at step {step} the validation loss is {val:.4g}, above "
-            f"{limit:.4g} (its best, or a uniform guess, + {DIVERGED_NATS:g}): "
-            f"training diverged. {_divergence_advice(trainer)}")
+    refuse_divergence(trainer, step, val)     # finite, but absurd
     numbers = {"val_loss": val, "val_ppl": perplexity(val),
                "val_bpb": bits_per_byte(val, bytes_per_token)}
     row = (last or {}) | numbers | {"tokens": trainer.progress["tokens"],
