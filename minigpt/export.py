@@ -164,7 +164,6 @@ def _hf_tensor(state: dict, cfg: GPTConfig, arch: str, names: dict, name: str):
                           for x in "qkv"])
     return state[names[name]]
 
-# %% ../nbs/10_using.ipynb #c4af8408
 def from_hf_state(cfg: GPTConfig, state: dict) -> GPT:
     "Our GPT of `cfg` with the weights of a GPT-2 or Llama state dict."
     arch, model = hf_architecture(cfg), GPT(cfg)
@@ -221,7 +220,6 @@ def hf_tokenizer_json(tok: BPETokenizer) -> dict:
                       "byte_fallback": False, "ignore_merges": False,
                       "vocab": vocab, "merges": hf_merges(tok)}}
 
-# %% ../nbs/10_using.ipynb #2aaae524
 def hf_special_tokens(tok) -> dict:
     "Which special token is which, for special_tokens_map.json."
     specials = getattr(tok, "special_tokens", {})
@@ -359,7 +357,6 @@ def load_hf(model_dir: str | Path, device=None):
     tok = load_hf_tokenizer(path / "tokenizer.json")
     return model.to(resolve_device(device)).eval(), tok
 
-# %% ../nbs/10_using.ipynb #69f95fcb
 def check_export_dir(out: str | Path, force: bool = False) -> Path:
     "An export's folder: new or empty, or any with `force`; else an error."
     out = Path(out)
