@@ -316,3 +316,17 @@ def test_on_the_book_a_comment_stales_nothing_and_a_sampling_filter_only_what_sa
     for name in stale_ones - {"07_generation.ipynb"}:
         reasons = pv.stale_reasons(pv.read_notebook(layout.nbs / name), layout)
         assert reasons == ["changed: minigpt/generate.py (top_k_filter)"], (name, reasons)
+
+
+def test_execute_refuses_a_book_run_without_what_a_chapter_needs(tmp_path):
+    "A chapter that would print 'not installed' where the book shows real output is refused."
+    nbs = [tmp_path / "10_using.ipynb", tmp_path / "11_other.ipynb"]
+    needs = {"10_using.ipynb": [("module", "json", "-"), ("program", "sh", "-"),
+                                ("module", "no_such_module_here", "pip install it"),
+                                ("program", "no-such-program-here", "apt-get install it")]}
+    assert execute_nbs.missing_needs(nbs, needs) == [
+        "10_using.ipynb needs no_such_module_here: pip install it",
+        "10_using.ipynb needs no-such-program-here: apt-get install it"]
+    assert execute_nbs.missing_needs(nbs[1:], needs) == []       # other chapters run
+    # the real table names chapters of the book
+    assert all((ROOT / "nbs" / name).is_file() for name in execute_nbs.BOOK_NEEDS)

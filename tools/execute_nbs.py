@@ -11,7 +11,9 @@ Each executed notebook records in its metadata the code that produced its output
 on what machine (tools/provenance.py); `tools/stale.py` compares that record with the code.
 """
 import argparse
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +31,30 @@ shell = CaptureShell(mpl_format="retina")
 watch_figures(shell)                     # each figure shown records its text too small to print
 shell.execute(src, dest, exc_stop=True)
 """
+
+
+# What a chapter needs beyond `make install` to print its real outputs. Without it the chapter
+# still runs but prints a note ("llama_cpp is not installed", "no chromium on this machine")
+# where the book shows llama.cpp's text and the chat page, so a book run refuses to start.
+BOOK_NEEDS = {
+    "10_using.ipynb": [
+        ("module", "llama_cpp", 'CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" '
+                                '.venv/bin/python -m pip install -e ".[gguf]" (compiles llama.cpp)'),
+        ("program", "chromium", "apt-get install chromium, or put a Chromium named chromium "
+                                "on PATH"),
+    ],
+}
+
+
+def missing_needs(nbs: list[Path], needs: dict = BOOK_NEEDS) -> list[str]:
+    "One line for each thing a notebook of `nbs` needs (`needs`) and this machine lacks."
+    lines = []
+    for nb in nbs:
+        for kind, name, how in needs.get(Path(nb).name, []):
+            found = (importlib.util.find_spec(name) is not None if kind == "module"
+                     else shutil.which(name) is not None)
+            if not found: lines.append(f"{Path(nb).name} needs {name}: {how}")
+    return lines
 
 
 def lift_figure_records(nb: dict) -> None:
@@ -85,6 +111,9 @@ def main(argv) -> int:
     if not nbs:
         print("execute: no notebook is stale (--all runs them all)")
         return 0
+    if missing := missing_needs(nbs):
+        raise SystemExit("execute: nothing was run; the book's outputs need what this machine "
+                         "lacks:\n  " + "\n  ".join(missing))
     env = book_env()
     machine_info = machine(env)
     for nb in nbs:
