@@ -164,6 +164,7 @@ def _hf_tensor(state: dict, cfg: GPTConfig, arch: str, names: dict, name: str):
                           for x in "qkv"])
     return state[names[name]]
 
+# %% ../nbs/10_using.ipynb #c4af8408
 def from_hf_state(cfg: GPTConfig, state: dict) -> GPT:
     "Our GPT of `cfg` with the weights of a GPT-2 or Llama state dict."
     arch, model = hf_architecture(cfg), GPT(cfg)

@@ -419,6 +419,7 @@ async def unless_gone(request, work, every: float = 0.2):
                            code="client_closed")
     return task.result()
 
+# %% ../nbs/10_using.ipynb #9af8eb45
 def create_app(engine: Engine, access: Access | None = None):
     """The FastAPI application: the chat page and the three OpenAI endpoints,
     behind the `access` rules (default: this machine only, no key)."""
@@ -537,6 +538,7 @@ def access_problem(access: Access, path: str, headers: dict) -> tuple | None:
                      "'Authorization: Bearer KEY' (the key of --api-key)")
     return None
 
+# %% ../nbs/10_using.ipynb #b8d4f0e3
 class AccessGuard:
     "ASGI middleware: an OpenAI-shaped error for a request `access` refuses."
     def __init__(self, app, access: Access):
@@ -618,6 +620,7 @@ class Server:
     def __exit__(self, *exc):
         self.stop()
 
+# %% ../nbs/10_using.ipynb #d9e5a1f7
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000,
           device=None, precision: str = "auto", api_key: str | None = None,
           origins: tuple[str, ...] = (), max_tokens: int = MAX_TOKENS) -> None:
