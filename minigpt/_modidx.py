@@ -113,6 +113,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'minigpt.common.atomic_write': ('data.html#atomic_write', 'minigpt/common.py'),
                                 'minigpt.common.free_port': ('data.html#free_port', 'minigpt/common.py'),
                                 'minigpt.common.fsync_path': ('data.html#fsync_path', 'minigpt/common.py'),
+                                'minigpt.common.install_hint': ('data.html#install_hint', 'minigpt/common.py'),
                                 'minigpt.common.temp_beside': ('data.html#temp_beside', 'minigpt/common.py')},
             'minigpt.data': { 'minigpt.data.CleanConfig': ('data.html#cleanconfig', 'minigpt/data.py'),
                               'minigpt.data.Corpus': ('data.html#corpus', 'minigpt/data.py'),

@@ -577,6 +577,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 # %% ../nbs/12_cli.ipynb #e7f3b9c1
 def _evaluate(ev, args, device) -> int:
+    from minigpt.common import install_hint
     if args.bench:
         if not args.data:
             raise ValueError(f"--bench {args.bench} needs --data FILE, the "
@@ -594,7 +595,7 @@ def _evaluate(ev, args, device) -> int:
     if args.harness:
         if ev._register_model is None:
             raise ValueError("lm-evaluation-harness is not installed: "
-                             "pip install 'minigpt[eval]'")
+                             + install_hint("eval"))
         lm = ev.MinigptLM(run=args.run, batch_size=args.batch_size,
                           device=device)
         results = ev.run_harness(lm, args.harness.split(","),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 ENDOFTEXT = "<|endoftext|>"   # ends a document
@@ -18,7 +19,7 @@ IGNORE_INDEX = -100           # a target the loss skips (F.cross_entropy's)
 
 # %% auto #0
 __all__ = ['ENDOFTEXT', 'PAD', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'IGNORE_INDEX', 'temp_beside', 'fsync_path',
-           'atomic_write', 'free_port']
+           'atomic_write', 'free_port', 'install_hint']
 
 # %% ../nbs/01_data.ipynb #3cdeff7f
 def _umask() -> int:
@@ -68,3 +69,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     "A TCP port nothing listens on now."
     with socket.create_server((host, 0)) as s:
         return s.getsockname()[1]
+
+# %% ../nbs/01_data.ipynb #0e8c4240
+def install_hint(extra: str) -> str:
+    """The command that installs what the extra `extra` (serve, eval, gguf)
+    adds: its packages by name, never `minigpt[extra]`, which would fetch the
+    index's unrelated `minigpt`; from the source folder if not installed."""
+    try:
+        requires = metadata.requires("minigpt") or []
+    except metadata.PackageNotFoundError:      # the source folder, not installed
+        return f'pip install -e ".[{extra}]" (in the minigpt source folder)'
+    marker = f'extra == "{extra}"'
+    wanted = [r.split(";")[0].strip() for r in requires if marker in r]
+    if not wanted:
+        raise ValueError(f"minigpt has no optional feature {extra!r}")
+    return "pip install " + " ".join(f'"{r}"' for r in wanted)

@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint import (WEIGHTS, checkpoint_folders, is_kept,
                                 load_run, read_manifest)
-from .common import ENDOFTEXT, atomic_write
+from .common import ENDOFTEXT, atomic_write, install_hint
 from .generate import SamplingConfig, first_stop, generate
 from .loader import open_data
 from .metrics import (bits_per_byte, perplexity, text_bytes,
@@ -237,7 +237,7 @@ class MinigptLM(_HarnessLM):
                  **kwargs):
         if _register_model is None:
             raise ImportError("lm-evaluation-harness is not installed: "
-                              "pip install 'minigpt[eval]'")
+                              + install_hint("eval"))
         super().__init__()
         if model is None:
             model, tokenizer = load_run(run, weights, device)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .checkpoint import load_run
 from .device import autocast, choose_precision
-from .common import CHAT_TOKENS, END, ENDOFTEXT, free_port
+from .common import (CHAT_TOKENS, END, ENDOFTEXT, free_port,
+                            install_hint)
 from .finetune import chat_ids
 from .generate import Continuation, encode_prompt, stream
 from .sampling import (Option, SamplingConfig, option, options,
@@ -575,7 +576,7 @@ def require_serve_packages() -> None:
         import fastapi, uvicorn  # noqa: F401
     except ImportError as e:
         raise ValueError(f"minigpt serve needs {e.name}: "
-                         'pip install "minigpt[serve]"') from None
+                         + install_hint("serve")) from None
 
 def check_port(host: str, port: int) -> None:
     "An OSError that names host:port when nothing can listen there."

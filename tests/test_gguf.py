@@ -20,12 +20,12 @@ from minigpt.tokenizer import (GPT2_PATTERN, GPT4_PATTERN, BPETokenizer,
                                save_tokenizer)
 
 gguf = pytest.importorskip("gguf", reason="the gguf package reads the files "
-                           "back: pip install 'minigpt[gguf]'")
+                           "back: pip install -e '.[gguf]'")
 try: import llama_cpp
 except ImportError: llama_cpp = None
 needs_llama = pytest.mark.skipif(
-    llama_cpp is None, reason="llama_cpp is not importable: pip install "
-    "'minigpt[gguf]' (it compiles llama.cpp) to check the files with it")
+    llama_cpp is None, reason="llama_cpp is not importable: pip install -e "
+    "'.[gguf]' (it compiles llama.cpp) to check the files with it")
 
 # Text that tokenizers get wrong: many scripts, emoji sequences, combining
 # marks, runs of white space of every kind, digits of several systems,

@@ -25,6 +25,8 @@ def test_wheel_declares_dependencies_and_command(wheel):
     assert f"Version: {minigpt.__version__}" in meta
     for dep in ("torch>=2.4", "tiktoken", "numpy"):
         assert f"Requires-Dist: {dep}" in meta, dep
+    assert "License-Expression: Apache-2.0" in meta
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "the wheel has no LICENSE"
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     import zipfile
     with zipfile.ZipFile(wheel) as z:

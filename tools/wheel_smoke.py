@@ -2,7 +2,7 @@
 
     python tools/wheel_smoke.py [WORKDIR]
 
-This is what a user gets from `pip install minigpt`: it proves the package is complete without
+This is what a user gets from `pip install .`: it proves the package is complete without
 the repository beside it. The new virtualenv installs the wheel without its dependencies (the
 command's `--version` needs none, and a second PyTorch would cost minutes and gigabytes); the
 dependencies it declares are checked in the wheel's metadata instead.
