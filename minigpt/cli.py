@@ -774,11 +774,11 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
          add_chat_arguments)
 def chat_command(args: argparse.Namespace) -> int:
     from minigpt.checkpoint import load_run
-    from minigpt.common import CHAT_TOKENS, END
-    from minigpt.finetune import chat_ids
+    from minigpt.common import CHAT_TOKENS
+    from minigpt.finetune import chat_ids, recent_turns
     from minigpt.generate import stream
     cfg = sampling_config_of(args)
-    cfg.stop = cfg.stop + (END,)                # the end of the turn
+    cfg.stop = cfg.stop + CHAT_TOKENS   # the turn's end, or a role: not a reply
     device, ctx = device_context(args)
     model, tok = load_run(args.run, device=device)
     if not all(t in tok.special_tokens for t in CHAT_TOKENS):
@@ -787,6 +787,8 @@ def chat_command(args: argparse.Namespace) -> int:
                          "text with minigpt generate")
     model.eval()
     turns = []          # the user's lines and the model's replies, as text
+    block = model.cfg.block_size      # the prompt leaves room for the reply
+    budget = block - min(cfg.max_new_tokens, block // 2)
     while True:
         try:
             line = input("you> ").strip()
@@ -794,11 +796,17 @@ def chat_command(args: argparse.Namespace) -> int:
             break
         if not line:
             break
-        turns.append(line)
-        ids, block = chat_ids(tok, turns), model.cfg.block_size
-        if len(ids) > block:        # the window slides: say what it drops
-            print(f"(the conversation is {len(ids):,} tokens; the model sees "
-                  f"only the last {block:,} of them)", file=sys.stderr)
+        try:
+            seen = recent_turns(tok, turns + [line], budget)
+        except ValueError as e:
+            print(f"({e})", file=sys.stderr)
+            continue
+        if len(seen) < len(turns) + 1:     # say what the model no longer sees
+            print(f"(the model's context window is {block:,} tokens: the "
+                  f"{len(turns) + 1 - len(seen)} oldest turns are dropped)",
+                  file=sys.stderr)
+        turns = seen
+        ids = chat_ids(tok, turns)
         print("model> ", end="", flush=True)
         reply = ""
         with ctx:       # the template places the role tokens; text is text

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import read_json
-from .common import END, ENDOFTEXT, PAD, atomic_write
+from .common import CHAT_TOKENS, END, ENDOFTEXT, PAD, atomic_write
 from .device import resolve_device
 from .model import (GPT, GPTConfig, _hf_gpt2_keys, model_family,
                            save_hf_gpt2)
@@ -17,10 +17,10 @@ from .tokenizer import (BYTE_CHARS, SAFE_PATTERNS, BPETokenizer,
                                token_string)
 
 # %% auto #0
-__all__ = ['HF_NEEDS', 'PROBE_TEXTS', 'HF_FILES', 'hf_architecture', 'llama_names', 'qkv_sizes', 'hf_llama_state',
-           'hf_llama_config', 'save_hf_llama', 'gpt_config_from_hf', 'from_hf_state', 'hf_merges', 'hf_tokenizer_json',
-           'hf_special_tokens', 'save_hf_tokenizer', 'load_hf_tokenizer', 'probe_texts', 'hf_generation_config',
-           'write_json', 'export_hf', 'load_hf', 'check_export_dir']
+__all__ = ['HF_NEEDS', 'CHAT_TEMPLATE', 'PROBE_TEXTS', 'HF_FILES', 'hf_architecture', 'llama_names', 'qkv_sizes',
+           'hf_llama_state', 'hf_llama_config', 'save_hf_llama', 'gpt_config_from_hf', 'from_hf_state', 'hf_merges',
+           'hf_tokenizer_json', 'hf_special_tokens', 'save_hf_tokenizer', 'load_hf_tokenizer', 'chat_template',
+           'probe_texts', 'hf_generation_config', 'write_json', 'export_hf', 'load_hf', 'check_export_dir']
 
 # %% ../nbs/10_using.ipynb #028b7131
 HF_NEEDS = {"gpt2": dict(tie_weights=True)}   # beyond the family (GPT2LMHead)
@@ -241,6 +241,8 @@ def save_hf_tokenizer(tok: BPETokenizer, path: str | Path,
     config = {"tokenizer_class": "PreTrainedTokenizerFast",
               "model_max_length": max_length, "add_bos_token": False,
               "add_eos_token": False, "clean_up_tokenization_spaces": False}
+    if chat_template(tok):
+        config["chat_template"] = chat_template(tok)
     for name, data in (("tokenizer.json", hf_tokenizer_json(tok)),
                        ("tokenizer_config.json", config | named),
                        ("special_tokens_map.json", named)):
@@ -278,6 +280,25 @@ def load_hf_tokenizer(path: str | Path) -> BPETokenizer:
     if tok.ranks != ranks or tok.special_tokens != ids:
         raise bad("its vocabulary is not the one its merges make")
     return tok
+
+# %% ../nbs/10_using.ipynb #c1ada1fc
+CHAT_TEMPLATE = r"""{%- set ns = namespace(system='') -%}
+{%- for m in messages if m['role'] in ['system', 'developer'] -%}
+  {%- set ns.system = ns.system + ('\n\n' if ns.system else '') + m['content'] -%}
+{%- endfor -%}
+{%- for m in messages if m['role'] not in ['system', 'developer'] -%}
+  {%- if m['role'] == 'user' -%}
+    <|user|>{{ ns.system + '\n\n' if loop.first and ns.system else '' }}
+    {{- m['content'] }}<|assistant|>
+  {%- else -%}
+    {{ m['content'] }}<|end|>
+  {%- endif -%}
+{%- endfor -%}"""
+
+def chat_template(tok) -> str | None:
+    "The Jinja chat template of a tokenizer with the role tokens; else None."
+    return CHAT_TEMPLATE if all(t in tok.special_tokens
+                                for t in CHAT_TOKENS) else None
 
 # %% ../nbs/10_using.ipynb #0ee05e5a
 PROBE_TEXTS = {   # texts where two tokenizers that nearly agree differ

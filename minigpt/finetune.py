@@ -28,13 +28,13 @@ from .train import TrainConfig, learning_rate
 
 # %% auto #0
 __all__ = ['FIELDS', 'load_examples', 'speeches', 'work_of', 'work_title', 'check_task_pool', 'task_examples', 'add_chat_tokens',
-           'resize_vocab', 'text_ids', 'role_ids', 'chat_ids', 'instruction_text', 'prompt_ids', 'encode_example',
-           'pack_examples', 'sft_loss', 'finetune_config_rules', 'check_finetune_config', 'FinetuneConfig', 'finetune',
-           'sft', 'answer_accuracy', 'option_pairs', 'option_accuracy', 'response_token_logprobs', 'response_logprobs',
-           'dpo_loss', 'preference_pairs', 'freeze_reference', 'dpo', 'LoRALinear', 'add_lora', 'merge_lora',
-           'trainable', 'task_rewards', 'sample_group', 'group_advantages', 'grpo_loss', 'rl', 'reward_model',
-           'sequence_rewards', 'train_reward_model', 'pair_accuracy', 'save_finetuned', 'load_for_finetuning',
-           'preference_examples']
+           'resize_vocab', 'text_ids', 'role_ids', 'chat_ids', 'instruction_text', 'prompt_ids', 'recent_turns',
+           'encode_example', 'pack_examples', 'sft_loss', 'finetune_config_rules', 'check_finetune_config',
+           'FinetuneConfig', 'finetune', 'sft', 'answer_accuracy', 'option_pairs', 'option_accuracy',
+           'response_token_logprobs', 'response_logprobs', 'dpo_loss', 'preference_pairs', 'freeze_reference', 'dpo',
+           'LoRALinear', 'add_lora', 'merge_lora', 'trainable', 'task_rewards', 'sample_group', 'group_advantages',
+           'grpo_loss', 'rl', 'reward_model', 'sequence_rewards', 'train_reward_model', 'pair_accuracy',
+           'save_finetuned', 'load_for_finetuning', 'preference_examples']
 
 # %% ../nbs/09_finetuning.ipynb #5035029e
 FIELDS = ("instruction", "input", "output")
@@ -184,6 +184,18 @@ def instruction_text(ex: dict) -> str:
 def prompt_ids(tok, ex: dict) -> list[int]:
     "Ids of an example's user turn and of the opening of the assistant's."
     return chat_ids(tok, [instruction_text(ex)])
+
+# %% ../nbs/09_finetuning.ipynb #6377aedd
+def recent_turns(tok, turns: list[str], budget: int) -> list[str]:
+    """The newest turns (user, assistant, ..., user) whose `chat_ids` fit in
+    `budget` tokens: whole exchanges dropped from the start."""
+    for start in range(0, len(turns), 2):
+        if len(chat_ids(tok, turns[start:])) <= budget:
+            return turns[start:]
+    size = len(chat_ids(tok, turns[-1:]))
+    raise ValueError(f"the message is {size:,} tokens, more than the "
+                     f"{budget:,} this model's context window leaves for it; "
+                     "shorten it")
 
 # %% ../nbs/09_finetuning.ipynb #245c9912
 def encode_example(tok, ex: dict, block_size: int):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import ENDOFTEXT, PAD, atomic_write
+from .common import END, ENDOFTEXT, PAD, atomic_write
+from .export import chat_template
 from .tokenizer import GPT2_PATTERN, GPT4_PATTERN, token_string
 from .model import GPT, model_family
 from .checkpoint import load_run
@@ -246,6 +247,9 @@ def tokenizer_metadata(tok, n_vocab: int) -> dict:
             "tokenizer.ggml.add_eos_token": False}
     if PAD in tok.special_tokens:
         meta["tokenizer.ggml.padding_token_id"] = tok.special_tokens[PAD]
+    if chat_template(tok):          # a chat model: its template, its turn's end
+        meta["tokenizer.chat_template"] = chat_template(tok)
+        meta["tokenizer.ggml.eot_token_id"] = tok.special_tokens[END]
     return meta
 
 # %% ../nbs/10_using.ipynb #eb2f1a8f
