@@ -187,9 +187,16 @@ def test_weights_follow_the_umask_like_every_other_file(tmp_path, umask):
     code = ("import os, sys, torch; os.umask(int(sys.argv[2]))\n"
             "from minigpt.checkpoint import save_weights\n"
             "save_weights(torch.nn.Linear(2, 2), sys.argv[1] + '/w.safetensors')\n"
-            "open(sys.argv[1] + '/plain.txt', 'w').close()\n")
+            "open(sys.argv[1] + '/plain.txt', 'w').close()\n"
+            "from minigpt.model import GPT, GPTConfig, save_hf_gpt2\n"
+            "from minigpt.export import save_hf_llama\n"
+            "small = dict(vocab_size=64, block_size=16, n_layer=1, n_head=2, d_model=32)\n"
+            "save_hf_gpt2(GPT(GPTConfig(**small)), sys.argv[1] + '/gpt2')\n"
+            "save_hf_llama(GPT(GPTConfig(**small, norm='rmsnorm', mlp='swiglu', pos='rope',\n"
+            "                            bias=False)), sys.argv[1] + '/llama')\n")
     subprocess.run([sys.executable, "-c", code, str(tmp_path), str(umask)], check=True,
                    timeout=120)
     mode = lambda name: (tmp_path / name).stat().st_mode & 0o777
     assert mode("plain.txt") == 0o666 & ~umask
-    assert mode("w.safetensors") == 0o666 & ~umask
+    for name in ("w.safetensors", "gpt2/model.safetensors", "llama/model.safetensors"):
+        assert mode(name) == 0o666 & ~umask, name
