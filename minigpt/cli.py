@@ -19,12 +19,12 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['COMMANDS', 'PLOT_FORMATS', 'RL_DEFAULTS', 'EXPORTERS', 'Command', 'command', 'system_info', 'info_command',
-           'build_parser', 'command_in', 'out_of_memory', 'allocation', 'sizes_asked', 'main', 'add_clean_arguments',
-           'clean_config', 'add_corpus_argument', 'add_data_arguments', 'print_table', 'print_cleaning',
-           'print_split_note', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command', 'add_prepare_arguments',
-           'prepare_command', 'add_device_arguments', 'device_context', 'add_train_arguments', 'parse_overrides',
-           'training_sampler', 'train_command', 'add_plot_arguments', 'plot_command', 'option_flag',
+__all__ = ['COMMANDS', 'PLOT_FORMATS', 'RL_DEFAULTS', 'EXPORTERS', 'EXPORT_DTYPES', 'Command', 'command', 'system_info',
+           'info_command', 'build_parser', 'command_in', 'out_of_memory', 'allocation', 'sizes_asked', 'main',
+           'add_clean_arguments', 'clean_config', 'add_corpus_argument', 'add_data_arguments', 'print_table',
+           'print_cleaning', 'print_split_note', 'data_command', 'add_tokenizer_arguments', 'tokenizer_command',
+           'add_prepare_arguments', 'prepare_command', 'add_device_arguments', 'device_context', 'add_train_arguments',
+           'parse_overrides', 'training_sampler', 'train_command', 'add_plot_arguments', 'plot_command', 'option_flag',
            'add_sampling_arguments', 'sampling_config_of', 'add_generate_arguments', 'generate_command',
            'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments',
            'add_sft_arguments', 'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command',
@@ -128,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from minigpt.common import progress_shown
     try:
-        return COMMANDS[args.command].run(args)
+        with progress_shown():       # the library's progress lines, on stderr
+            return COMMANDS[args.command].run(args)
     except (ValueError, OSError, FloatingPointError, MemoryError,
             RuntimeError) as e:
         if os.environ.get("MINIGPT_DEBUG"):
@@ -430,15 +432,15 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="the image: .png, .pdf or .svg "
                         "(default: metrics.png in the first run)")
     parser.add_argument("--panels", nargs="+", metavar="PANEL",
-                        help="any of loss, lr, tokens_per_s, grad_norm "
-                        "(default: all four)")
+                        help="any of loss, lr, tokens_per_s, grad_norm, "
+                        "reward (default: each one the runs log)")
     parser.add_argument("--labels", nargs="+", metavar="LABEL",
                         help="a legend name per run (default: folder names)")
 
 @command("plot", "draw the metrics of runs: loss, learning rate, speed, "
          "gradient norm", add_plot_arguments)
 def plot_command(args: argparse.Namespace) -> int:
-    from minigpt.metrics import PANELS, plot_runs
+    from minigpt.metrics import logged_panels, plot_runs, read_metrics
     out = Path(args.out) if args.out else Path(args.run[0]) / "metrics.png"
     if out.suffix.lower() not in PLOT_FORMATS:
         raise ValueError(f"--out {out}: name a file ending in "
@@ -446,7 +448,7 @@ def plot_command(args: argparse.Namespace) -> int:
     if args.labels and len(args.labels) != len(args.run):
         raise ValueError(f"--labels: one per run ({len(args.run)}), "
                          f"not {len(args.labels)}")
-    panels = args.panels or list(PANELS)
+    panels = args.panels or logged_panels([read_metrics(r) for r in args.run])
     fig = plot_runs(args.run, panels, args.labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150)
@@ -717,7 +719,7 @@ def sft_command(args: argparse.Namespace) -> int:
     print(f"after:  {_accuracies(model, tok, held)}")
     save_finetuned(model, tok, args.out, {"method": "sft", "from": args.run,
                                           "lora": args.lora,
-                                          "steps": cfg.steps})
+                                          "steps": cfg.steps}, log)
     print(f"SFT loss {log[-1]['loss']:.3f}; run in {args.out}")
     return 0
 
@@ -737,7 +739,8 @@ def dpo_command(args: argparse.Namespace) -> int:
     log = dpo(model, copy.deepcopy(model), tok, examples, cfg)
     print(f"after:  {_accuracies(model, tok, held)}")
     save_finetuned(model, tok, args.out, {"method": "dpo", "from": args.run,
-                                          "beta": cfg.beta, "steps": cfg.steps})
+                                          "beta": cfg.beta, "steps": cfg.steps},
+                   log)
     print(f"reward accuracy {log[-1]['reward_accuracy']:.2f}, margin "
           f"{log[-1]['margin']:.3f}; run in {args.out}")
     return 0
@@ -757,7 +760,7 @@ def rl_command(args: argparse.Namespace) -> int:
     print(f"after:  {_accuracies(model, tok, held)}")
     save_finetuned(model, tok, args.out, {"method": "rl", "from": args.run,
                                           "beta": cfg.beta, "group": cfg.group,
-                                          "steps": cfg.steps})
+                                          "steps": cfg.steps}, log)
     n = min(10, len(log))
     mean = lambda rows: sum(r["reward"] for r in rows) / len(rows)
     print(f"mean reward {mean(log[:n]):.3f} (first {n} steps) -> "
@@ -828,11 +831,13 @@ def _export_hf(args: argparse.Namespace) -> list[Path]:
 
 def _export_gguf(args: argparse.Namespace) -> list[Path]:
     from minigpt.gguf import export_gguf
-    return [export_gguf(args.run, args.out, args.dtype, args.force,
+    return [export_gguf(args.run, args.out, args.dtype or "f16", args.force,
                         args.weights)]
 
 # --format NAME -> the function that writes the run there; the files written
 EXPORTERS: dict[str, Callable] = {"hf": _export_hf, "gguf": _export_gguf}
+# --format NAME -> the --dtype values it writes, its default first
+EXPORT_DTYPES = {"hf": ("f32",), "gguf": ("f16", "f32", "q8_0")}
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="a run directory")
@@ -842,7 +847,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True,
                         help="the folder (hf) or the file (gguf) to write")
     parser.add_argument("--dtype", choices=["f32", "f16", "q8_0"],
-                        default="f16", help="gguf: the weights' type")
+                        help="the weights' type; gguf: f16 (default), f32 "
+                        "or q8_0; hf: f32 only")
     parser.add_argument("--weights", choices=["best", "model"],
                         default="best", help="best or latest weights")
     parser.add_argument("--force", action="store_true",
@@ -855,6 +861,10 @@ def export_command(args: argparse.Namespace) -> int:
     if out == run or run in out.parents:      # --force would destroy the run
         raise ValueError(f"--out {args.out} is inside the run {args.run}; "
                          "export to a folder outside it")
+    dtypes = EXPORT_DTYPES[args.format]
+    if args.dtype not in (None, *dtypes):
+        raise ValueError(f"--dtype {args.dtype}: --format {args.format} "
+                         f"writes {', '.join(dtypes)} only")
     for f in EXPORTERS[args.format](args):
         print(f"{f.stat().st_size:>14,}  {f}")
     print(f"{args.run} -> {args.out} ({args.format})")

@@ -19,7 +19,7 @@ IGNORE_INDEX = -100           # a target the loss skips (F.cross_entropy's)
 
 # %% auto #0
 __all__ = ['ENDOFTEXT', 'PAD', 'USER', 'ASSISTANT', 'END', 'CHAT_TOKENS', 'IGNORE_INDEX', 'temp_beside', 'fsync_path',
-           'atomic_write', 'free_port', 'install_hint']
+           'atomic_write', 'free_port', 'install_hint', 'progress_shown', 'progress_seconds', 'number_text', 'Progress']
 
 # %% ../nbs/01_data.ipynb #3cdeff7f
 def _umask() -> int:
@@ -58,6 +58,7 @@ def atomic_write(path: Path, write) -> None:
     f.close()
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # again: a writer may make its own file
         fsync_path(tmp)
         os.replace(tmp, path)          # readers see the old file or the new
     except BaseException:
@@ -84,3 +85,99 @@ def install_hint(extra: str) -> str:
     if not wanted:
         raise ValueError(f"minigpt has no optional feature {extra!r}")
     return "pip install " + " ".join(f'"{r}"' for r in wanted)
+
+# %% ../nbs/01_data.ipynb #6b40f71c
+import sys
+import time
+from contextlib import contextmanager
+
+_PROGRESS = {"on": False}     # library calls stay quiet; `minigpt` turns it on
+
+@contextmanager
+def progress_shown(on: bool = True):
+    "Within it, every `Progress` whose `on` is None shows itself (or not)."
+    before, _PROGRESS["on"] = _PROGRESS["on"], on
+    try:
+        yield
+    finally:
+        _PROGRESS["on"] = before
+
+def progress_seconds(tty: bool) -> float:
+    "Seconds between lines: 0.1 on a terminal; in a log $MINIGPT_PROGRESS_EVERY or 10."
+    if tty:
+        return 0.1
+    seconds = os.environ.get("MINIGPT_PROGRESS_EVERY", "10")
+    try:
+        return float(seconds)
+    except ValueError:
+        raise ValueError(f"MINIGPT_PROGRESS_EVERY={seconds!r}: give seconds "
+                         "between progress lines, such as 10") from None
+
+def number_text(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+# %% ../nbs/01_data.ipynb #3f11017a
+class Progress:
+    """How far a long loop is, on stderr (`stream`): on a terminal one line
+    redrawn in place; otherwise a plain line at the first update, then at most
+    one every `every` seconds, and a last one at the end; never a carriage
+    return. `on`: None follows `progress_shown`. `update(n, **numbers)`."""
+    def __init__(self, what: str, total: int | None = None, unit: str = "",
+                 done: int = 0, on: bool | None = None, stream=None,
+                 every: float | None = None, clock=time.monotonic):
+        self.what, self.total, self.unit = what, total, unit
+        self.on = _PROGRESS["on"] if on is None else on
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = progress_seconds(self.tty) if every is None else every
+        self.clock, self.start, self.shown = clock, clock(), None
+        self.shown_done = None
+        self.done = self.first = done          # a resumed loop: its start
+        self.numbers: dict = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def update(self, n: int = 1, **numbers) -> None:
+        self.done += n
+        self.numbers |= numbers
+        if self.on and (self.shown is None
+                        or self.clock() - self.shown >= self.every):
+            self.show()
+
+    def line(self) -> str:
+        "What: done/total unit (percent), rate, the numbers given."
+        text = f"{self.what}: {self.done:,}"
+        if self.total:
+            text += f"/{self.total:,} {self.unit} ({self.done / self.total:.0%})"
+        else:
+            text += f" {self.unit}"
+        seconds = self.clock() - self.start
+        rate = (self.done - self.first) / seconds if seconds > 0 else 0
+        if rate:
+            text += f", {rate:,.1f} {self.unit}/s"
+        text += f", {seconds:,.0f} s"
+        if rate and self.total and self.total > self.done:
+            text += f", {(self.total - self.done) / rate:,.0f} s left"
+        return " ".join([text.replace("  ", " ")] + [
+            f"{k}={number_text(v)}" for k, v in self.numbers.items()])
+
+    def show(self) -> None:
+        text = self.line()
+        self.stream.write(f"\r{text}\x1b[K" if self.tty else text + "\n")
+        self.stream.flush()
+        self.shown, self.shown_done = self.clock(), self.done
+
+    def close(self) -> None:
+        "The last line (on a terminal: kept, with a new line after it)."
+        if self.on:
+            if self.done != self.shown_done:
+                self.show()
+            if self.tty:
+                self.stream.write("\n")
+            self.on = False

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from decimal import Decimal
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint import (WEIGHTS, checkpoint_folders, is_kept,
                                 load_run, read_manifest)
-from .common import ENDOFTEXT, atomic_write, install_hint
+from .common import ENDOFTEXT, Progress, atomic_write, install_hint
 from .generate import SamplingConfig, first_stop, generate
 from .loader import open_data
 from .metrics import (bits_per_byte, perplexity, text_bytes,
@@ -45,7 +45,8 @@ __all__ = ['GSM8K_URL', 'GSM8K_STOP', 'NUMBER', 'MARK', 'SENTENCE_END', 'HARNESS
            'strip_calculator', 'gsm8k_prompt', 'benchmark_file', 'load_gsm8k', 'harness_answer', 'harness_normal',
            'harness_scores', 'score_gsm8k', 'load_humaneval', 'checked', 'TimedOut', 'Candidate', 'rebuilt_error',
            'read_lines', 'run_check', 'benchmark_code', 'error_line', 'last_line', 'kill_process_group', 'pass_at_k',
-           'score_humaneval', 'completion_fn', 'distinct_n', 'repetition_rate', 'evaluate_run', 'run_benchmark']
+           'score_humaneval', 'completion_fn', 'distinct_n', 'repetition_rate', 'forwards_shown', 'counted',
+           'evaluate_run', 'run_benchmark']
 
 # %% ../nbs/08_evaluation.ipynb #ba4f0950
 def split_metrics(model, tokens: np.ndarray, tok, batch_size: int = 16,
@@ -750,6 +751,25 @@ def repetition_rate(text: str, n: int = 4) -> float:
         seen.add(g)
     return repeats / max(1, len(grams))
 
+# %% ../nbs/08_evaluation.ipynb #a1e0f3c7
+@contextmanager
+def forwards_shown(model, what: str):
+    "Within it, each forward pass of `model` counts on a progress line."
+    with Progress(what, unit="forward passes") as bar:
+        hook = model.register_forward_hook(lambda *args: bar.update())
+        try:
+            yield
+        finally:
+            hook.remove()
+
+def counted(fn, bar: Progress):
+    "`fn`, each call of which counts on `bar`."
+    def call(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        bar.update()
+        return out
+    return call
+
 # %% ../nbs/08_evaluation.ipynb #bbf1fefe
 TASKS = ("perplexity", "choice")
 
@@ -769,12 +789,13 @@ def evaluate_run(run_dir: str | Path, tasks=TASKS, n_items: int = 200,
                          "of its own to measure: score it with --bench or "
                          "--harness, or evaluate the run it was tuned from")
     data, out = open_data(config["data"], tokenizer=tok), {}  # the same ids
-    if "perplexity" in tasks:
-        out |= split_metrics(model, data.val, tok, max_batches=max_batches)
-    if "choice" in tasks:
-        items = next_line_items(split_texts(data.val, tok), n_items)
-        out |= {f"next_line_{k}": v for k, v in
-                choice_accuracy(model, tok, items).items()}
+    with forwards_shown(model, "eval"):
+        if "perplexity" in tasks:
+            out |= split_metrics(model, data.val, tok, max_batches=max_batches)
+        if "choice" in tasks:
+            items = next_line_items(split_texts(data.val, tok), n_items)
+            out |= {f"next_line_{k}": v for k, v in
+                    choice_accuracy(model, tok, items).items()}
     return out
 
 BENCHMARKS = ("gsm8k", "humaneval")
@@ -800,12 +821,16 @@ def run_benchmark(run_dir, bench: str, data, shots=None, k_shot: int = 5,
         cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0,
                              stop=GSM8K_STOP)
         train = load_gsm8k(shots) if shots else None
-        r = score_gsm8k(completion_fn(model, tok, cfg), tasks, k_shot, train)
+        with Progress("eval gsm8k", len(tasks), "problems") as bar:
+            r = score_gsm8k(counted(completion_fn(model, tok, cfg), bar),
+                            tasks, k_shot, train)
         return {k: r[k] for k in ("exact_match", "strict-match",
                                   "flexible-extract")}
     sampled = n_samples > 1
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, stop=HUMANEVAL_STOP,
                          temperature=0.8 if sampled else 0, seed=0)
     ks = tuple(k for k in (1, 10, 100) if k <= n_samples)
-    r = score_humaneval(completion_fn(model, tok, cfg), tasks, n_samples, ks)
+    with Progress("eval humaneval", len(tasks) * n_samples, "samples") as bar:
+        r = score_humaneval(counted(completion_fn(model, tok, cfg), bar), tasks,
+                            n_samples, ks)
     return {f"pass@{k}": r[f"pass@{k}"] for k in ks}

@@ -97,8 +97,9 @@ def save_hf_llama(model: GPT, path: str | Path) -> Path:
         raise ValueError("not a Llama-shaped model; save_hf_gpt2 writes GPT-2")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(hf_llama_state(model), path / "model.safetensors",
-              metadata={"format": "pt"})
+    state = hf_llama_state(model)
+    atomic_write(path / "model.safetensors",  # the umask's mode, not 0600
+                 lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     config = json.dumps(hf_llama_config(model.cfg), indent=1)
     (path / "config.json").write_text(config)
     return path

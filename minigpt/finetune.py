@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_run, save_weights
 from .common import (CHAT_TOKENS, END, IGNORE_INDEX, PAD, USER,
-                            atomic_write)
+                            Progress, atomic_write)
 from .device import autocast, choose_precision
 from .evaluate import read_records, score_continuations
 from .generate import SamplingConfig, generate, generate_ids
@@ -289,6 +289,7 @@ def finetune(model: nn.Module, next_loss, cfg: FinetuneConfig,
     ctx = autocast(device, precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     rows, model = [], model.train()
+    bar = Progress("fine-tune", cfg.steps, "steps")
     for step in range(cfg.steps):
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, schedule)
@@ -299,12 +300,16 @@ def finetune(model: nn.Module, next_loss, cfg: FinetuneConfig,
                                      f"{step}; lower the learning rate")
         scaler.scale(loss).backward()
         scaler.unscale_(opt)                  # fp16 only; else it does nothing
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            rows.append({"step": step + 1, "loss": loss.item(), **info})
+            rows.append({"step": step + 1, "loss": loss.item(), **info,
+                         "lr": g["lr"], "grad_norm": norm.item()})
+            bar.update(0, loss=rows[-1]["loss"], **info)
+        bar.update()
+    bar.close()
     return rows
 
 def sft(model: GPT, tok, examples: list[dict], cfg: FinetuneConfig):
@@ -572,14 +577,19 @@ def pair_accuracy(rm: GPT, tok, examples: list[dict]) -> float:
     return right / len(pairs)
 
 # %% ../nbs/09_finetuning.ipynb #04094063
-def save_finetuned(model: GPT, tok, run_dir: str | Path, info: dict) -> Path:
-    "A run directory for a fine-tuned model (generate, eval and chat read it)."
+def save_finetuned(model: GPT, tok, run_dir: str | Path, info: dict,
+                   log: list[dict] = ()) -> Path:
+    """A run directory for a fine-tuned model (generate, eval and chat read
+    it); `log`, the rows of the run, goes to metrics.jsonl (minigpt plot)."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     config = {"model": model.cfg.to_dict(), "finetune": info}
     atomic_write(run / "config.json",
                  lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
     save_tokenizer(tok, run / "tokenizer.json")
+    if log:
+        text = "".join(json.dumps(row) + "\n" for row in log)
+        atomic_write(run / "metrics.jsonl", lambda tmp: tmp.write_text(text))
     save_weights(model, run / "model.safetensors")
     save_weights(model, run / "best.safetensors")
     return run

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .common import ENDOFTEXT, IGNORE_INDEX, temp_beside
+from .common import ENDOFTEXT, IGNORE_INDEX, Progress, temp_beside
 from .data import CleanConfig, load_corpus, run_pipeline
 from .tokenizer import (BPETokenizer, fingerprint, load_tokenizer,
                                merges_needed, save_tokenizer, to_tiktoken)
@@ -117,11 +117,9 @@ def _encode_batch(texts: list[str]) -> np.ndarray:
 def encode_documents(texts: list[str], tokenizer_path: Path, workers: int = 1,
                      batch_docs: int = 16, desc: str = "encode") -> Iterator:
     "Arrays of `[eot, tokens...]` per batch of documents, in order."
-    from tqdm.auto import tqdm
     batches = [texts[i:i + batch_docs]
                for i in range(0, len(texts), batch_docs)]
-    bar = tqdm(total=sum(map(len, texts)), unit="char", unit_scale=True,
-               desc=desc, disable=None)
+    bar, tokens = Progress(f"prepare {desc}", sum(map(len, texts)), "chars"), 0
     if workers <= 1:
         _init_worker(str(tokenizer_path))
         results = map(_encode_batch, batches)
@@ -132,8 +130,8 @@ def encode_documents(texts: list[str], tokenizer_path: Path, workers: int = 1,
         results = pool.imap(_encode_batch, batches)
     try:
         for batch, ids in zip(batches, results):
-            bar.update(sum(map(len, batch)))
-            bar.set_postfix(tokens=f"{len(ids):,}", refresh=False)
+            tokens += len(ids)                  # all so far
+            bar.update(sum(map(len, batch)), tokens=tokens)
             yield ids
     finally:
         bar.close()

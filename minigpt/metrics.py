@@ -17,7 +17,7 @@ from .model import lm_loss
 
 # %% auto #0
 __all__ = ['PANELS', 'perplexity', 'bits_per_byte', 'eval_batch_count', 'validation_loss', 'text_bytes', 'read_metrics',
-           'plot_runs', 'trim_metrics']
+           'logged_panels', 'plot_runs', 'trim_metrics']
 
 # %% ../nbs/06_pretraining.ipynb #fbaac409
 def perplexity(loss: float) -> float:
@@ -80,6 +80,7 @@ PANELS = {  # panel -> (metrics.jsonl field, axis label)
     "lr": ("lr", "learning rate"),
     "tokens_per_s": ("tokens_per_s", "tokens per second"),
     "grad_norm": ("grad_norm", "gradient norm (before clipping)"),
+    "reward": ("reward", "mean reward (RL)"),
 }
 
 def read_metrics(run) -> list[dict]:
@@ -87,7 +88,8 @@ def read_metrics(run) -> list[dict]:
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {run} is not a run "
-                                "directory (minigpt train --out makes one)")
+                                "directory with a metrics log; minigpt train, "
+                                "sft, dpo or rl --out writes one")
     lines = path.read_text().splitlines()
     rows = []
     for k, line in enumerate(lines):
@@ -103,16 +105,24 @@ def read_metrics(run) -> list[dict]:
                          "line every --log-every steps")
     return rows
 
+# %% ../nbs/06_pretraining.ipynb #b0f010b4
+def logged_panels(data: list[list[dict]]) -> list[str]:
+    "The panels whose field a row of some run has, in PANELS' order."
+    return [name for name, (field, _) in PANELS.items()
+            if any(field in row for rows in data for row in rows)]
+
 # %% ../nbs/06_pretraining.ipynb #e5f9ce89
-def plot_runs(runs, panels=tuple(PANELS), labels=None):
-    """A figure of the runs' metrics: one panel per name in `panels`, one
-    colour per run; the loss panel adds the validation loss as points."""
+def plot_runs(runs, panels=None, labels=None):
+    """A figure of the runs' metrics: one panel per name in `panels` (None:
+    each one some run logs), one colour per run; the loss panel adds the
+    validation loss as points."""
     from matplotlib.figure import Figure   # not pyplot: no window, any backend
-    if unknown := [p for p in panels if p not in PANELS]:
+    if unknown := [p for p in panels or () if p not in PANELS]:
         raise ValueError(f"no panel {unknown[0]!r}; the panels are "
                          f"{', '.join(PANELS)}")
     labels = labels or [Path(r).name for r in runs]
     data = [read_metrics(r) for r in runs]      # every run read before drawing
+    panels = panels or logged_panels(data)
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(6.4, 2.6 * rows))

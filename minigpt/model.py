@@ -493,6 +493,7 @@ def from_hf_gpt2(hf_model) -> GPT:
 def save_hf_gpt2(model: GPT, path: str | Path) -> Path:
     "Write `model` as a transformers GPT-2 directory (config, safetensors)."
     from safetensors.torch import save_file
+    from minigpt.common import atomic_write     # the umask's mode, not 0600
     cfg, path = model.cfg, Path(path)
     check_gpt2_compatible(cfg)
     path.mkdir(parents=True, exist_ok=True)
@@ -500,7 +501,8 @@ def save_hf_gpt2(model: GPT, path: str | Path) -> Path:
     for name, p in model.named_parameters():
         key, transposed = _hf_gpt2_keys(cfg)[name]
         state[key] = (p.t() if transposed else p).detach().contiguous().clone()
-    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    atomic_write(path / "model.safetensors",
+                 lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
               "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size,
               "n_embd": cfg.d_model, "n_layer": cfg.n_layer,

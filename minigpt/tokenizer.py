@@ -13,7 +13,7 @@ from typing import Iterable
 
 import regex
 
-from .common import ENDOFTEXT, PAD, atomic_write
+from .common import ENDOFTEXT, PAD, Progress, atomic_write
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION', 'SAFE_PATTERNS', 'BYTE_CHARS', 'check_special',
@@ -160,13 +160,14 @@ def train_bpe(texts: Iterable[str], n_merges: int,
             where[pair].add(i)
     heap = [(-n, pair) for pair, n in stats.items()]
     heapq.heapify(heap)
-    merges = []
+    merges, bar = [], Progress("tokenizer", n_merges, "merges")
     while heap and len(merges) < n_merges:
         neg, pair = heapq.heappop(heap)
         if stats.get(pair) != -neg:
             continue            # a stale entry
         idx, changed = 256 + len(merges), set()
         merges.append(pair)
+        bar.update()
         for i in list(where[pair]):
             old, n = words[i], counts[i]
             for p in zip(old, old[1:]):
@@ -183,6 +184,7 @@ def train_bpe(texts: Iterable[str], n_merges: int,
                 heapq.heappush(heap, (-stats[p], p))
             else:
                 del stats[p], where[p]
+    bar.close()
     return merges
 
 # %% ../nbs/02_tokenizer.ipynb #c4e5e3c6

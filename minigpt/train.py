@@ -24,7 +24,7 @@ from .checkpoint import (WEIGHTS, all_finite, check_out_dir,
                                 publish_weights, read_json, run_lock,
                                 save_checkpoint, set_rng_state,
                                 verify_checkpoint)
-from .common import atomic_write
+from .common import Progress, atomic_write
 from .device import autocast, choose_precision, peak_flops
 from .distributed import (dist_env, full_weights, grad_sync,
                                  init_distributed, is_sharded,
@@ -494,7 +494,7 @@ def stop_signals(announce: bool):
     def on_signal(signum, frame):
         signalled["reason"] = signal.Signals(signum).name
         signal.signal(signum, handlers[signum])   # a second one: at once
-        if announce:  # os.write: not tqdm's buffered stream, which it may be in
+        if announce:  # os.write: safe in a signal handler, unlike print
             os.write(2, f"\n{signalled['reason']}: saving at the end of this "
                         "step; again to stop at once, unsaved\n".encode())
     try:
@@ -551,18 +551,15 @@ class Meter:
         return {"tokens_per_s": self.tokens_per_step / seconds,
                 "mfu": self.flops_per_step / seconds / self.peak}
 
-def progress_bar_for(trainer: Trainer, enabled: bool):
-    "A tqdm bar of the run's steps (rank 0's; off unless `enabled`)."
-    from tqdm.auto import tqdm
-    return tqdm(total=trainer.cfg.max_steps, initial=trainer.progress["step"],
-                unit="step", disable=not (enabled and trainer.rank == 0),
-                dynamic_ncols=True)
+def progress_bar_for(trainer: Trainer, enabled: bool | None) -> Progress:
+    "The progress line of the run's steps: rank 0's; None: as `progress_shown`."
+    return Progress("train", trainer.cfg.max_steps, "steps",
+                    trainer.progress["step"], enabled if trainer.rank == 0
+                    else False)
 
-def show_step(bar, last: dict) -> None:
-    bar.update(1)
-    bar.set_postfix(loss=f"{last['loss']:.3f}", refresh=False,
-                    tok_s=f"{last['tokens_per_s']:,.0f}",
-                    mfu=f"{last['mfu']:.1%}")
+def show_step(bar: Progress, last: dict) -> None:
+    bar.update(1, loss=f"{last['loss']:.3f}",
+               tok_s=f"{last['tokens_per_s']:,.0f}", mfu=f"{last['mfu']:.1%}")
 
 def log_step(log, last: dict, progress: dict, log_every: int) -> None:
     "A line of metrics.jsonl every log_every steps and after each evaluation."
@@ -606,7 +603,8 @@ def write_sample(trainer: Trainer, sample: Callable[[GPT, int], str] | None,
             f.write(f"--- step {step}\n{text}\n")
 
 # %% ../nbs/06_pretraining.ipynb #4dd47d26
-def train_loop(trainer: Trainer, stop_at: int | None, progress_bar: bool,
+def train_loop(trainer: Trainer, stop_at: int | None,
+               progress_bar: bool | None,
                sample: Callable[[GPT, int], str] | None = None) -> dict:
     "Step until a reason to stop; evaluate and save, log and sample on the way."
     progress, main = trainer.progress, trainer.rank == 0
@@ -647,14 +645,15 @@ def train_loop(trainer: Trainer, stop_at: int | None, progress_bar: bool,
 def train(data_dir: str | Path, run_dir: str | Path,
           model_cfg: GPTConfig | None = None, cfg: TrainConfig | None = None,
           resume: bool = False, stop_at: int | None = None,
-          progress_bar: bool = True, changes: dict | None = None,
+          progress_bar: bool | None = None, changes: dict | None = None,
           device: str | torch.device | None = None,
           sample: Callable[[GPT, int], str] | None = None) -> dict:
     """Train (or resume) a GPT on prepared data; returns the final measurements.
     `changes`: TrainConfig fields a resumed run changes (recorded in its
     config.json), e.g. {'max_steps': ..., 'lr': ...}; `device`: None for
     $MINIGPT_DEVICE or the best one present; `sample(model, step)`: a text
-    written to samples.txt at the end and every `sample_every` steps."""
+    written to samples.txt at the end and every `sample_every` steps;
+    `progress_bar`: None shows it only where asked (`minigpt train` asks)."""
     run, main = Path(run_dir), dist_env()[0] == 0
     if main:
         check_out_dir(run, resume)
