@@ -15,7 +15,9 @@ from minigpt.tokenizer import BYTE_CHARS
 from minigpt.gguf import (F16, F32, Q8_0, export_gguf,
                           write_gguf)
 from minigpt.model import GPT, GPTConfig
-from minigpt.common import ENDOFTEXT, PAD
+from minigpt.common import ASSISTANT, CHAT_TOKENS, END, ENDOFTEXT, PAD, USER
+from minigpt.export import CHAT_TEMPLATE
+from minigpt.finetune import add_chat_tokens, chat_ids
 from minigpt.tokenizer import (GPT2_PATTERN, GPT4_PATTERN, BPETokenizer,
                                save_tokenizer)
 
@@ -382,3 +384,54 @@ def test_llama_cpp_greedy_equals_ours(models, files, name, dtype):
         z = our_logits(model, ids + ours[:k])[-1]
         margin = z[ours[k]] - z[theirs[k]]
         assert margin < 2 * logit_tol(name, dtype) * z.std(), (prompt, k, margin)
+
+
+# --- a chat model: its template travels in the file ----------------------------
+
+CHAT = [{"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Who is Juliet?"},
+        {"role": "assistant", "content": "A Capulet."},
+        {"role": "user", "content": "ROMEO: But soft, what light?"}]
+
+
+@pytest.fixture(scope="module")
+def chat_file(tokenizers, tmp_path_factory):
+    """A Llama-shaped chat model (the role tokens added) as f32 GGUF. Its head never picks
+    <|user|> or <|assistant|> (their rows are zero: logit 0 against O(1) others), so that
+    llama.cpp, which stops only at end-of-generation tokens, and minigpt, which stops at
+    any role token, stop at the same place."""
+    tok = add_chat_tokens(tokenizers[GPT4_PATTERN])
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=2, d_model=64,
+                    **SHAPES["llama-gqa-untied"])
+    model = spread_weights(GPT(cfg), 7)
+    with torch.no_grad():
+        for role in (USER, ASSISTANT):
+            model.lm_head.weight[tok.special_tokens[role]] = 0
+    path = tmp_path_factory.mktemp("chat") / "chat-f32.gguf"
+    write_gguf(model, tok, path, "f32")
+    return model, tok, path
+
+
+def test_the_chat_template_is_in_the_file(chat_file):
+    _, tok, path = chat_file
+    r = gguf.GGUFReader(path)
+    assert field(r, "tokenizer.chat_template") == CHAT_TEMPLATE
+    assert field(r, "tokenizer.ggml.eot_token_id") == tok.special_tokens[END]
+
+
+@needs_llama
+def test_llama_cpp_chat_completion_uses_our_template_and_replies_as_we_do(chat_file):
+    model, tok, path = chat_file
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False,
+                          type_k=F32_CACHE, type_v=F32_CACHE, n_threads=1)
+    assert llm.chat_format == "chat_template.default"     # ours, not a guessed one
+    ours = chat_ids(tok, ["Answer briefly.\n\nWho is Juliet?", "A Capulet.",
+                          "ROMEO: But soft, what light?"])
+    n_new = 24
+    reply = llm.create_chat_completion(CHAT, temperature=0.0, top_k=1, max_tokens=n_new)
+    assert reply["usage"]["prompt_tokens"] == len(ours)
+    cfg = SamplingConfig(max_new_tokens=n_new, temperature=0.0, stop=CHAT_TOKENS)
+    expected = generate(model, tok, ours, cfg)
+    assert expected, "an empty reply would make the check weak"
+    # a random model draws lone bytes of UTF-8: we print U+FFFD for them, llama.cpp nothing
+    assert reply["choices"][0]["message"]["content"] == expected.replace("\ufffd", "")

@@ -181,3 +181,48 @@ def test_a_config_field_no_family_knows_is_refused_by_both_exports(root, tmp_pat
     with pytest.raises(ValueError, match="GPTConfig.qk_norm: no model family"):
         write_gguf(model, tok, tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def chat_export(root, exported):
+    "(fine-tuned run, its export): `minigpt sft` for two steps on a few examples, exported."
+    run, _ = exported
+    examples = [{"instruction": f"Who speaks line {k}?", "input": "", "output": name}
+                for k, name in enumerate(["Romeo", "Juliet", "Hamlet", "Ophelia"] * 3)]
+    data = root / f"sft-{run.name}.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    heldout = root / f"heldout-{run.name}.jsonl"
+    heldout.write_text("".join(json.dumps(e) + "\n" for e in examples[:2]))
+    sft, out = root / f"sft-{run.name}", root / f"hf-sft-{run.name}"
+    status, _, err = minigpt("sft", "--run", run, "--data", data, "--heldout", heldout,
+                             "--out", sft, "--steps", 2, "--batch-size", 2,
+                             "--device", "cpu", "--precision", "fp32")
+    assert status == 0, err
+    status, _, err = minigpt("export", "--run", sft, "--format", "hf", "--out", out)
+    assert status == 0, err
+    return sft, out
+
+
+def test_an_exported_chat_model_chats_in_transformers(chat_export):
+    "apply_chat_template gives our template's ids, and generate from them our reply."
+    from minigpt.common import CHAT_TOKENS
+    from minigpt.finetune import chat_ids
+    from minigpt.generate import SamplingConfig, generate
+    sft, out = chat_export
+    model, tok = load_run(sft, device="cpu")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Who speaks line 1?"},
+                {"role": "assistant", "content": "Juliet"},
+                {"role": "user", "content": "Who speaks line 2?"}]
+    ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)["input_ids"]
+    ours = chat_ids(tok, ["Be brief.\n\nWho speaks line 1?", "Juliet", "Who speaks line 2?"])
+    assert ids[0].tolist() == ours
+    new = hf.generate(ids, do_sample=False, max_new_tokens=12)[0, ids.shape[1]:].tolist()
+    stops = [tok.special_tokens[s] for s in CHAT_TOKENS + (ENDOFTEXT,)]
+    cut = min([new.index(s) for s in stops if s in new], default=len(new))
+    reply = generate(model, tok, ours, SamplingConfig(max_new_tokens=12, temperature=0,
+                                                      stop=CHAT_TOKENS))
+    assert tok.decode(new[:cut]) == reply
