@@ -493,3 +493,36 @@ def test_chat_says_when_the_conversation_outgrows_the_context(runs):
     r = subprocess.run([str(BIN), "chat", "--run", str(runs[0]), "--device", "cpu"],
                        input="hi\n", capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "not fine-tuned" in r.stderr
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium binary on this machine "
+                    "(apt-get install -y chromium; .ci/run installs it)")
+def test_chat_page_survives_a_conversation_longer_than_the_context(server):
+    "The page stops sending the oldest exchanges, greys them out and says so; no error."
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from minigpt.checkpoint import load_run
+    model, tok = load_run(server[1], device="cpu")
+    block = model.cfg.block_size
+    line = "But soft, what light through yonder window breaks? "
+    message = line * max(1, int(0.4 * block / len(tok.encode(line))))   # 40% of the window
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium())
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(server[0])
+        page.wait_for_function("document.getElementById('model').textContent"
+                               ".includes('chat')")
+        page.fill("#max_tokens", "8")
+        for k in range(4):                       # 4 x 40%: the window overflows twice
+            page.fill("#prompt", f"{k}. {message}")
+            page.click("#send")
+            page.wait_for_function(f"document.querySelectorAll('.msg').length == {2 * k + 2}"
+                                   " && !document.getElementById('send').disabled")
+        errors = page.query_selector_all(".error")
+        forgotten = page.eval_on_selector_all(".forgotten", "els => els.map(e => e.textContent)")
+        note = page.inner_text(".note")
+        browser.close()
+    assert not errors
+    assert len(forgotten) >= 2 and len(forgotten) % 2 == 0 and forgotten[0].startswith("0. ")
+    assert not any(f.startswith("3. ") for f in forgotten)    # the newest is always sent
+    assert f"context window holds {block} tokens" in note and str(len(forgotten)) in note
