@@ -9,20 +9,25 @@ import ipaddress
 import json
 import math
 import os
+import queue
 import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+import torch
 
 from .checkpoint import load_run
 from .device import autocast, choose_precision
 from .common import CHAT_TOKENS, END, ENDOFTEXT, free_port
 from .finetune import chat_ids
-from .generate import Continuation, encode_prompt, stream
+from .generate import (Continuation, KVCache, ReplyText, cache_dtype,
+                              draw, encode_prompt, never_drawn, prefill,
+                              sampling_generator, window_start)
 from .sampling import (Option, SamplingConfig, option, options,
                               out_of_range)
 
@@ -32,13 +37,14 @@ except ImportError:
     Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
-__all__ = ['MAX_STOP', 'MAX_BODY_BYTES', 'MAX_TOKENS', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'LOOPBACK_NAMES', 'APIError',
-           'number_field', 'strings_field', 'bool_field', 'stream_fields', 'refuse_constant', 'ServeConfig',
-           'request_field', 'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'end_tokens',
-           'Engine', 'check_model_name', 'longest_token_bytes', 'prompt_size', 'check_prompt_size',
-           'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'sse', 'events', 'read_body',
-           'parse_json', 'unless_gone', 'create_app', 'chat_page', 'is_loopback', 'host_name', 'Access',
-           'access_problem', 'AccessGuard', 'check_exposure', 'require_serve_packages', 'check_port', 'Server', 'serve']
+__all__ = ['MAX_STOP', 'MAX_BODY_BYTES', 'MAX_TOKENS', 'DEFAULT_MAX_TOKENS', 'MAX_BATCH', 'OPENAI_FIELDS', 'LOOPBACK_NAMES',
+           'APIError', 'number_field', 'strings_field', 'bool_field', 'stream_fields', 'refuse_constant', 'ServeConfig',
+           'request_field', 'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Row',
+           'place', 'seen', 'admit', 'RowKeys', 'Batch', 'Engine', 'check_model_name', 'longest_token_bytes',
+           'prompt_size', 'check_prompt_size', 'request_prompt_ids', 'read_request', 'usage', 'choice', 'response',
+           'sse', 'events', 'read_body', 'parse_json', 'unless_gone', 'create_app', 'chat_page', 'is_loopback',
+           'host_name', 'Access', 'access_problem', 'AccessGuard', 'check_exposure', 'require_serve_packages',
+           'check_port', 'Server', 'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
 class APIError(Exception):
@@ -59,6 +65,7 @@ MAX_STOP = 4                 # stop strings per request, as OpenAI allows
 MAX_BODY_BYTES = 1_000_000   # a request body, JSON and all
 MAX_TOKENS = 4096            # max_tokens of one request, unless --max-tokens
 DEFAULT_MAX_TOKENS = 256
+MAX_BATCH = 8                # requests decoded together, unless --max-batch
 
 # Where OpenAI differs from SamplingConfig: the names of a field in a request
 # (the first one given counts), its default, its upper bound, the most values.
@@ -211,66 +218,200 @@ def end_tokens(tok) -> tuple[int, ...]:
     return tuple(i for s, i in tok.special_tokens.items()
                  if s in (ENDOFTEXT, END))
 
+# %% ../nbs/10_using.ipynb #b3f0d6a1
+@dataclass(eq=False)
+class Row:
+    "A request in the batch: its tokens, its sampling, its text, its place."
+    ids: list[int]                 # the prompt, then the reply's tokens
+    cfg: ServeConfig
+    text: ReplyText
+    gen: torch.Generator           # its own draws: its seed's
+    banned: torch.Tensor
+    send: Callable                 # a piece, an error or None (the end)
+    gone: threading.Event          # set when its client goes away
+    start: int | None = None       # its window's start (`window_start`)
+    length: int = 0                # keys in its row of the cache
+    slot: int = 0                  # its row of the cache
+    done: bool = False
+
+def place(cache: KVCache, old: list[Row], fresh: list[Row]) -> list[Row]:
+    """The cache's first rows for the `old` rows, which decode (a row moves,
+    its keys copied, only into a hole), the next ones for the `fresh` rows;
+    the old rows in the order of their rows of the cache."""
+    n = len(old)
+    holes = sorted(set(range(n)) - {r.slot for r in old})
+    for r in old:
+        if r.slot >= n:
+            s = holes.pop()
+            for t in (cache.k, cache.v):
+                t[:, s, :, :r.length] = t[:, r.slot, :, :r.length]
+            r.slot = s
+    for k, r in enumerate(fresh):
+        r.slot = n + k
+    return sorted(old, key=lambda r: r.slot)
+
+def seen(r: Row) -> torch.Tensor | None:
+    "The tokens of the row's window (1, T), for its repetition penalty."
+    return (torch.tensor([r.ids[r.start:]], device=r.banned.device)
+            if r.cfg.repetition_penalty != 1 else None)
+
+def admit(batch, waiting: queue.SimpleQueue, most: int) -> None:
+    """Rows whose client left out of the batch, waiting rows in while it has
+    room (wait for one if it is empty)."""
+    batch.rows = [r for r in batch.rows if not r.gone.is_set()]
+    while len(batch.rows) < most:
+        try:
+            r = waiting.get(block=not batch.rows)
+        except queue.Empty:
+            return
+        if not r.gone.is_set():                 # not gone while waiting
+            batch.rows.append(r)
+
+class RowKeys:
+    """The first rows of a KVCache as one decoding step sees them: a key per
+    row stored at the row's own length (`slot`), keys up to `S` returned."""
+    def __init__(self, cache: KVCache, lengths: torch.Tensor, S: int):
+        self.cache, self.slot, self.S = cache, lengths, S  # slot: the model
+        self.rows = torch.arange(len(lengths), device=lengths.device)  # does
+                                                     # not count for us
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        K, V = self.cache.k[layer], self.cache.v[layer]   # (B, h_kv, T, d)
+        K[self.rows, :, self.slot] = k[:, :, 0].to(K.dtype)
+        V[self.rows, :, self.slot] = v[:, :, 0].to(V.dtype)
+        n = len(self.rows)
+        return K[:n, :, :self.S], V[:n, :, :self.S]
+
+# %% ../nbs/10_using.ipynb #c4e1a7b2
+class Batch:
+    """The requests being answered, a row of one KV cache each: `step` draws
+    every row's next token with one run of the model over all of them."""
+    def __init__(self, model, tok, size: int):
+        cfg, self.device = model.cfg, next(model.parameters()).device
+        self.model, self.tok, self.rows = model, tok, []
+        dtype = cache_dtype(model)                  # autocast's, if it is on
+        self.cache = KVCache(cfg, size, cfg.block_size, self.device, dtype)
+        self.one = KVCache(cfg, 1, cfg.block_size, self.device, dtype)
+
+    def step(self) -> None:
+        "Prefill the rows whose window is new, decode the others together."
+        fresh = []
+        for r in self.rows:       # new, or its reply outgrew the window
+            start = window_start(r.start, len(r.ids), self.model.cfg.block_size)
+            if start != r.start:
+                r.start = start
+                fresh.append(r)
+        old = place(self.cache, [r for r in self.rows if r not in fresh], fresh)
+        self.rows = old + fresh
+        logits = ([self.decode(old)] if old else []) + [
+            self.prefill(r) for r in fresh]
+        self.choose(torch.cat(logits))
+
+    def prefill(self, r: Row) -> torch.Tensor:
+        "The row's window through the model, as `decode_steps` does; its keys."
+        x = torch.tensor([r.ids[r.start:]], device=self.device)
+        logits = prefill(self.model, x, torch.ones_like(x, dtype=torch.bool),
+                         self.one)
+        r.length = w = x.shape[1]
+        for a, b in ((self.cache.k, self.one.k), (self.cache.v, self.one.v)):
+            a[:, r.slot, :, :w] = b[:, 0, :, :w]
+        return logits
+
+    def decode(self, rows: list[Row]) -> torch.Tensor:
+        """The logits (n, V) of each row's last token at once: its position
+        and its key's slot are the row's length, and it sees its row's keys."""
+        lengths = [r.length for r in rows]
+        pos = torch.tensor(lengths, device=self.device)[:, None]     # (n, 1)
+        S = max(lengths) + 1
+        mask = (None if min(lengths) == S - 1 else   # rows of one length
+                (torch.arange(S, device=self.device) <= pos)[:, None])
+        x = torch.tensor([[r.ids[-1]] for r in rows], device=self.device)
+        logits = self.model(x, positions=pos, mask=mask,
+                            cache=RowKeys(self.cache, pos[:, 0], S))[0][:, -1]
+        for r in rows:
+            r.length += 1
+        return logits
+
+    def choose(self, logits: torch.Tensor) -> None:
+        "Each row's token with its own settings; rows that are done leave."
+        nxt = [draw(logits[b:b + 1], seen(r), r.cfg, r.gen,
+                    self.tok.vocab_size, r.banned)[0]
+               for b, r in enumerate(self.rows)]
+        for r, i in zip(self.rows, torch.cat(nxt).tolist()):   # one sync
+            r.ids.append(i)
+            piece = r.text.add(i)
+            r.done = r.text.done or r.text.out.tokens >= r.cfg.max_new_tokens
+            piece += r.text.rest() if r.done else ""
+            if piece:
+                r.send(piece)
+            if r.done:
+                r.send(None)
+        self.rows = [r for r in self.rows if not r.done]
+
 # %% ../nbs/10_using.ipynb #4abb94eb
 class Engine:
-    """A run's model behind a queue: one worker thread generates for one
-    request at a time, in the order they came."""
+    """A run's model behind a queue: one worker thread answers up to
+    `max_batch` requests at once, a row each of one batch (1: in turn)."""
     def __init__(self, run_dir, name: str | None = None, device=None,
-                 precision: str = "auto", max_tokens: int = MAX_TOKENS):
+                 precision: str = "auto", max_tokens: int = MAX_TOKENS,
+                 max_batch: int = MAX_BATCH):
         self.model, self.tok = load_run(run_dir, device=device)
         self.name = name or Path(run_dir).resolve().name
         self.device = next(self.model.parameters()).device
         self.precision = choose_precision(self.device, precision)
         self.chat = all(t in self.tok.special_tokens for t in CHAT_TOKENS)
-        self.max_tokens = max_tokens             # the most of one request
+        self.max_tokens, self.max_batch = max_tokens, max_batch
         self.longest = longest_token_bytes(self.tok)
         self.created = int(time.time())
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="minigpt-serve")
+        self.waiting = queue.SimpleQueue()          # rows not yet in the batch
+        threading.Thread(target=self.work, daemon=True,
+                         name="minigpt-serve").start()
 
-    def pieces(self, ids, cfg: ServeConfig, reply: Continuation):
-        "`stream` under the server's precision (in the worker thread)."
-        banned = end_tokens(self.tok) if cfg.ignore_eos else ()
-        with autocast(self.device, self.precision):
-            yield from stream(self.model, self.tok, ids, cfg, banned=banned,
-                              out=reply)
+    def work(self) -> None:
+        "The worker thread: rows join the batch between steps, and leave it."
+        with torch.no_grad(), autocast(self.device, self.precision):
+            batch = Batch(self.model, self.tok, self.max_batch)
+            while True:
+                admit(batch, self.waiting, self.max_batch)
+                try:
+                    batch.step()
+                except Exception as e:     # each row of the step hears of it
+                    for r in batch.rows:
+                        r.send(e)
+                    batch.rows = []
 
     async def complete(self, ids, cfg) -> Continuation:
         """The whole reply: the stream, gathered; cancelling the task stops
         the generation, as a stream's consumer leaving does."""
         reply = Continuation()
-        async for _ in self.stream(ids, cfg, reply):
+        async for _ in self.stream(ids, cfg, reply, pieces=False):
             pass
         return reply
 
-    async def stream(self, ids, cfg, reply: Continuation):
-        """Yield the reply's pieces as the worker thread makes them; stop it
-        when the consumer stops (the client went away)."""
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        cancelled, done = threading.Event(), object()
-        def put(x):
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, x)
-            except RuntimeError:
-                pass              # the loop closed
-        def work():
-            try:
-                if not cancelled.is_set():          # not gone while queued
-                    for p in self.pieces(ids, cfg, reply):
-                        if cancelled.is_set():
-                            break    # gone now
-                        put(p)
-            except Exception as e:
-                put(e)
-            finally:
-                put(done)
-        loop.run_in_executor(self.worker, work)
+    async def stream(self, ids, cfg: ServeConfig, reply: Continuation,
+                     pieces: bool = True):
+        """Yield the reply's pieces (if `pieces`) as the worker makes them;
+        its row leaves the batch when the consumer stops (the client left)."""
+        loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
+        def send(x):
+            if pieces or not isinstance(x, str):
+                try:
+                    loop.call_soon_threadsafe(inbox.put_nowait, x)
+                except RuntimeError:
+                    pass                            # the loop closed
+        banned = never_drawn(self.tok) + (
+            end_tokens(self.tok) if cfg.ignore_eos else ())
+        row = Row(list(ids), cfg, ReplyText(self.tok, cfg, reply),
+                  sampling_generator(self.device, cfg.seed),
+                  torch.tensor(banned, dtype=torch.long, device=self.device),
+                  send, threading.Event())
+        self.waiting.put(row)
         try:
-            while (item := await queue.get()) is not done:
+            while (item := await inbox.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
                 yield item
         finally:
-            cancelled.set()
+            row.gone.set()
 
 # %% ../nbs/10_using.ipynb #4a20aa87
 def check_model_name(engine: Engine, body: dict) -> None:
@@ -337,7 +478,7 @@ def read_request(engine: Engine, body, chat: bool):
     check_model_name(engine, body)
     cfg = sampling_config(body, engine.max_tokens)
     if chat:
-        cfg.stop = cfg.stop + (END,)     # the end of the turn
+        cfg.stop = cfg.stop + CHAT_TOKENS   # a turn ends at any role token
     return request_prompt_ids(engine, body, chat), cfg
 
 # %% ../nbs/10_using.ipynb #1f2e76ec
@@ -623,7 +764,8 @@ class Server:
 # %% ../nbs/10_using.ipynb #d9e5a1f7
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000,
           device=None, precision: str = "auto", api_key: str | None = None,
-          origins: tuple[str, ...] = (), max_tokens: int = MAX_TOKENS) -> None:
+          origins: tuple[str, ...] = (), max_tokens: int = MAX_TOKENS,
+          max_batch: int = MAX_BATCH) -> None:
     """Serve a run until Ctrl-C: the chat page at /, the API under /v1; a
     key is needed off this machine (`api_key`, else MINIGPT_API_KEY)."""
     require_serve_packages()
@@ -634,9 +776,12 @@ def serve(run_dir, host: str = "127.0.0.1", port: int = 8000,
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) \
             or max_tokens < 1:
         raise ValueError(f"--max-tokens {max_tokens}: a whole number >= 1")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) \
+            or max_batch < 1:
+        raise ValueError(f"--max-batch {max_batch}: a whole number >= 1")
     check_port(host, port)
     engine = Engine(run_dir, device=device, precision=precision,
-                    max_tokens=max_tokens)
+                    max_tokens=max_tokens, max_batch=max_batch)
     what = "chat and completions" if engine.chat else "completions only"
     print(f"serving {engine.name} ({what}, {engine.device}) at "
           f"http://{host}:{port}/ (the API: /v1)", flush=True)
