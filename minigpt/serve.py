@@ -27,7 +27,8 @@ from .common import CHAT_TOKENS, END, ENDOFTEXT, free_port
 from .finetune import chat_ids
 from .generate import (Continuation, KVCache, ReplyText, cache_dtype,
                               draw, encode_prompt, never_drawn, prefill,
-                              sampling_generator, window_start)
+                              sampling_generator, sampling_logits,
+                              window_start)
 from .sampling import (Option, SamplingConfig, option, options,
                               out_of_range)
 
@@ -37,14 +38,15 @@ except ImportError:
     Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
-__all__ = ['MAX_STOP', 'MAX_BODY_BYTES', 'MAX_TOKENS', 'DEFAULT_MAX_TOKENS', 'MAX_BATCH', 'OPENAI_FIELDS', 'LOOPBACK_NAMES',
-           'APIError', 'number_field', 'strings_field', 'bool_field', 'stream_fields', 'refuse_constant', 'ServeConfig',
-           'request_field', 'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Row',
-           'place', 'seen', 'admit', 'RowKeys', 'Batch', 'Engine', 'check_model_name', 'longest_token_bytes',
-           'prompt_size', 'check_prompt_size', 'request_prompt_ids', 'read_request', 'usage', 'choice', 'response',
-           'sse', 'events', 'read_body', 'parse_json', 'unless_gone', 'create_app', 'chat_page', 'is_loopback',
-           'host_name', 'Access', 'access_problem', 'AccessGuard', 'check_exposure', 'require_serve_packages',
-           'check_port', 'Server', 'serve']
+__all__ = ['MAX_STOP', 'MAX_BODY_BYTES', 'MAX_TOKENS', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'MAX_BATCH', 'UNSUPPORTED',
+           'LOOPBACK_NAMES', 'APIError', 'number_field', 'strings_field', 'bool_field', 'stream_fields',
+           'refuse_constant', 'ServeConfig', 'request_field', 'sampling_config', 'refuse_unsupported', 'logprobs_field',
+           'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Row', 'place', 'seen', 'admit', 'draw_row',
+           'RowKeys', 'Batch', 'Engine', 'check_model_name', 'longest_token_bytes', 'prompt_size', 'check_prompt_size',
+           'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'Reply', 'scored', 'logprobs_json',
+           'logprobs_until', 'sse', 'events', 'read_body', 'parse_json', 'unless_gone', 'create_app', 'chat_page',
+           'is_loopback', 'host_name', 'Access', 'access_problem', 'AccessGuard', 'check_exposure',
+           'require_serve_packages', 'check_port', 'Server', 'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
 class APIError(Exception):
@@ -65,7 +67,6 @@ MAX_STOP = 4                 # stop strings per request, as OpenAI allows
 MAX_BODY_BYTES = 1_000_000   # a request body, JSON and all
 MAX_TOKENS = 4096            # max_tokens of one request, unless --max-tokens
 DEFAULT_MAX_TOKENS = 256
-MAX_BATCH = 8                # requests decoded together, unless --max-batch
 
 # Where OpenAI differs from SamplingConfig: the names of a field in a request
 # (the first one given counts), its default, its upper bound, the most values.
@@ -163,6 +164,39 @@ def sampling_config(body: dict, most_tokens: int = MAX_TOKENS) -> ServeConfig:
     return ServeConfig(**{o.name: request_field(body, o, most_tokens)
                           for o in options(ServeConfig)})
 
+# %% ../nbs/10_using.ipynb #d5a9c3e7
+MAX_BATCH = 8               # requests decoded together, unless --max-batch
+
+UNSUPPORTED = {   # OpenAI's fields not implemented here: the values that mean "off"
+    "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},),
+    "best_of": (1,), "echo": (False,), "suffix": ("",), "tools": ([],),
+    "tool_choice": ("none",), "functions": ([],), "function_call": ("none",),
+    "response_format": ({"type": "text"},), "audio": (), "prediction": (),
+    "modalities": (["text"],), "web_search_options": ()}
+
+def refuse_unsupported(body: dict) -> None:
+    "APIError 400 naming the first field given that the server cannot honour."
+    for name, off in UNSUPPORTED.items():
+        x = body.get(name)
+        if x is not None and not any(type(x) is type(o) and x == o
+                                     for o in off):
+            raise APIError(400, f"{name} is not supported by this server; "
+                           "leave it out", name, "unsupported_parameter")
+
+def logprobs_field(body: dict, chat: bool) -> int | None:
+    """How many alternatives to give with each token's log-probability; None:
+    no logprobs. Completions: logprobs 0..5; chat: logprobs: true and
+    top_logprobs 0..20."""
+    if not chat:
+        return number_field(body, "logprobs", None, 0, 5, integer=True)
+    top = number_field(body, "top_logprobs", None, 0, 20, integer=True)
+    if not bool_field(body, "logprobs"):
+        if top is not None:
+            raise APIError(400, "top_logprobs needs logprobs: true",
+                           "top_logprobs", "invalid_value")
+        return None
+    return top or 0
+
 # %% ../nbs/10_using.ipynb #22b3e8c3
 def completion_prompt(body: dict, tok) -> list[int]:
     "Token ids of a completion request's prompt: a string or a list of ids."
@@ -229,6 +263,7 @@ class Row:
     banned: torch.Tensor
     send: Callable                 # a piece, an error or None (the end)
     gone: threading.Event          # set when its client goes away
+    top: int | None = None         # logprobs' alternatives; None: no logprobs
     start: int | None = None       # its window's start (`window_start`)
     length: int = 0                # keys in its row of the cache
     slot: int = 0                  # its row of the cache
@@ -267,6 +302,16 @@ def admit(batch, waiting: queue.SimpleQueue, most: int) -> None:
         if not r.gone.is_set():                 # not gone while waiting
             batch.rows.append(r)
 
+def draw_row(r: Row, logits: torch.Tensor, vocab_size: int) -> tuple:
+    """The row's next token (1,) with its own settings and generator; if it
+    asked for them, the log-probabilities (V,) of the distribution that token
+    was drawn from (at temperature 0, of the penalised logits)."""
+    s = seen(r)
+    nxt, z = draw(logits, s, r.cfg, r.gen, vocab_size, r.banned)
+    return nxt, (None if r.top is None else torch.log_softmax(
+        sampling_logits(z, s, r.cfg), dim=-1)[0])
+
+# %% ../nbs/10_using.ipynb #a8c2f4e6
 class RowKeys:
     """The first rows of a KVCache as one decoding step sees them: a key per
     row stored at the row's own length (`slot`), keys up to `S` returned."""
@@ -333,11 +378,14 @@ class Batch:
 
     def choose(self, logits: torch.Tensor) -> None:
         "Each row's token with its own settings; rows that are done leave."
-        nxt = [draw(logits[b:b + 1], seen(r), r.cfg, r.gen,
-                    self.tok.vocab_size, r.banned)[0]
-               for b, r in enumerate(self.rows)]
-        for r, i in zip(self.rows, torch.cat(nxt).tolist()):   # one sync
+        drawn = [draw_row(r, logits[b:b + 1], self.tok.vocab_size)
+                 for b, r in enumerate(self.rows)]
+        ids = torch.cat([nxt for nxt, _ in drawn]).tolist()      # one sync
+        for r, i, (_, logprobs) in zip(self.rows, ids, drawn):
             r.ids.append(i)
+            if logprobs is not None:     # where its text begins, its scores
+                r.text.out.logprobs.append(
+                    (len(r.text.out.text), *scored(logprobs, i, r.top)))
             piece = r.text.add(i)
             r.done = r.text.done or r.text.out.tokens >= r.cfg.max_new_tokens
             piece += r.text.rest() if r.done else ""
@@ -379,18 +427,19 @@ class Engine:
                         r.send(e)
                     batch.rows = []
 
-    async def complete(self, ids, cfg) -> Continuation:
+    async def complete(self, ids, cfg, top: int | None = None) -> Reply:
         """The whole reply: the stream, gathered; cancelling the task stops
         the generation, as a stream's consumer leaving does."""
-        reply = Continuation()
-        async for _ in self.stream(ids, cfg, reply, pieces=False):
+        reply = Reply()
+        async for _ in self.stream(ids, cfg, reply, top, pieces=False):
             pass
         return reply
 
-    async def stream(self, ids, cfg: ServeConfig, reply: Continuation,
-                     pieces: bool = True):
-        """Yield the reply's pieces (if `pieces`) as the worker makes them;
-        its row leaves the batch when the consumer stops (the client left)."""
+    async def stream(self, ids, cfg: ServeConfig, reply: Reply,
+                     top: int | None = None, pieces: bool = True):
+        """Yield the reply's pieces (if `pieces`) as the worker makes them,
+        recording each token's logprobs in `reply` unless `top` is None; its
+        row leaves the batch when the consumer stops (the client left)."""
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
         def send(x):
             if pieces or not isinstance(x, str):
@@ -403,7 +452,7 @@ class Engine:
         row = Row(list(ids), cfg, ReplyText(self.tok, cfg, reply),
                   sampling_generator(self.device, cfg.seed),
                   torch.tensor(banned, dtype=torch.long, device=self.device),
-                  send, threading.Event())
+                  send, threading.Event(), top)
         self.waiting.put(row)
         try:
             while (item := await inbox.get()) is not None:
@@ -471,15 +520,19 @@ def request_prompt_ids(engine: Engine, body: dict, chat: bool) -> list[int]:
                        "context_length_exceeded")
     return ids
 
+# %% ../nbs/10_using.ipynb #b7d9e1f3
 def read_request(engine: Engine, body, chat: bool):
-    "(prompt ids, SamplingConfig) of a request body; APIError if bad."
+    """(prompt ids, ServeConfig, logprobs: alternatives or None) of a request
+    body; APIError if bad."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     check_model_name(engine, body)
+    refuse_unsupported(body)
     cfg = sampling_config(body, engine.max_tokens)
+    top = logprobs_field(body, chat)
     if chat:
         cfg.stop = cfg.stop + CHAT_TOKENS   # a turn ends at any role token
-    return request_prompt_ids(engine, body, chat), cfg
+    return request_prompt_ids(engine, body, chat), cfg, top
 
 # %% ../nbs/10_using.ipynb #1f2e76ec
 def usage(ids: list[int], reply: Continuation) -> dict:
@@ -487,41 +540,87 @@ def usage(ids: list[int], reply: Continuation) -> dict:
             "total_tokens": len(ids) + reply.tokens}
 
 def choice(chat: bool, text: str | None, finish_reason: str | None,
-           delta: bool = False, first: bool = False) -> dict:
+           delta: bool = False, first: bool = False,
+           logprobs: dict | None = None) -> dict:
     "One choice of a response (or of a chunk, `delta`) in OpenAI's format."
-    c = {"index": 0, "finish_reason": finish_reason}
+    c = {"index": 0, "finish_reason": finish_reason, "logprobs": logprobs}
     if not chat:
-        return c | {"text": text or "", "logprobs": None}
+        return c | {"text": text or ""}
     if not delta:
         return c | {"message": {"role": "assistant", "content": text}}
     d = ({"role": "assistant", "content": ""} if first else
          {} if text is None else {"content": text})
-    return c | {"delta": d, "logprobs": None}
+    return c | {"delta": d}
 
 def response(kind: str, rid: str, model: str, choices: list, **extra) -> dict:
     return {"id": rid, "object": kind, "created": int(time.time()),
             "model": model, "choices": choices} | extra
+
+# %% ../nbs/10_using.ipynb #e6b0d4f8
+@dataclass
+class Reply(Continuation):
+    "A Continuation and, if asked for, its tokens' log-probabilities."
+    logprobs: list = field(default_factory=list)  # (offset, id, logprob, alts)
+
+def scored(logprobs: torch.Tensor, i: int, top: int) -> tuple:
+    """(id, log-probability, the `top` likeliest ids and theirs) of token i
+    under logprobs (V,); alternatives that could not be drawn left out."""
+    best = logprobs.topk(top) if top else None
+    alts = [] if best is None else [
+        (j, p) for j, p in zip(best.indices.tolist(), best.values.tolist())
+        if p > float("-inf")]
+    return i, logprobs[i].item(), alts
+
+def logprobs_json(tok, entries: list, chat: bool) -> dict:
+    "OpenAI's logprobs of `entries` [(offset, id, logprob, alternatives)]."
+    raw = getattr(tok, "decode_bytes", lambda ids: tok.decode(ids).encode())
+    text = lambda i: raw([i]).decode("utf-8", errors="replace")
+    if chat:
+        one = lambda i, p: {"token": text(i), "logprob": p,
+                            "bytes": list(raw([i]))}
+        return {"content": [one(i, p) | {"top_logprobs": [
+            one(j, q) for j, q in alts]} for _, i, p, alts in entries]}
+    return {"tokens": [text(i) for _, i, _, _ in entries],
+            "token_logprobs": [p for _, _, p, _ in entries],
+            "top_logprobs": [{text(j): q for j, q in alts}
+                             for *_, alts in entries],
+            "text_offset": [at for at, *_ in entries]}
+
+def logprobs_until(reply: Reply, taken: int, end: int) -> int:
+    "How many of the reply's entries begin before character `end`."
+    while taken < len(reply.logprobs) and reply.logprobs[taken][0] < end:
+        taken += 1
+    return taken
 
 # %% ../nbs/10_using.ipynb #bafd5114
 def sse(data) -> str:
     "One server-sent event: a line `data: ...` and an empty line."
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
-async def events(engine: Engine, ids, cfg, chat: bool, include_usage: bool):
-    "The SSE stream of one request: chunks, the last one's reason, [DONE]."
+async def events(engine: Engine, ids, cfg, chat: bool, include_usage: bool,
+                 top: int | None = None):
+    """The SSE stream of one request: chunks (with their tokens' logprobs if
+    `top` is not None), the last one's reason, [DONE]."""
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     kind = "chat.completion.chunk" if chat else "text_completion"
     chunk = lambda c, **kw: sse(response(kind, rid, engine.name, c, **kw))
-    reply = Continuation()
+    reply, sent, taken = Reply(), 0, 0
+    def logprobs(end):              # those of the tokens sent, not sent yet
+        nonlocal taken
+        start, taken = taken, logprobs_until(reply, taken, end)
+        return (None if top is None else
+                logprobs_json(engine.tok, reply.logprobs[start:taken], chat))
     if chat:
         yield chunk([choice(chat, None, None, delta=True, first=True)])
     try:
-        async for piece in engine.stream(ids, cfg, reply):
-            yield chunk([choice(chat, piece, None, delta=True)])
+        async for piece in engine.stream(ids, cfg, reply, top):
+            sent += len(piece)
+            yield chunk([choice(chat, piece, None, True, False, logprobs(sent))])
     except Exception as e:                   # the headers are sent: in-band
         yield sse(APIError(500, f"generation failed: {e}").body())
         return
-    yield chunk([choice(chat, None, reply.finish_reason, delta=True)])
+    yield chunk([choice(chat, None, reply.finish_reason, True, False,
+                        logprobs(sent))])
     if include_usage:
         yield chunk([], usage=usage(ids, reply))
     yield sse("[DONE]")
@@ -599,18 +698,23 @@ def create_app(engine: Engine, access: Access | None = None):
     async def answer(request: Request, chat: bool):
         body = parse_json(await read_body(request))
         # the tokenizer runs in a thread: a long prompt does not stop the loop
-        ids, cfg = await asyncio.to_thread(read_request, engine, body, chat)
+        ids, cfg, top = await asyncio.to_thread(read_request, engine, body,
+                                                chat)
         streamed, include_usage = stream_fields(body)
         if streamed:
             return StreamingResponse(
-                events(engine, ids, cfg, chat, include_usage),
+                events(engine, ids, cfg, chat, include_usage, top),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"})
-        reply = await unless_gone(request, engine.complete(ids, cfg))
+        reply = await unless_gone(request, engine.complete(ids, cfg, top))
+        logprobs = None if top is None else logprobs_json(
+            engine.tok, reply.logprobs[:logprobs_until(reply, 0,
+                                                       len(reply.text))], chat)
         kind, prefix = (("chat.completion", "chatcmpl-") if chat
                         else ("text_completion", "cmpl-"))
         return response(kind, prefix + uuid.uuid4().hex[:24], engine.name,
-                        [choice(chat, reply.text, reply.finish_reason)],
+                        [choice(chat, reply.text, reply.finish_reason,
+                                logprobs=logprobs)],
                         usage=usage(ids, reply))
 
     @app.post("/v1/completions")
