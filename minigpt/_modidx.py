@@ -599,6 +599,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'minigpt.serve.sse': ('using.html#sse', 'minigpt/serve.py'),
                                'minigpt.serve.stream_fields': ('using.html#stream_fields', 'minigpt/serve.py'),
                                'minigpt.serve.strings_field': ('using.html#strings_field', 'minigpt/serve.py'),
+                               'minigpt.serve.token_text': ('using.html#token_text', 'minigpt/serve.py'),
                                'minigpt.serve.unless_gone': ('using.html#unless_gone', 'minigpt/serve.py'),
                                'minigpt.serve.usage': ('using.html#usage', 'minigpt/serve.py')},
             'minigpt.tokenizer': { 'minigpt.tokenizer.BPETokenizer': ('tokenizer.html#bpetokenizer', 'minigpt/tokenizer.py'),

@@ -43,9 +43,9 @@ __all__ = ['MAX_STOP', 'MAX_BODY_BYTES', 'MAX_TOKENS', 'DEFAULT_MAX_TOKENS', 'OP
            'refuse_constant', 'ServeConfig', 'request_field', 'sampling_config', 'refuse_unsupported', 'logprobs_field',
            'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Row', 'place', 'seen', 'admit', 'draw_row',
            'RowKeys', 'Batch', 'Engine', 'check_model_name', 'longest_token_bytes', 'prompt_size', 'check_prompt_size',
-           'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'Reply', 'scored', 'logprobs_json',
-           'logprobs_until', 'sse', 'events', 'read_body', 'parse_json', 'unless_gone', 'create_app', 'chat_page',
-           'is_loopback', 'host_name', 'Access', 'access_problem', 'AccessGuard', 'check_exposure',
+           'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'Reply', 'scored', 'token_text',
+           'logprobs_json', 'logprobs_until', 'sse', 'events', 'read_body', 'parse_json', 'unless_gone', 'create_app',
+           'chat_page', 'is_loopback', 'host_name', 'Access', 'access_problem', 'AccessGuard', 'check_exposure',
            'require_serve_packages', 'check_port', 'Server', 'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
@@ -178,8 +178,8 @@ def refuse_unsupported(body: dict) -> None:
     "APIError 400 naming the first field given that the server cannot honour."
     for name, off in UNSUPPORTED.items():
         x = body.get(name)
-        if x is not None and not any(type(x) is type(o) and x == o
-                                     for o in off):
+        if x is not None and not any(x == o and isinstance(x, bool) ==
+                                     isinstance(o, bool) for o in off):
             raise APIError(400, f"{name} is not supported by this server; "
                            "leave it out", name, "unsupported_parameter")
 
@@ -571,10 +571,17 @@ def scored(logprobs: torch.Tensor, i: int, top: int) -> tuple:
         if p > float("-inf")]
     return i, logprobs[i].item(), alts
 
+def token_text(raw: bytes) -> str:
+    "A token as text; as OpenAI writes it, bytes:\\xNN... if not UTF-8 alone."
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
 def logprobs_json(tok, entries: list, chat: bool) -> dict:
     "OpenAI's logprobs of `entries` [(offset, id, logprob, alternatives)]."
     raw = getattr(tok, "decode_bytes", lambda ids: tok.decode(ids).encode())
-    text = lambda i: raw([i]).decode("utf-8", errors="replace")
+    text = lambda i: token_text(raw([i]))
     if chat:
         one = lambda i, p: {"token": text(i), "logprob": p,
                             "bytes": list(raw([i]))}
