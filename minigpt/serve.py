@@ -411,13 +411,15 @@ class Engine:
         self.longest = longest_token_bytes(self.tok)
         self.created = int(time.time())
         self.waiting = queue.SimpleQueue()          # rows not yet in the batch
+        with autocast(self.device, self.precision):  # the cache's dtype
+            self.batch = Batch(self.model, self.tok, max_batch)
         threading.Thread(target=self.work, daemon=True,
                          name="minigpt-serve").start()
 
     def work(self) -> None:
         "The worker thread: rows join the batch between steps, and leave it."
+        batch = self.batch
         with torch.no_grad(), autocast(self.device, self.precision):
-            batch = Batch(self.model, self.tok, self.max_batch)
             while True:
                 admit(batch, self.waiting, self.max_batch)
                 try:
