@@ -316,9 +316,10 @@ class RowKeys:
     """The first rows of a KVCache as one decoding step sees them: a key per
     row stored at the row's own length (`slot`), keys up to `S` returned."""
     def __init__(self, cache: KVCache, lengths: torch.Tensor, S: int):
-        self.cache, self.slot, self.S = cache, lengths, S  # slot: the model
-        self.rows = torch.arange(len(lengths), device=lengths.device)  # does
-                                                     # not count for us
+        self.cache, self.S = cache, S
+        self.slot = lengths     # a slot: the caller counts, as in ch. 7
+        self.rows = torch.arange(len(lengths), device=lengths.device)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         K, V = self.cache.k[layer], self.cache.v[layer]   # (B, h_kv, T, d)
         K[self.rows, :, self.slot] = k[:, :, 0].to(K.dtype)
