@@ -480,6 +480,8 @@ def test_a_server_on_the_network_needs_a_key_and_bad_ports_are_one_line(runs):
         assert r.returncode == 1 and "1 to 65535" in r.stderr, r.stderr
     r = minigpt("serve", "--run", runs[0], "--max-tokens", 0)
     assert r.returncode == 1 and "--max-tokens" in r.stderr, r.stderr
+    r = minigpt("serve", "--run", runs[0], "--max-batch", 0)
+    assert r.returncode == 1 and "--max-batch" in r.stderr, r.stderr
 
 
 def test_chat_says_when_the_conversation_outgrows_the_context(runs):
