@@ -888,6 +888,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=4096,
                         help="the most tokens one request may ask for "
                         "(default 4096)")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="the most requests decoded together, each step "
+                        "one run of the model for all (default 8; 1: one "
+                        "request at a time)")
     add_device_arguments(parser)
 
 @command("serve", "an OpenAI-compatible server and a chat page for a run",
@@ -897,7 +901,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from minigpt.serve import serve
     serve(args.run, args.host, args.port, device=resolve_device(args.device),
           precision=args.precision or "auto", api_key=args.api_key,
-          origins=tuple(args.allow_origin), max_tokens=args.max_tokens)
+          origins=tuple(args.allow_origin), max_tokens=args.max_tokens,
+          max_batch=args.max_batch)
     return 0
 
 # %% ../nbs/12_cli.ipynb #8c9528e9

@@ -19,10 +19,11 @@ from .common import ENDOFTEXT, PAD
 from .sampling import SamplingConfig
 
 # %% auto #0
-__all__ = ['top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'sampling_generator', 'next_token', 'positions_of',
-           'padding_mask', 'KVCache', 'window_start', 'token_buffer', 'cache_dtype', 'decode_steps', 'is_token_id',
-           'checked_ids', 'encode_prompt', 'is_one_prompt', 'first_stop', 'Continuation', 'stream', 'generate_ids',
-           'generate', 'decode_step', 'compiled_step', 'fixed_shape_inputs', 'Int8Linear', 'quantize_int8']
+__all__ = ['top_k_filter', 'top_p_filter', 'apply_repetition_penalty', 'sampling_generator', 'sampling_logits', 'next_token',
+           'draw', 'positions_of', 'padding_mask', 'KVCache', 'window_start', 'token_buffer', 'cache_dtype', 'prefill',
+           'decode_steps', 'is_token_id', 'checked_ids', 'encode_prompt', 'never_drawn', 'is_one_prompt', 'first_stop',
+           'Continuation', 'ReplyText', 'stream', 'generate_ids', 'generate', 'decode_step', 'compiled_step',
+           'fixed_shape_inputs', 'Int8Linear', 'quantize_int8']
 
 # %% ../nbs/07_generation.ipynb #6b07aae0
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,21 +58,42 @@ def sampling_generator(device, seed: int | None = None) -> torch.Generator:
         gen.manual_seed(seed)
     return gen
 
-def next_token(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
-               gen: torch.Generator | None = None) -> torch.Tensor:
-    "The next token (B,) from logits (B, V), given the tokens so far (B, T)."
+def sampling_logits(logits: torch.Tensor, seen: torch.Tensor,
+                    cfg: SamplingConfig) -> torch.Tensor:
+    """The logits (B, V) that `next_token` draws from: penalised, then at a
+    temperature above 0 divided by it and filtered; at 0, the penalised ones,
+    whose largest it takes."""
     logits = logits.float()
     if cfg.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
     if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
+        return logits
     logits = logits / cfg.temperature
     if cfg.top_k:
         logits = top_k_filter(logits, cfg.top_k)
     if cfg.top_p and cfg.top_p < 1:              # p = 1 keeps every token
         logits = top_p_filter(logits, cfg.top_p)
+    return logits
+
+def next_token(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
+               gen: torch.Generator | None = None) -> torch.Tensor:
+    "The next token (B,) from logits (B, V), given the tokens so far (B, T)."
+    logits = sampling_logits(logits, seen, cfg)
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+def draw(logits: torch.Tensor, seen: torch.Tensor | None, cfg: SamplingConfig,
+         gen: torch.Generator | None = None, vocab_size: int | None = None,
+         banned: torch.Tensor | None = None):
+    """(next tokens (B,), their logits (B, V)) from the model's logits: only
+    ids below `vocab_size` (the tokenizer's), never the `banned` ones."""
+    z = logits[:, :vocab_size].float()            # (B, V) decodable ids
+    if banned is not None and banned.numel():
+        z.index_fill_(1, banned, float("-inf"))
+    return next_token(z, seen, cfg, gen), z
+
 
 # %% ../nbs/07_generation.ipynb #23bf788f
 def positions_of(valid: torch.Tensor) -> torch.Tensor:
@@ -153,6 +175,13 @@ def cache_dtype(model: GPT) -> torch.dtype:
     return torch.get_autocast_dtype(p.device.type) if on else p.dtype
 
 # %% ../nbs/07_generation.ipynb #e709d1c9
+def prefill(model: GPT, x: torch.Tensor, valid: torch.Tensor,
+            cache: KVCache) -> torch.Tensor:
+    "The last logits (B, V) of the window x (B, w), its keys into an empty cache."
+    cache.slot, cache.length = None, 0
+    return model(x, positions=positions_of(valid), cache=cache,
+                 mask=padding_mask(valid, valid.shape[1]))[0][:, -1]
+
 @torch.no_grad()
 def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
                  use_cache: bool = True, vocab_size: int | None = None,
@@ -177,9 +206,7 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
             mask = padding_mask(v, v.shape[1]) if padded else None
             logits = model(x, positions=positions_of(v), mask=mask)[0][:, -1]
         elif new_start != start:   # prefill: the window into an empty cache
-            cache.slot, cache.length = None, 0
-            logits = model(x, positions=positions_of(v), cache=cache,
-                           mask=padding_mask(v, v.shape[1]))[0][:, -1]
+            logits = prefill(model, x, v, cache)
             if step:
                 visible, pos = fixed_shape_inputs(cache, v)
         elif step is None:         # one new token per row
@@ -194,12 +221,9 @@ def decode_steps(model: GPT, rows: list[list[int]], cfg: SamplingConfig,
             pos.add_(1)
             cache.length += 1
         start = new_start
-        z = logits[:, :vocab_size].float()            # (B, V) decodable ids
-        if banned.numel():
-            z.index_fill_(1, banned, float("-inf"))
         seen = (torch.where(v, x, x[:, -1:])          # padding: not a token
                 if cfg.repetition_penalty != 1 else None)
-        nxt = next_token(z, seen, cfg, gen)            # (B,)
+        nxt, z = draw(logits, seen, cfg, gen, vocab_size, banned)   # (B,)
         ids[:, n], valid[:, n] = nxt, True
         yield nxt, z
 
@@ -251,7 +275,7 @@ def _piece_decoder(tok):
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     return lambda i: utf8.decode(tok.decode_bytes([i]))
 
-def _banned(tok) -> tuple[int, ...]:
+def never_drawn(tok) -> tuple[int, ...]:
     "Tokens never generated: padding."
     return tuple(i for s, i in tok.special_tokens.items() if s == PAD)
 
@@ -266,7 +290,7 @@ def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     found = [text.find(s) for s in stops if s in text]
     return min(found) if found else None
 
-# %% ../nbs/07_generation.ipynb #a1cc0b5b
+# %% ../nbs/07_generation.ipynb #7b3d2e51
 @dataclass
 class Continuation:
     "What `stream` generated: the text, the tokens drawn and why it ended."
@@ -274,6 +298,44 @@ class Continuation:
     tokens: int = 0                  # drawn, an end token included
     finish_reason: str = "length"    # or "stop": an end token, a stop string
 
+class ReplyText:
+    """A reply's text, token by token: an end token or a stop string ends it
+    (`done`); `Continuation` records it; what is ready to send excludes the
+    tail that might begin a stop string and an unfinished UTF-8 character."""
+    def __init__(self, tok, cfg: SamplingConfig,
+                 out: Continuation | None = None):
+        self.out = Continuation() if out is None else out
+        self.eot, self.piece = tok.special_tokens[ENDOFTEXT], _piece_decoder(tok)
+        self.stop, self.stop_at_eot = cfg.stop, cfg.stop_at_eot
+        self.hold = max((len(s) for s in cfg.stop), default=1) - 1
+        self.sent, self.done = 0, False
+
+    def add(self, i: int) -> str:
+        "The text that token `i` makes ready to send ('' if none)."
+        out = self.out
+        out.tokens += 1
+        if i == self.eot and self.stop_at_eot:
+            out.finish_reason, self.done = "stop", True
+            return self.rest()
+        out.text += self.piece(i)
+        cut = first_stop(out.text, self.stop)
+        if cut is not None:
+            out.text, out.finish_reason = out.text[:cut], "stop"
+            self.done = True
+            return self.rest()
+        ready = len(out.text) - self.hold      # hold back a possible stop
+        if ready <= self.sent:
+            return ""
+        piece, self.sent = out.text[self.sent:ready], ready
+        return piece
+
+    def rest(self) -> str:
+        "All that is not sent yet: the end of the reply."
+        piece, self.sent = self.out.text[self.sent:], len(self.out.text)
+        return piece
+
+
+# %% ../nbs/07_generation.ipynb #a1cc0b5b
 def stream(model: GPT, tok, prompt: str | list[int], cfg: SamplingConfig,
            use_cache: bool = True, allow_special: bool = False,
            banned: tuple[int, ...] = (), out: Continuation | None = None,
@@ -282,26 +344,15 @@ def stream(model: GPT, tok, prompt: str | list[int], cfg: SamplingConfig,
     `out` records all of it. `banned` tokens are never drawn; `compile` as in
     `decode_steps`."""
     ids = encode_prompt(tok, prompt, allow_special)
-    out = Continuation() if out is None else out
-    eot, piece = tok.special_tokens[ENDOFTEXT], _piece_decoder(tok)
-    sent, hold = 0, max((len(s) for s in cfg.stop), default=1) - 1
+    text = ReplyText(tok, cfg, out)
     for nxt, _ in decode_steps(model, [ids], cfg, use_cache, tok.vocab_size,
-                               _banned(tok) + tuple(banned), compile):
-        out.tokens += 1
-        i = int(nxt[0])
-        if i == eot and cfg.stop_at_eot:
-            out.finish_reason = "stop"
-            break
-        out.text += piece(i)
-        cut = first_stop(out.text, cfg.stop)
-        if cut is not None:
-            out.text, out.finish_reason = out.text[:cut], "stop"
-            break
-        if len(out.text) - hold > sent:       # hold back a possible stop
-            yield out.text[sent:len(out.text) - hold]
-            sent = len(out.text) - hold
-    if len(out.text) > sent:
-        yield out.text[sent:]
+                               never_drawn(tok) + tuple(banned), compile):
+        if piece := text.add(int(nxt[0])):
+            yield piece
+        if text.done:
+            return
+    if piece := text.rest():
+        yield piece
 
 def generate_ids(model: GPT, tok, rows: list[list[int]], cfg: SamplingConfig,
                  use_cache: bool = True,
@@ -311,7 +362,7 @@ def generate_ids(model: GPT, tok, rows: list[list[int]], cfg: SamplingConfig,
     eot = tok.special_tokens[ENDOFTEXT]
     new, done = [[] for _ in rows], [False] * len(rows)
     for nxt, _ in decode_steps(model, rows, cfg, use_cache, tok.vocab_size,
-                               _banned(tok), compile):
+                               never_drawn(tok), compile):
         for b, i in enumerate(nxt.tolist()):
             if done[b]:
                 continue

@@ -9,21 +9,27 @@ import ipaddress
 import json
 import math
 import os
+import queue
 import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+import torch
 
 from .checkpoint import load_run
 from .device import autocast, choose_precision
 from .common import (CHAT_TOKENS, END, ENDOFTEXT, free_port,
                             install_hint)
 from .finetune import chat_ids
-from .generate import Continuation, encode_prompt, stream
+from .generate import (Continuation, KVCache, ReplyText, cache_dtype,
+                              draw, encode_prompt, never_drawn, prefill,
+                              sampling_generator, sampling_logits,
+                              window_start)
 from .sampling import (Option, SamplingConfig, option, options,
                               out_of_range)
 
@@ -33,13 +39,15 @@ except ImportError:
     Request = None  # `minigpt serve` says what to install
 
 # %% auto #0
-__all__ = ['MAX_STOP', 'MAX_BODY_BYTES', 'MAX_TOKENS', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'LOOPBACK_NAMES', 'APIError',
-           'number_field', 'strings_field', 'bool_field', 'stream_fields', 'refuse_constant', 'ServeConfig',
-           'request_field', 'sampling_config', 'completion_prompt', 'message_text', 'chat_turns', 'end_tokens',
-           'Engine', 'check_model_name', 'longest_token_bytes', 'prompt_size', 'check_prompt_size',
-           'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'sse', 'events', 'read_body',
-           'parse_json', 'unless_gone', 'create_app', 'chat_page', 'is_loopback', 'host_name', 'Access',
-           'access_problem', 'AccessGuard', 'check_exposure', 'require_serve_packages', 'check_port', 'Server', 'serve']
+__all__ = ['MAX_STOP', 'MAX_BODY_BYTES', 'MAX_TOKENS', 'DEFAULT_MAX_TOKENS', 'OPENAI_FIELDS', 'MAX_BATCH', 'UNSUPPORTED',
+           'LOOPBACK_NAMES', 'APIError', 'number_field', 'strings_field', 'bool_field', 'stream_fields',
+           'refuse_constant', 'ServeConfig', 'request_field', 'sampling_config', 'refuse_unsupported', 'logprobs_field',
+           'completion_prompt', 'message_text', 'chat_turns', 'end_tokens', 'Row', 'place', 'seen', 'admit', 'draw_row',
+           'RowKeys', 'Batch', 'Engine', 'check_model_name', 'longest_token_bytes', 'prompt_size', 'check_prompt_size',
+           'request_prompt_ids', 'read_request', 'usage', 'choice', 'response', 'Reply', 'scored', 'token_text',
+           'logprobs_json', 'logprobs_until', 'sse', 'events', 'read_body', 'parse_json', 'unless_gone', 'create_app',
+           'chat_page', 'is_loopback', 'host_name', 'Access', 'access_problem', 'AccessGuard', 'check_exposure',
+           'require_serve_packages', 'check_port', 'Server', 'serve']
 
 # %% ../nbs/10_using.ipynb #410d4aa6
 class APIError(Exception):
@@ -157,6 +165,39 @@ def sampling_config(body: dict, most_tokens: int = MAX_TOKENS) -> ServeConfig:
     return ServeConfig(**{o.name: request_field(body, o, most_tokens)
                           for o in options(ServeConfig)})
 
+# %% ../nbs/10_using.ipynb #d5a9c3e7
+MAX_BATCH = 8               # requests decoded together, unless --max-batch
+
+UNSUPPORTED = {   # OpenAI's fields not implemented here: the values that mean "off"
+    "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},),
+    "best_of": (1,), "echo": (False,), "suffix": ("",), "tools": ([],),
+    "tool_choice": ("none",), "functions": ([],), "function_call": ("none",),
+    "response_format": ({"type": "text"},), "audio": (), "prediction": (),
+    "modalities": (["text"],), "web_search_options": ()}
+
+def refuse_unsupported(body: dict) -> None:
+    "APIError 400 naming the first field given that the server cannot honour."
+    for name, off in UNSUPPORTED.items():
+        x = body.get(name)
+        if x is not None and not any(x == o and isinstance(x, bool) ==
+                                     isinstance(o, bool) for o in off):
+            raise APIError(400, f"{name} is not supported by this server; "
+                           "leave it out", name, "unsupported_parameter")
+
+def logprobs_field(body: dict, chat: bool) -> int | None:
+    """How many alternatives to give with each token's log-probability; None:
+    no logprobs. Completions: logprobs 0..5; chat: logprobs: true and
+    top_logprobs 0..20."""
+    if not chat:
+        return number_field(body, "logprobs", None, 0, 5, integer=True)
+    top = number_field(body, "top_logprobs", None, 0, 20, integer=True)
+    if not bool_field(body, "logprobs"):
+        if top is not None:
+            raise APIError(400, "top_logprobs needs logprobs: true",
+                           "top_logprobs", "invalid_value")
+        return None
+    return top or 0
+
 # %% ../nbs/10_using.ipynb #22b3e8c3
 def completion_prompt(body: dict, tok) -> list[int]:
     "Token ids of a completion request's prompt: a string or a list of ids."
@@ -208,70 +249,223 @@ def chat_turns(messages) -> list[str]:
 
 # %% ../nbs/10_using.ipynb #2567f6ef
 def end_tokens(tok) -> tuple[int, ...]:
-    "The tokens that end a reply: <|endoftext|>, and <|end|> in a chat model."
+    """The tokens that end a reply: <|endoftext|>, and in a chat model <|end|>
+    and the other role tokens (a chat reply stops at any of them)."""
     return tuple(i for s, i in tok.special_tokens.items()
-                 if s in (ENDOFTEXT, END))
+                 if s in (ENDOFTEXT,) + CHAT_TOKENS)
+
+# %% ../nbs/10_using.ipynb #b3f0d6a1
+@dataclass(eq=False)
+class Row:
+    "A request in the batch: its tokens, its sampling, its text, its place."
+    ids: list[int]                 # the prompt, then the reply's tokens
+    cfg: ServeConfig
+    text: ReplyText
+    gen: torch.Generator           # its own draws: its seed's
+    banned: torch.Tensor
+    send: Callable                 # a piece, an error or None (the end)
+    gone: threading.Event          # set when its client goes away
+    top: int | None = None         # logprobs' alternatives; None: no logprobs
+    start: int | None = None       # its window's start (`window_start`)
+    length: int = 0                # keys in its row of the cache
+    slot: int = 0                  # its row of the cache
+    done: bool = False
+
+def place(cache: KVCache, old: list[Row], fresh: list[Row]) -> list[Row]:
+    """The cache's first rows for the `old` rows, which decode (a row moves,
+    its keys copied, only into a hole), the next ones for the `fresh` rows;
+    the old rows in the order of their rows of the cache."""
+    n = len(old)
+    holes = sorted(set(range(n)) - {r.slot for r in old})
+    for r in old:
+        if r.slot >= n:
+            s = holes.pop()
+            for t in (cache.k, cache.v):
+                t[:, s, :, :r.length] = t[:, r.slot, :, :r.length]
+            r.slot = s
+    for k, r in enumerate(fresh):
+        r.slot = n + k
+    return sorted(old, key=lambda r: r.slot)
+
+def seen(r: Row) -> torch.Tensor | None:
+    "The tokens of the row's window (1, T), for its repetition penalty."
+    return (torch.tensor([r.ids[r.start:]], device=r.banned.device)
+            if r.cfg.repetition_penalty != 1 else None)
+
+def admit(batch, waiting: queue.SimpleQueue, most: int) -> None:
+    """Rows whose client left out of the batch, waiting rows in while it has
+    room (wait for one if it is empty)."""
+    batch.rows = [r for r in batch.rows if not r.gone.is_set()]
+    while len(batch.rows) < most:
+        try:
+            r = waiting.get(block=not batch.rows)
+        except queue.Empty:
+            return
+        if not r.gone.is_set():                 # not gone while waiting
+            batch.rows.append(r)
+
+def draw_row(r: Row, logits: torch.Tensor, vocab_size: int) -> tuple:
+    """The row's next token (1,) with its own settings and generator; if it
+    asked for them, the log-probabilities (V,) of the distribution that token
+    was drawn from (at temperature 0, of the penalised logits)."""
+    s = seen(r)
+    nxt, z = draw(logits, s, r.cfg, r.gen, vocab_size, r.banned)
+    return nxt, (None if r.top is None else torch.log_softmax(
+        sampling_logits(z, s, r.cfg), dim=-1)[0])
+
+# %% ../nbs/10_using.ipynb #a8c2f4e6
+class RowKeys:
+    """The first rows of a KVCache as one decoding step sees them: a key per
+    row stored at the row's own length (`slot`), keys up to `S` returned."""
+    def __init__(self, cache: KVCache, lengths: torch.Tensor, S: int):
+        self.cache, self.S = cache, S
+        self.slot = lengths     # a slot: the caller counts, as in ch. 7
+        self.rows = torch.arange(len(lengths), device=lengths.device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        K, V = self.cache.k[layer], self.cache.v[layer]   # (B, h_kv, T, d)
+        K[self.rows, :, self.slot] = k[:, :, 0].to(K.dtype)
+        V[self.rows, :, self.slot] = v[:, :, 0].to(V.dtype)
+        n = len(self.rows)
+        return K[:n, :, :self.S], V[:n, :, :self.S]
+
+# %% ../nbs/10_using.ipynb #c4e1a7b2
+class Batch:
+    """The requests being answered, a row of one KV cache each: `step` draws
+    every row's next token with one run of the model over all of them."""
+    def __init__(self, model, tok, size: int):
+        cfg, self.device = model.cfg, next(model.parameters()).device
+        self.model, self.tok, self.rows = model, tok, []
+        dtype = cache_dtype(model)                  # autocast's, if it is on
+        self.cache = KVCache(cfg, size, cfg.block_size, self.device, dtype)
+        self.one = KVCache(cfg, 1, cfg.block_size, self.device, dtype)
+
+    def step(self) -> None:
+        "Prefill the rows whose window is new, decode the others together."
+        fresh = []
+        for r in self.rows:       # new, or its reply outgrew the window
+            start = window_start(r.start, len(r.ids), self.model.cfg.block_size)
+            if start != r.start:
+                r.start = start
+                fresh.append(r)
+        old = place(self.cache, [r for r in self.rows if r not in fresh], fresh)
+        self.rows = old + fresh
+        logits = ([self.decode(old)] if old else []) + [
+            self.prefill(r) for r in fresh]
+        self.choose(torch.cat(logits))
+
+    def prefill(self, r: Row) -> torch.Tensor:
+        "The row's window through the model, as `decode_steps` does; its keys."
+        x = torch.tensor([r.ids[r.start:]], device=self.device)
+        logits = prefill(self.model, x, torch.ones_like(x, dtype=torch.bool),
+                         self.one)
+        r.length = w = x.shape[1]
+        for a, b in ((self.cache.k, self.one.k), (self.cache.v, self.one.v)):
+            a[:, r.slot, :, :w] = b[:, 0, :, :w]
+        return logits
+
+    def decode(self, rows: list[Row]) -> torch.Tensor:
+        """The logits (n, V) of each row's last token at once: its position
+        and its key's slot are the row's length, and it sees its row's keys."""
+        lengths = [r.length for r in rows]
+        pos = torch.tensor(lengths, device=self.device)[:, None]     # (n, 1)
+        S = max(lengths) + 1
+        mask = (None if min(lengths) == S - 1 else   # rows of one length
+                (torch.arange(S, device=self.device) <= pos)[:, None])
+        x = torch.tensor([[r.ids[-1]] for r in rows], device=self.device)
+        logits = self.model(x, positions=pos, mask=mask,
+                            cache=RowKeys(self.cache, pos[:, 0], S))[0][:, -1]
+        for r in rows:
+            r.length += 1
+        return logits
+
+    def choose(self, logits: torch.Tensor) -> None:
+        "Each row's token with its own settings; rows that are done leave."
+        drawn = [draw_row(r, logits[b:b + 1], self.tok.vocab_size)
+                 for b, r in enumerate(self.rows)]
+        ids = torch.cat([nxt for nxt, _ in drawn]).tolist()      # one sync
+        for r, i, (_, logprobs) in zip(self.rows, ids, drawn):
+            r.ids.append(i)
+            if logprobs is not None:     # where its text begins, its scores
+                r.text.out.logprobs.append(
+                    (len(r.text.out.text), *scored(logprobs, i, r.top)))
+            piece = r.text.add(i)
+            r.done = r.text.done or r.text.out.tokens >= r.cfg.max_new_tokens
+            piece += r.text.rest() if r.done else ""
+            if piece:
+                r.send(piece)
+            if r.done:
+                r.send(None)
+        self.rows = [r for r in self.rows if not r.done]
 
 # %% ../nbs/10_using.ipynb #4abb94eb
 class Engine:
-    """A run's model behind a queue: one worker thread generates for one
-    request at a time, in the order they came."""
+    """A run's model behind a queue: one worker thread answers up to
+    `max_batch` requests at once, a row each of one batch (1: in turn)."""
     def __init__(self, run_dir, name: str | None = None, device=None,
-                 precision: str = "auto", max_tokens: int = MAX_TOKENS):
+                 precision: str = "auto", max_tokens: int = MAX_TOKENS,
+                 max_batch: int = MAX_BATCH):
         self.model, self.tok = load_run(run_dir, device=device)
         self.name = name or Path(run_dir).resolve().name
         self.device = next(self.model.parameters()).device
         self.precision = choose_precision(self.device, precision)
         self.chat = all(t in self.tok.special_tokens for t in CHAT_TOKENS)
-        self.max_tokens = max_tokens             # the most of one request
+        self.max_tokens, self.max_batch = max_tokens, max_batch
         self.longest = longest_token_bytes(self.tok)
         self.created = int(time.time())
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="minigpt-serve")
+        self.waiting = queue.SimpleQueue()          # rows not yet in the batch
+        with autocast(self.device, self.precision):  # the cache's dtype
+            self.batch = Batch(self.model, self.tok, max_batch)
+        threading.Thread(target=self.work, daemon=True,
+                         name="minigpt-serve").start()
 
-    def pieces(self, ids, cfg: ServeConfig, reply: Continuation):
-        "`stream` under the server's precision (in the worker thread)."
-        banned = end_tokens(self.tok) if cfg.ignore_eos else ()
-        with autocast(self.device, self.precision):
-            yield from stream(self.model, self.tok, ids, cfg, banned=banned,
-                              out=reply)
+    def work(self) -> None:
+        "The worker thread: rows join the batch between steps, and leave it."
+        batch = self.batch
+        with torch.no_grad(), autocast(self.device, self.precision):
+            while True:
+                admit(batch, self.waiting, self.max_batch)
+                try:
+                    batch.step()
+                except Exception as e:     # each row of the step hears of it
+                    for r in batch.rows:
+                        r.send(e)
+                    batch.rows = []
 
-    async def complete(self, ids, cfg) -> Continuation:
+    async def complete(self, ids, cfg, top: int | None = None) -> Reply:
         """The whole reply: the stream, gathered; cancelling the task stops
         the generation, as a stream's consumer leaving does."""
-        reply = Continuation()
-        async for _ in self.stream(ids, cfg, reply):
+        reply = Reply()
+        async for _ in self.stream(ids, cfg, reply, top, pieces=False):
             pass
         return reply
 
-    async def stream(self, ids, cfg, reply: Continuation):
-        """Yield the reply's pieces as the worker thread makes them; stop it
-        when the consumer stops (the client went away)."""
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        cancelled, done = threading.Event(), object()
-        def put(x):
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, x)
-            except RuntimeError:
-                pass              # the loop closed
-        def work():
-            try:
-                if not cancelled.is_set():          # not gone while queued
-                    for p in self.pieces(ids, cfg, reply):
-                        if cancelled.is_set():
-                            break    # gone now
-                        put(p)
-            except Exception as e:
-                put(e)
-            finally:
-                put(done)
-        loop.run_in_executor(self.worker, work)
+    async def stream(self, ids, cfg: ServeConfig, reply: Reply,
+                     top: int | None = None, pieces: bool = True):
+        """Yield the reply's pieces (if `pieces`) as the worker makes them,
+        recording each token's logprobs in `reply` unless `top` is None; its
+        row leaves the batch when the consumer stops (the client left)."""
+        loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
+        def send(x):
+            if pieces or not isinstance(x, str):
+                try:
+                    loop.call_soon_threadsafe(inbox.put_nowait, x)
+                except RuntimeError:
+                    pass                            # the loop closed
+        banned = never_drawn(self.tok) + (
+            end_tokens(self.tok) if cfg.ignore_eos else ())
+        row = Row(list(ids), cfg, ReplyText(self.tok, cfg, reply),
+                  sampling_generator(self.device, cfg.seed),
+                  torch.tensor(banned, dtype=torch.long, device=self.device),
+                  send, threading.Event(), top)
+        self.waiting.put(row)
         try:
-            while (item := await queue.get()) is not done:
+            while (item := await inbox.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
                 yield item
         finally:
-            cancelled.set()
+            row.gone.set()
 
 # %% ../nbs/10_using.ipynb #4a20aa87
 def check_model_name(engine: Engine, body: dict) -> None:
@@ -331,15 +525,19 @@ def request_prompt_ids(engine: Engine, body: dict, chat: bool) -> list[int]:
                        "context_length_exceeded")
     return ids
 
+# %% ../nbs/10_using.ipynb #b7d9e1f3
 def read_request(engine: Engine, body, chat: bool):
-    "(prompt ids, SamplingConfig) of a request body; APIError if bad."
+    """(prompt ids, ServeConfig, logprobs: alternatives or None) of a request
+    body; APIError if bad."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     check_model_name(engine, body)
+    refuse_unsupported(body)
     cfg = sampling_config(body, engine.max_tokens)
+    top = logprobs_field(body, chat)
     if chat:
-        cfg.stop = cfg.stop + (END,)     # the end of the turn
-    return request_prompt_ids(engine, body, chat), cfg
+        cfg.stop = cfg.stop + CHAT_TOKENS   # a turn ends at any role token
+    return request_prompt_ids(engine, body, chat), cfg, top
 
 # %% ../nbs/10_using.ipynb #1f2e76ec
 def usage(ids: list[int], reply: Continuation) -> dict:
@@ -347,41 +545,94 @@ def usage(ids: list[int], reply: Continuation) -> dict:
             "total_tokens": len(ids) + reply.tokens}
 
 def choice(chat: bool, text: str | None, finish_reason: str | None,
-           delta: bool = False, first: bool = False) -> dict:
+           delta: bool = False, first: bool = False,
+           logprobs: dict | None = None) -> dict:
     "One choice of a response (or of a chunk, `delta`) in OpenAI's format."
-    c = {"index": 0, "finish_reason": finish_reason}
+    c = {"index": 0, "finish_reason": finish_reason, "logprobs": logprobs}
     if not chat:
-        return c | {"text": text or "", "logprobs": None}
+        return c | {"text": text or ""}
     if not delta:
         return c | {"message": {"role": "assistant", "content": text}}
     d = ({"role": "assistant", "content": ""} if first else
          {} if text is None else {"content": text})
-    return c | {"delta": d, "logprobs": None}
+    return c | {"delta": d}
 
 def response(kind: str, rid: str, model: str, choices: list, **extra) -> dict:
     return {"id": rid, "object": kind, "created": int(time.time()),
             "model": model, "choices": choices} | extra
+
+# %% ../nbs/10_using.ipynb #e6b0d4f8
+@dataclass
+class Reply(Continuation):
+    "A Continuation and, if asked for, its tokens' log-probabilities."
+    logprobs: list = field(default_factory=list)  # (offset, id, logprob, alts)
+
+def scored(logprobs: torch.Tensor, i: int, top: int) -> tuple:
+    """(id, log-probability, the `top` likeliest ids and theirs) of token i
+    under logprobs (V,); alternatives that could not be drawn left out."""
+    best = logprobs.topk(top) if top else None
+    alts = [] if best is None else [
+        (j, p) for j, p in zip(best.indices.tolist(), best.values.tolist())
+        if p > float("-inf")]
+    return i, logprobs[i].item(), alts
+
+def token_text(raw: bytes) -> str:
+    "A token as text; as OpenAI writes it, bytes:\\xNN... if not UTF-8 alone."
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+def logprobs_json(tok, entries: list, chat: bool) -> dict:
+    "OpenAI's logprobs of `entries` [(offset, id, logprob, alternatives)]."
+    raw = getattr(tok, "decode_bytes", lambda ids: tok.decode(ids).encode())
+    text = lambda i: token_text(raw([i]))
+    if chat:
+        one = lambda i, p: {"token": text(i), "logprob": p,
+                            "bytes": list(raw([i]))}
+        return {"content": [one(i, p) | {"top_logprobs": [
+            one(j, q) for j, q in alts]} for _, i, p, alts in entries]}
+    return {"tokens": [text(i) for _, i, _, _ in entries],
+            "token_logprobs": [p for _, _, p, _ in entries],
+            "top_logprobs": [{text(j): q for j, q in alts}
+                             for *_, alts in entries],
+            "text_offset": [at for at, *_ in entries]}
+
+def logprobs_until(reply: Reply, taken: int, end: int) -> int:
+    "How many of the reply's entries begin before character `end`."
+    while taken < len(reply.logprobs) and reply.logprobs[taken][0] < end:
+        taken += 1
+    return taken
 
 # %% ../nbs/10_using.ipynb #bafd5114
 def sse(data) -> str:
     "One server-sent event: a line `data: ...` and an empty line."
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
-async def events(engine: Engine, ids, cfg, chat: bool, include_usage: bool):
-    "The SSE stream of one request: chunks, the last one's reason, [DONE]."
+async def events(engine: Engine, ids, cfg, chat: bool, include_usage: bool,
+                 top: int | None = None):
+    """The SSE stream of one request: chunks (with their tokens' logprobs if
+    `top` is not None), the last one's reason, [DONE]."""
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     kind = "chat.completion.chunk" if chat else "text_completion"
     chunk = lambda c, **kw: sse(response(kind, rid, engine.name, c, **kw))
-    reply = Continuation()
+    reply, sent, taken = Reply(), 0, 0
+    def logprobs(end):              # those of the tokens sent, not sent yet
+        nonlocal taken
+        start, taken = taken, logprobs_until(reply, taken, end)
+        return (None if top is None else
+                logprobs_json(engine.tok, reply.logprobs[start:taken], chat))
     if chat:
         yield chunk([choice(chat, None, None, delta=True, first=True)])
     try:
-        async for piece in engine.stream(ids, cfg, reply):
-            yield chunk([choice(chat, piece, None, delta=True)])
+        async for piece in engine.stream(ids, cfg, reply, top):
+            sent += len(piece)
+            yield chunk([choice(chat, piece, None, True, False, logprobs(sent))])
     except Exception as e:                   # the headers are sent: in-band
         yield sse(APIError(500, f"generation failed: {e}").body())
         return
-    yield chunk([choice(chat, None, reply.finish_reason, delta=True)])
+    yield chunk([choice(chat, None, reply.finish_reason, True, False,
+                        logprobs(sent))])
     if include_usage:
         yield chunk([], usage=usage(ids, reply))
     yield sse("[DONE]")
@@ -459,18 +710,23 @@ def create_app(engine: Engine, access: Access | None = None):
     async def answer(request: Request, chat: bool):
         body = parse_json(await read_body(request))
         # the tokenizer runs in a thread: a long prompt does not stop the loop
-        ids, cfg = await asyncio.to_thread(read_request, engine, body, chat)
+        ids, cfg, top = await asyncio.to_thread(read_request, engine, body,
+                                                chat)
         streamed, include_usage = stream_fields(body)
         if streamed:
             return StreamingResponse(
-                events(engine, ids, cfg, chat, include_usage),
+                events(engine, ids, cfg, chat, include_usage, top),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"})
-        reply = await unless_gone(request, engine.complete(ids, cfg))
+        reply = await unless_gone(request, engine.complete(ids, cfg, top))
+        logprobs = None if top is None else logprobs_json(
+            engine.tok, reply.logprobs[:logprobs_until(reply, 0,
+                                                       len(reply.text))], chat)
         kind, prefix = (("chat.completion", "chatcmpl-") if chat
                         else ("text_completion", "cmpl-"))
         return response(kind, prefix + uuid.uuid4().hex[:24], engine.name,
-                        [choice(chat, reply.text, reply.finish_reason)],
+                        [choice(chat, reply.text, reply.finish_reason,
+                                logprobs=logprobs)],
                         usage=usage(ids, reply))
 
     @app.post("/v1/completions")
@@ -624,7 +880,8 @@ class Server:
 # %% ../nbs/10_using.ipynb #d9e5a1f7
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000,
           device=None, precision: str = "auto", api_key: str | None = None,
-          origins: tuple[str, ...] = (), max_tokens: int = MAX_TOKENS) -> None:
+          origins: tuple[str, ...] = (), max_tokens: int = MAX_TOKENS,
+          max_batch: int = MAX_BATCH) -> None:
     """Serve a run until Ctrl-C: the chat page at /, the API under /v1; a
     key is needed off this machine (`api_key`, else MINIGPT_API_KEY)."""
     require_serve_packages()
@@ -635,9 +892,12 @@ def serve(run_dir, host: str = "127.0.0.1", port: int = 8000,
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) \
             or max_tokens < 1:
         raise ValueError(f"--max-tokens {max_tokens}: a whole number >= 1")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) \
+            or max_batch < 1:
+        raise ValueError(f"--max-batch {max_batch}: a whole number >= 1")
     check_port(host, port)
     engine = Engine(run_dir, device=device, precision=precision,
-                    max_tokens=max_tokens)
+                    max_tokens=max_tokens, max_batch=max_batch)
     what = "chat and completions" if engine.chat else "completions only"
     print(f"serving {engine.name} ({what}, {engine.device}) at "
           f"http://{host}:{port}/ (the API: /v1)", flush=True)

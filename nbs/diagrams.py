@@ -1321,7 +1321,7 @@ class _StubEngine:
         self.pieces, self.name, self.reason = list(pieces), name, reason
         self.chat, self.created = True, 0
 
-    async def stream(self, ids, cfg, reply):
+    async def stream(self, ids, cfg, reply, top=None, pieces=True):
         for p in self.pieces:
             reply.text += p
             reply.tokens += 1
@@ -1351,22 +1351,21 @@ def server_routes() -> list[tuple[str, str]]:
             for m in sorted(getattr(r, "methods", ()) - {"HEAD"})]
 
 
-def worker_threads() -> int:
-    "The threads of `Engine.worker`, read from Engine's code."
-    import inspect, re
+def batch_size() -> int:
+    "The most requests an `Engine` decodes together by default."
+    import inspect
     from minigpt.serve import Engine
-    return int(re.search(r"ThreadPoolExecutor\((\d+)",
-                         inspect.getsource(Engine.__init__)).group(1))
+    return inspect.signature(Engine).parameters["max_batch"].default
 
 
 def server(pieces=("To", " be", ",")):
     """`minigpt serve`: requests from several clients, checked on the event
-    loop, queued for the one worker thread that generates, and the reply of
+    loop, queued for the one worker thread that decodes them as a batch, and the reply of
     one streamed as the server-sent events `events` makes (real ones, for a
     reply of `pieces`)."""
     import json
     routes = server_routes()
-    threads = worker_threads()
+    max_batch = batch_size()
     lines = []
     for e in sse_events(pieces):
         body = e.strip()[len("data: "):]
@@ -1381,9 +1380,9 @@ def server(pieces=("To", " be", ",")):
     posts = [p for m, p in routes if m == "POST"]
     loop = ["GET " + ", ".join(gets)] + [f"POST {p}" for p in posts] + [
         "read_request checks each one:", "a bad request is refused at once"]
-    work = [f"ThreadPoolExecutor({threads}):", "one request at a time,",
-            "in the order they came:", "stream() of chapter 7;",
-            "pieces go back through", "an asyncio.Queue"]
+    work = [f"a batch of up to {max_batch} requests:", "each step, one run of the",
+            "model for all rows; rows", "join and leave between", "steps; pieces go back",
+            "through asyncio.Queues"]
     top_h = max(panel_height(loop), panel_height(work))
     H = 0.3 + top_h + 0.55 + panel_height(lines) + 0.1
     fig, ax = canvas(W, H, WIDTH * H / W)
@@ -1391,8 +1390,8 @@ def server(pieces=("To", " be", ",")):
     ch = (top_h - 0.3) / 3
     panel(ax, 1.95, top, 3.9, top_h, "event loop (FastAPI)", loop,
           kind="other")
-    panel(ax, 6.65, top, 3.25, top_h, f"Engine: {threads} worker thread"
-          + "s" * (threads > 1), work, kind="model")
+    panel(ax, 6.65, top, 3.25, top_h, "Engine: one worker thread", work,
+          kind="model")
     for i, name in enumerate("ABC"):
         y = top - 0.1 - ch / 2 - i * (ch + 0.1)
         box(ax, 0.7, y, 1.2, ch, f"client {name}", kind="data")
@@ -1408,7 +1407,7 @@ def server(pieces=("To", " be", ",")):
           "then the finish reason, then [DONE]", lines, kind="train")
     for t in ax.texts[-len(lines):]:
         t.set_family("monospace")
-    fig.routes, fig.threads, fig.events = routes, threads, lines
+    fig.routes, fig.max_batch, fig.events = routes, max_batch, lines
     return fig
 
 

@@ -322,10 +322,11 @@ def test_server_draws_the_real_routes_queue_and_events(monkeypatch):
     fig = D.server(("To", " be"))
     assert set(fig.routes) == {("GET", "/"), ("GET", "/v1/models"),
                                ("POST", "/v1/completions"), ("POST", "/v1/chat/completions")}
-    tok = tiny_tokenizer()       # a real Engine's worker has the threads drawn
+    tok = tiny_tokenizer()       # a real Engine decodes as many requests as drawn
     monkeypatch.setattr(S, "load_run", lambda run, device=None: (
         GPT(GPTConfig(vocab_size=272, block_size=16, n_layer=1, n_head=2, d_model=8)), tok))
-    assert S.Engine("runs/x").worker._max_workers == fig.threads == 1
+    assert S.Engine("runs/x").max_batch == fig.max_batch == S.MAX_BATCH
+    assert f"a batch of up to {S.MAX_BATCH} requests:" in texts(fig)
     assert fig.events[0].startswith('data: {\u2026 "delta": {"role": "assistant"')
     assert '"delta": {"content": " be"}' in fig.events[2]
     assert '"finish_reason": "stop"' in fig.events[-2] and fig.events[-1] == "data: [DONE]"

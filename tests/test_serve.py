@@ -1,5 +1,6 @@
 """`minigpt serve` as a user runs it: a subprocess on a free loopback port, called with the
 official `openai` client, by eight clients at once, with bad requests, and from Chromium."""
+import codecs
 import http.client
 import json
 import shutil
@@ -142,31 +143,30 @@ def test_chat_streamed_equals_whole_and_usage(client, server):
         whole.choices[0].finish_reason
     # the reference: the chat template of chapter 9 and chapter 7's stream, in-process
     from minigpt.checkpoint import load_run
-    from minigpt.common import END
+    from minigpt.common import CHAT_TOKENS
     from minigpt.finetune import chat_ids
     from minigpt.generate import SamplingConfig, stream
     model, tok = load_run(server[1], device="cpu")
     ids = chat_ids(tok, ["Answer briefly.\n\nWho speaks these lines? Answer ROMEO or JULIET."])
     assert whole.usage.prompt_tokens == len(ids)
-    cfg = SamplingConfig(max_new_tokens=10, temperature=0, stop=(END,))
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0, stop=CHAT_TOKENS)
     assert text == "".join(stream(model, tok, ids, cfg))
 
 
 def test_ignore_eos_runs_to_max_tokens_with_the_end_tokens_banned(client, server):
     from minigpt.checkpoint import load_run
     from minigpt.device import autocast, choose_precision
-    from minigpt.common import END
     from minigpt.generate import SamplingConfig, decode_steps
-    from minigpt.common import ENDOFTEXT, PAD
+    from minigpt.common import CHAT_TOKENS, ENDOFTEXT, PAD
     ask = dict(model=server[1].name, prompt=PROMPT, max_tokens=12, temperature=0,
                extra_body={"ignore_eos": True})
     whole = client.completions.create(**ask)
     assert whole.choices[0].finish_reason == "length"
     assert whole.usage.completion_tokens == 12
-    # the reference: greedy decoding with padding and both end tokens banned,
-    # in the server's precision
+    # the reference: greedy decoding with padding and every end token banned (the
+    # end of text, and the role tokens a chat reply stops at), in the server's precision
     model, tok = load_run(server[1], device="cpu")
-    banned = tuple(tok.special_tokens[s] for s in (PAD, ENDOFTEXT, END))
+    banned = tuple(tok.special_tokens[s] for s in (PAD, ENDOFTEXT) + CHAT_TOKENS)
     device = next(model.parameters()).device
     with autocast(device, choose_precision(device)):
         steps = decode_steps(model, [tok.encode(PROMPT)],
@@ -481,15 +481,18 @@ def test_a_server_on_the_network_needs_a_key_and_bad_ports_are_one_line(runs):
         assert r.returncode == 1 and "1 to 65535" in r.stderr, r.stderr
     r = minigpt("serve", "--run", runs[0], "--max-tokens", 0)
     assert r.returncode == 1 and "--max-tokens" in r.stderr, r.stderr
+    r = minigpt("serve", "--run", runs[0], "--max-batch", 0)
+    assert r.returncode == 1 and "--max-batch" in r.stderr, r.stderr
 
 
 def test_chat_says_when_the_conversation_outgrows_the_context(runs):
-    "minigpt chat with a 3,000-character line: the reply comes, and a note says what is cut."
+    "minigpt chat with a 3,000-character line: refused in a note, and the chat goes on."
     r = subprocess.run([str(BIN), "chat", "--run", str(runs[1]), "--device", "cpu",
-                        "--max-new-tokens", "3"], input="word " * 600 + "\n\n",
+                        "--max-new-tokens", "3"], input="word " * 600 + "\nhi\n\n",
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert "the model sees only the last" in r.stderr and "model>" in r.stdout
+    assert "context window leaves for it; shorten it" in r.stderr, r.stderr
+    assert r.stdout.count("model>") == 1           # the short line is answered
     r = subprocess.run([str(BIN), "chat", "--run", str(runs[0]), "--device", "cpu"],
                        input="hi\n", capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "not fine-tuned" in r.stderr
@@ -526,3 +529,211 @@ def test_chat_page_survives_a_conversation_longer_than_the_context(server):
     assert len(forgotten) >= 2 and len(forgotten) % 2 == 0 and forgotten[0].startswith("0. ")
     assert not any(f.startswith("3. ") for f in forgotten)    # the newest is always sent
     assert f"context window holds {block} tokens" in note and str(len(forgotten)) in note
+# Continuous batching, logprobs and refused fields, on tiny runs with random weights, in this
+# process (fp32, so that rounding cannot tip a greedy choice between two engines).
+
+def random_run(path, chat=False, **settings):
+    "A run directory: a tiny GPT with random weights and a byte-level tokenizer."
+    import torch
+    from minigpt.checkpoint import save_weights
+    from minigpt.common import CHAT_TOKENS
+    from minigpt.model import GPT, GPTConfig
+    from minigpt.tokenizer import SPECIAL_TOKENS, BPETokenizer, save_tokenizer
+    tok = BPETokenizer.from_merges([], specials=SPECIAL_TOKENS + (CHAT_TOKENS if chat else ()))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**(dict(vocab_size=tok.vocab_size, block_size=64, n_layer=2,
+                                  n_head=2, d_model=32) | settings)))
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model": model.cfg.to_dict()}))
+    save_tokenizer(tok, path / "tokenizer.json")
+    save_weights(model, path / "best.safetensors")
+    return path, model, tok
+
+
+def replies(engine, requests, stagger=0.0):
+    "Each (ids, cfg) answered by `engine`, all at once, request k joining after k * stagger s."
+    import asyncio
+    from minigpt.serve import Reply
+
+    async def one(k, ids, cfg):
+        await asyncio.sleep(k * stagger)
+        reply = Reply()
+        streamed = "".join([p async for p in engine.stream(ids, cfg, reply)])
+        assert streamed == reply.text
+        return reply
+
+    async def every():
+        return await asyncio.gather(*(one(k, *r) for k, r in enumerate(requests)))
+    return asyncio.run(every())
+
+
+@pytest.mark.parametrize("block_size", [64, 16])    # 16: the replies slide the window
+def test_batched_replies_equal_each_reply_alone(tmp_path, block_size):
+    from minigpt.generate import Continuation, stream
+    from minigpt.serve import Engine, ServeConfig
+    run, _, _ = random_run(tmp_path / "run", block_size=block_size)
+    greedy = lambda n: ServeConfig(max_new_tokens=n, temperature=0, stop_at_eot=False)
+    requests = [([65 + k] * (1 + 4 * k), greedy(12 + 9 * k)) for k in range(5)]
+    requests += [([70, 71], ServeConfig(max_new_tokens=30, temperature=0.9, seed=3, top_k=20,
+                                        repetition_penalty=1.3, ignore_eos=True))]
+    alone, batching = (Engine(run, device="cpu", precision="fp32", max_batch=m) for m in (1, 8))
+    for stagger in (0.0, 0.02):
+        together = replies(batching, requests, stagger)
+        assert [r.tokens for r in together] == [c.max_new_tokens for _, c in requests]
+        assert together == replies(alone, requests, stagger)
+    for (ids, cfg), reply in zip(requests, together):       # chapter 7's stream, unchanged
+        banned = (256,) if cfg.ignore_eos else ()
+        out = Continuation()
+        list(stream(batching.model, batching.tok, ids, cfg, banned=banned, out=out))
+        assert out.text == reply.text
+    if block_size == 16:
+        assert max(len(ids) + c.max_new_tokens for ids, c in requests) > 2 * block_size
+
+
+def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(tmp_path):
+    import asyncio
+    from minigpt.serve import Engine, Reply, ServeConfig
+    run, _, _ = random_run(tmp_path / "run")
+    engine = Engine(run, device="cpu", precision="fp32", max_batch=4)
+    cfg = ServeConfig(max_new_tokens=4096, temperature=0, ignore_eos=True)
+
+    async def main():
+        long, short = Reply(), Reply()
+        task = asyncio.ensure_future(engine.complete([65], cfg))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        small = await engine.complete([66], ServeConfig(max_new_tokens=5, temperature=0))
+        await asyncio.sleep(0.3)     # the worker has noticed: the batch is empty again
+        return small
+    small = asyncio.run(main())
+    assert small.tokens == 5
+    assert engine.waiting.empty()
+
+
+def test_logprobs_are_those_of_the_model(tmp_path):
+    "Completions and chat, whole and streamed: each token's log-probability as computed here."
+    import torch
+    from minigpt.common import CHAT_TOKENS, ENDOFTEXT, PAD
+    from minigpt.finetune import chat_ids
+    from minigpt.serve import Engine, Server, create_app
+    run, model, tok = random_run(tmp_path / "run", chat=True)
+    model.eval()
+    banned = [tok.special_tokens[s] for s in (ENDOFTEXT, PAD) + CHAT_TOKENS]  # ignore_eos: ends
+    id_of = {b: i for i, b in tok.vocab.items()}
+
+    def log_probs(ids, temperature=1.0, top_k=None):
+        "The log-probabilities (V,) of the token after `ids`, computed directly."
+        with torch.no_grad():
+            z = model(torch.tensor([ids]))[0][0, -1, :tok.vocab_size].float()
+        z[banned] = float("-inf")
+        z = z / temperature
+        if top_k:
+            z = z.masked_fill(z < z.topk(top_k).values[-1], float("-inf"))
+        return torch.log_softmax(z, -1)
+
+    def text(i):         # OpenAI's way to write a token that is not UTF-8 on its own
+        b = tok.decode_bytes([i])
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{x:02x}" for x in b)
+    decoded = lambda ids: codecs.getincrementaldecoder("utf-8")("replace").decode(
+        tok.decode_bytes(ids))        # the text of ids, an unfinished character held back
+    engine = Engine(run, device="cpu", precision="fp32")
+    with Server(create_app(engine)) as s:
+        ask = {"prompt": "Hi", "max_tokens": 8, "temperature": 0, "logprobs": 3,
+               "ignore_eos": True}
+        status, whole = post(s.url, "/v1/completions", ask)
+        assert status == 200, whole
+        lp, ids = whole["choices"][0]["logprobs"], tok.encode("Hi")
+        for k in range(8):                        # greedy, one token at a time
+            want = log_probs(ids)
+            best = want.topk(3)
+            i = best.indices[0].item()
+            assert lp["tokens"][k] == text(i)
+            assert lp["token_logprobs"][k] == pytest.approx(want[i].item(), abs=1e-4)
+            assert list(lp["top_logprobs"][k]) == [text(j) for j in best.indices.tolist()]
+            assert list(lp["top_logprobs"][k].values()) == pytest.approx(
+                best.values.tolist(), abs=1e-4)
+            ids.append(i)
+        n = len(tok.encode("Hi"))
+        assert lp["text_offset"] == [len(decoded(ids[n:n + k])) for k in range(8)]
+        assert whole["choices"][0]["text"] == decoded(ids[n:])
+
+        ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "seed": 1,
+               "temperature": 0.7, "logprobs": True, "top_logprobs": 5}
+        status, whole = post(s.url, "/v1/chat/completions",
+                             ask | {"top_k": 4, "ignore_eos": True})
+        content, ids = whole["choices"][0]["logprobs"]["content"], chat_ids(tok, ["Hi"])
+        assert len(content) == 6
+        for c in content:
+            want, i = log_probs(ids, 0.7, 4), id_of[bytes(c["bytes"])]
+            assert c["logprob"] == pytest.approx(want[i].item(), abs=1e-4)
+            assert len(c["top_logprobs"]) == 4         # top_k: the others cannot be drawn
+            assert [a["logprob"] for a in c["top_logprobs"]] == pytest.approx(
+                want.topk(4).values.tolist(), abs=1e-4)
+            ids.append(i)
+        r = openai.OpenAI(base_url=f"{s.url}/v1", api_key="x").chat.completions.create(
+            model=engine.name, stream=True, **ask, extra_body={"top_k": 4, "ignore_eos": True})
+        streamed = [t for chunk in r if chunk.choices and chunk.choices[0].logprobs
+                    for t in chunk.choices[0].logprobs.content]
+        assert [t.model_dump() for t in streamed] == content
+
+
+REFUSED = [("/v1/completions", {"frequency_penalty": 0.5}, "frequency_penalty"),
+           ("/v1/completions", {"presence_penalty": -1}, "presence_penalty"),
+           ("/v1/completions", {"logit_bias": {"65": 5}}, "logit_bias"),
+           ("/v1/completions", {"best_of": 2}, "best_of"),
+           ("/v1/completions", {"echo": True}, "echo"),
+           ("/v1/completions", {"suffix": "end"}, "suffix"),
+           ("/v1/completions", {"logprobs": 6}, "logprobs"),
+           ("/v1/completions", {"logprobs": True}, "logprobs"),
+           ("/v1/chat/completions", {"tools": [{"type": "function"}]}, "tools"),
+           ("/v1/chat/completions", {"response_format": {"type": "json_object"}},
+            "response_format"),
+           ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+           ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
+           ("/v1/chat/completions", {"logprobs": 2}, "logprobs")]
+
+
+def test_fields_not_implemented_are_refused_unless_at_their_defaults(tmp_path):
+    from minigpt.serve import Engine, Server, create_app
+    run, _, _ = random_run(tmp_path / "run", chat=True)
+    with Server(create_app(Engine(run, device="cpu", precision="fp32"))) as s:
+        ask = lambda path: ({"prompt": "x"} if "chat" not in path else
+                            {"messages": [{"role": "user", "content": "x"}]}) | {
+            "max_tokens": 2}
+        for path, fields, name in REFUSED:
+            status, answer = post(s.url, path, ask(path) | fields)
+            assert status == 400 and answer["error"]["param"] == name, answer
+            assert name in answer["error"]["message"]
+        defaults = {"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {},
+                    "best_of": 1, "echo": False, "user": "me", "logprobs": None}
+        status, answer = post(s.url, "/v1/completions", ask("") | defaults)
+        assert status == 200 and answer["choices"][0]["logprobs"] is None
+        status, answer = post(s.url, "/v1/chat/completions", ask("chat") | {
+            "response_format": {"type": "text"}, "tools": [], "logprobs": False})
+        assert status == 200, answer
+
+
+def test_a_chat_reply_stops_at_any_role_token(tmp_path):
+    "A model that always writes <|user|> (its last layer's output points at that token)."
+    import torch
+    from minigpt.checkpoint import save_weights
+    from minigpt.common import CHAT_TOKENS, USER
+    from minigpt.serve import Engine, Server, create_app
+    run, model, tok = random_run(tmp_path / "run", chat=True, tie_weights=False)
+    with torch.no_grad():
+        model.norm_f.weight.zero_()
+        model.norm_f.bias.normal_()
+        model.lm_head.weight[tok.special_tokens[USER]] = 100 * model.norm_f.bias
+    save_weights(model, run / "best.safetensors")
+    with Server(create_app(Engine(run, device="cpu", precision="fp32"))) as s:
+        status, r = post(s.url, "/v1/completions", {"prompt": "Hi", "max_tokens": 3})
+        assert r["choices"][0]["text"] == USER * 3         # a completion writes it
+        status, r = post(s.url, "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+        c = r["choices"][0]
+        assert c["finish_reason"] == "stop" and c["message"]["content"] == ""
+        assert r["usage"]["completion_tokens"] == 1
+    assert USER in CHAT_TOKENS
