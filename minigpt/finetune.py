@@ -136,8 +136,10 @@ def add_chat_tokens(tok: BPETokenizer) -> BPETokenizer:
     "The tokenizer with the role tokens added after its special tokens."
     if USER in tok.special_tokens:
         return tok
-    specials = list(tok.special_tokens) + list(CHAT_TOKENS)
-    return BPETokenizer.from_merges(tok.merges, tok.pattern, specials)
+    n = tok.vocab_size             # the byte order and the merges are kept
+    roles = {s: n + k for k, s in enumerate(CHAT_TOKENS)}
+    return BPETokenizer(tok.ranks, tok.pattern, tok.special_tokens | roles,
+                        tok.merges)
 
 def resize_vocab(model: GPT, vocab_size: int) -> GPT:
     "A copy of `model` with `vocab_size` tokens; new rows start at the mean."
