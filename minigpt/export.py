@@ -350,8 +350,8 @@ def gpt2_tokenizer_data(folder: Path) -> dict:
     for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
         name = config.get(key)
         name = name.get("content") if isinstance(name, dict) else name
-        if name in vocab:
-            added[vocab[name]] = name
+        if name and name not in added.values():   # after the vocabulary
+            added[vocab.get(name, len(vocab) + len(added))] = name
     flags = dict(single_word=False, lstrip=False, rstrip=False,
                  normalized=False, special=True)
     return {"version": "1.0", "truncation": None, "padding": None,
