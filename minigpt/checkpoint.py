@@ -28,7 +28,7 @@ __all__ = ['CHECKPOINTS', 'WEIGHTS', 'STATE', 'MANIFEST', 'LOCK', 'weights_diges
            'rng_state', 'set_rng_state', 'checkpoint_folders', 'latest_checkpoint', 'discard', 'link_file',
            'save_checkpoint', 'is_kept', 'publish_weights', 'best_checkpoint', 'read_manifest', 'fallback_advice',
            'verify_checkpoint', 'state_tensors', 'load_state', 'lock_holder', 'lock_host', 'run_lock', 'check_out_dir',
-           'read_json', 'read_model_config', 'load_run']
+           'read_json', 'read_model_config', 'refuse_hf_folder', 'load_run']
 
 # %% ../nbs/06_pretraining.ipynb #2a93ff8a
 def weights_digest(model) -> str:
@@ -350,6 +350,18 @@ def read_model_config(path: Path) -> GPTConfig:
         raise ValueError(f'{path}: invalid "model" settings ({e}); '
                          f"{fix}") from None
 
+def refuse_hf_folder(run: Path) -> None:
+    "A clear error for a transformers model folder given as a run."
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return                   # not one: load_run says what is missing
+    if isinstance(config, dict) and "model" not in config and (
+            "model_type" in config or "architectures" in config):
+        raise ValueError(f"{run} is a Hugging Face model folder, not a "
+                         f"minigpt run: import it with minigpt import --hf "
+                         f"{run} --out RUN")
+
 def load_run(run_dir: str | Path, weights: str = "best", device=None):
     """(model, tokenizer) of a run directory, the model on `device` (None: the
     best one present, or $MINIGPT_DEVICE); a clear error if it is incomplete."""
@@ -357,6 +369,7 @@ def load_run(run_dir: str | Path, weights: str = "best", device=None):
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run directory; train one with "
                                 f"`minigpt train --out {run}`")
+    refuse_hf_folder(run)
     files = [run / "config.json", run / "tokenizer.json",
              run / f"{weights}.safetensors"]
     if not files[2].exists():

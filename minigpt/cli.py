@@ -28,8 +28,8 @@ __all__ = ['COMMANDS', 'PLOT_FORMATS', 'RL_DEFAULTS', 'EXPORTERS', 'EXPORT_DTYPE
            'add_sampling_arguments', 'sampling_config_of', 'add_generate_arguments', 'generate_command',
            'add_eval_arguments', 'eval_command', 'add_tasks_arguments', 'tasks_command', 'add_finetune_arguments',
            'add_sft_arguments', 'add_dpo_arguments', 'add_rl_arguments', 'sft_command', 'dpo_command', 'rl_command',
-           'add_chat_arguments', 'chat_command', 'add_export_arguments', 'export_command', 'add_serve_arguments',
-           'serve_command', 'add_plan_arguments', 'plan_command']
+           'add_chat_arguments', 'chat_command', 'add_export_arguments', 'export_command', 'add_import_arguments',
+           'import_command', 'add_serve_arguments', 'serve_command', 'add_plan_arguments', 'plan_command']
 
 # %% ../nbs/12_cli.ipynb #adee5c61
 @dataclass
@@ -868,6 +868,26 @@ def export_command(args: argparse.Namespace) -> int:
     for f in EXPORTERS[args.format](args):
         print(f"{f.stat().st_size:>14,}  {f}")
     print(f"{args.run} -> {args.out} ({args.format})")
+    return 0
+
+# %% ../nbs/12_cli.ipynb #7542ecdb
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hf", required=True, help="a transformers model "
+                        "folder: config.json, weights and tokenizer")
+    parser.add_argument("--out", required=True, help="the run to write")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an imported or fine-tuned run in --out")
+
+@command("import", "turn a Hugging Face model folder (GPT-2 or Llama shape) "
+         "into a run", add_import_arguments)
+def import_command(args: argparse.Namespace) -> int:
+    from minigpt.checkpoint import load_run
+    from minigpt.export import import_hf
+    run = import_hf(args.hf, args.out, args.force)
+    model, tok = load_run(run, device="cpu")       # as every command will
+    print(f"{args.hf} -> {run}: {model.cfg.n_layer} layers, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{tok.vocab_size:,} tokens")
     return 0
 
 # %% ../nbs/12_cli.ipynb #35e82a07

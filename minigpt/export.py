@@ -8,19 +8,21 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import read_json
+from .checkpoint import latest_checkpoint, read_json
 from .common import CHAT_TOKENS, END, ENDOFTEXT, PAD, atomic_write
 from .device import resolve_device
 from .model import (GPT, GPTConfig, _hf_gpt2_keys, model_family,
                            save_hf_gpt2)
-from .tokenizer import (BYTE_CHARS, SAFE_PATTERNS, BPETokenizer,
-                               token_string)
+from .tokenizer import (BYTE_CHARS, GPT2_PATTERN, GPT4_PATTERN,
+                               BPETokenizer, merged_ranks, token_string)
 
 # %% auto #0
-__all__ = ['HF_NEEDS', 'CHAT_TEMPLATE', 'PROBE_TEXTS', 'HF_FILES', 'hf_architecture', 'llama_names', 'qkv_sizes',
-           'hf_llama_state', 'hf_llama_config', 'save_hf_llama', 'gpt_config_from_hf', 'from_hf_state', 'hf_merges',
-           'hf_tokenizer_json', 'hf_special_tokens', 'save_hf_tokenizer', 'load_hf_tokenizer', 'chat_template',
-           'probe_texts', 'hf_generation_config', 'write_json', 'export_hf', 'load_hf', 'check_export_dir']
+__all__ = ['HF_NEEDS', 'LLAMA3_PATTERN', 'HF_PATTERNS', 'CHAT_TEMPLATE', 'PROBE_TEXTS', 'WEIGHT_FILES', 'hf_architecture',
+           'llama_names', 'qkv_sizes', 'hf_llama_state', 'hf_llama_config', 'save_hf_llama', 'gpt_config_from_hf',
+           'from_hf_state', 'hf_merges', 'hf_tokenizer_json', 'hf_special_tokens', 'save_hf_tokenizer',
+           'hf_split_pattern', 'hf_bpe', 'gpt2_tokenizer_data', 'hf_tokenizer_data', 'check_hf_encoding',
+           'load_hf_tokenizer', 'chat_template', 'probe_texts', 'hf_generation_config', 'write_json', 'export_hf',
+           'hf_weight_files', 'read_hf_weights', 'load_hf', 'check_export_dir', 'import_hf', 'check_import_out']
 
 # %% ../nbs/10_using.ipynb #028b7131
 HF_NEEDS = {"gpt2": dict(tie_weights=True)}   # beyond the family (GPT2LMHead)
@@ -136,6 +138,11 @@ def _gpt2_gpt_config(c: dict) -> GPTConfig:
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"activation_function {act!r}: minigpt's GPT-2 uses "
                          "the tanh GELU (gelu_new)")
+    for key, want in (("scale_attn_weights", True),
+                      ("scale_attn_by_inverse_layer_idx", False)):
+        if c.get(key, want) != want:
+            raise ValueError(f"{key}={c[key]!r}: minigpt's attention scales "
+                             "by 1/sqrt(d_head) alone")
     return GPTConfig(vocab_size=c["vocab_size"], block_size=c["n_positions"],
                      n_layer=c["n_layer"], n_head=c["n_head"],
                      d_model=c["n_embd"],
@@ -252,34 +259,158 @@ def save_hf_tokenizer(tok: BPETokenizer, path: str | Path,
     return path
 
 # %% ../nbs/10_using.ipynb #8db602d2
-def load_hf_tokenizer(path: str | Path) -> BPETokenizer:
-    "Our tokenizer from a tokenizer.json that `save_hf_tokenizer` wrote."
-    path = Path(path)
-    fix = "export it again with `minigpt export --format hf`"
-    data = read_json(path, ("model", "added_tokens", "pre_tokenizer"), fix)
-    def bad(why):
-        return ValueError(f"{path}: {why}; {fix}")
+LLAMA3_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+"""
+                  r"""|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+                  r"""|\s+(?!\S)|\s+""")
+HF_PATTERNS = {GPT2_PATTERN: GPT2_PATTERN, GPT4_PATTERN: GPT4_PATTERN,
+               LLAMA3_PATTERN: GPT4_PATTERN}   # theirs -> the same split
+
+def hf_split_pattern(pre) -> str:
+    "Our split pattern of a tokenizer.json's pre_tokenizer; else ValueError."
+    steps = [pre]
+    if isinstance(pre, dict) and pre.get("type") == "Sequence":
+        steps = pre.get("pretokenizers") or []
+    kinds = [s.get("type") if isinstance(s, dict) else s for s in steps]
+    level = steps[-1] if kinds[-1:] == ["ByteLevel"] else {}
+    if level.get("add_prefix_space"):
+        raise ValueError("its ByteLevel step puts a space before the text "
+                         "(add_prefix_space); minigpt's does not")
+    if kinds == ["ByteLevel"] and level.get("use_regex", True):
+        return GPT2_PATTERN
+    if kinds == ["Split", "ByteLevel"] and not level.get("use_regex", True):
+        split = steps[0]
+        pattern = (split.get("pattern") or {}).get("Regex")
+        if (split.get("behavior") == "Isolated" and not split.get("invert")
+                and pattern in HF_PATTERNS):
+            return HF_PATTERNS[pattern]
+    raise ValueError(f"its pre_tokenizer ({' + '.join(map(str, kinds))}) "
+                     "is not one of minigpt's splits: GPT-2's ByteLevel regex, "
+                     "or a Split by GPT-4's (Llama 3's) pattern then ByteLevel")
+
+# %% ../nbs/10_using.ipynb #8db602d3
+def hf_bpe(data: dict) -> BPETokenizer:
+    "Our tokenizer of a tokenizer.json's data, with its ids; else ValueError."
+    model = data.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ValueError(f"its model is {model.get('type')!r}, not BPE")
+    if data.get("normalizer"):
+        raise ValueError(f"a normalizer ({data['normalizer'].get('type')}) "
+                         "changes the text; minigpt encodes it unchanged")
+    for key in ("byte_fallback", "continuing_subword_prefix",
+                "end_of_word_suffix", "dropout"):
+        if model.get(key):
+            raise ValueError(f"its BPE has {key}={model[key]!r}; minigpt's "
+                             "has none")
+    pattern = hf_split_pattern(data.get("pre_tokenizer"))
+    added = sorted(data.get("added_tokens") or [], key=lambda t: t["id"])
+    plain = [t["content"] for t in added if not t.get("special")]
+    if plain:
+        raise ValueError(f"added tokens that are not special ({plain[:3]}); "
+                         "minigpt's text is encoded by the merges alone")
+    specials = {t["content"]: t["id"] for t in added}
+    back = {c: b for b, c in BYTE_CHARS.items()}
+    vocab = {s: i for s, i in model["vocab"].items()
+             if i not in specials.values()}
     try:
-        pattern = data["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
-        vocab, merges = data["model"]["vocab"], data["model"]["merges"]
-        back = {c: b for b, c in BYTE_CHARS.items()}
-        made = {}               # token id -> the first merge that makes it
-        for m in merges:
-            left, right = m.split(" ") if isinstance(m, str) else m
-            made.setdefault(vocab[left + right], (vocab[left], vocab[right]))
-        trained = [made[i] for i in range(256, 256 + len(made))]
-        specials = [t["content"] for t in sorted(data["added_tokens"],
-                                                 key=lambda t: t["id"])]
         ranks = {bytes(back[c] for c in s): i for s, i in vocab.items()}
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise bad(f"not a byte-level BPE as minigpt writes it "
-                  f"({type(e).__name__}: {e})") from None
-    if pattern not in SAFE_PATTERNS:
-        raise bad("its split pattern is not one that minigpt ships")
-    tok = BPETokenizer.from_merges(trained, pattern, specials)
-    ids = {t["content"]: t["id"] for t in data["added_tokens"]}
-    if tok.ranks != ranks or tok.special_tokens != ids:
-        raise bad("its vocabulary is not the one its merges make")
+    except KeyError as e:
+        raise ValueError(f"a token holds {e.args[0]!r}, which is not one of "
+                         "byte-level BPE's 256 characters") from None
+    byte_of = {i: p[0] for p, i in ranks.items() if len(p) == 1}
+    if sorted(byte_of) != list(range(256)):
+        raise ValueError("its 256 bytes are not the tokens 0 to 255")
+    made = {}                   # token id -> the first merge that makes it
+    for m in model["merges"]:
+        left, right = m.split(" ") if isinstance(m, str) else m
+        made.setdefault(vocab[left + right], (vocab[left], vocab[right]))
+    n = 256 + len(made)
+    if list(made) != list(range(256, n)):
+        raise ValueError("its merged tokens are not numbered 256, 257, ... "
+                         "in the order of their first merges")
+    if list(specials.values()) != list(range(n, n + len(specials))):
+        raise ValueError(f"its special tokens are not numbered from {n}, "
+                         "right after the merged tokens")
+    if ENDOFTEXT not in specials:
+        raise ValueError(f"it has no special token {ENDOFTEXT}, which ends "
+                         f"every text in minigpt (it has {list(specials)})")
+    merges, order = list(made.values()), [byte_of[i] for i in range(256)]
+    tok = BPETokenizer(merged_ranks(merges, order), pattern, specials, merges)
+    if tok.ranks != ranks:
+        raise ValueError("its vocabulary is not the one its merges make")
+    return tok
+
+# %% ../nbs/10_using.ipynb #8db602d4
+def gpt2_tokenizer_data(folder: Path) -> dict:
+    "GPT-2's vocab.json and merges.txt as the data of a tokenizer.json."
+    vocab = read_json(folder / "vocab.json", (), "download it again")
+    lines = (folder / "merges.txt").read_text("utf-8").splitlines()
+    config = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            config |= read_json(folder / name, (), "download it again")
+    added = {int(i): t["content"] for i, t in
+             config.get("added_tokens_decoder", {}).items()}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        name = config.get(key)
+        name = name.get("content") if isinstance(name, dict) else name
+        if name and name not in added.values():   # after the vocabulary
+            added[vocab.get(name, len(vocab) + len(added))] = name
+    flags = dict(single_word=False, lstrip=False, rstrip=False,
+                 normalized=False, special=True)
+    return {"version": "1.0", "truncation": None, "padding": None,
+            "normalizer": None, "post_processor": None, "decoder": None,
+            "added_tokens": [{"id": i, "content": s} | flags
+                             for i, s in sorted(added.items())],
+            "pre_tokenizer": {"type": "ByteLevel", "use_regex": True,
+                              "add_prefix_space": config.get(
+                                  "add_prefix_space", False),
+                              "trim_offsets": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False,
+                      "byte_fallback": False, "ignore_merges": False,
+                      "vocab": vocab, "merges": [
+                          m for m in lines if m and not m.startswith("#")]}}
+
+def hf_tokenizer_data(folder: Path) -> dict:
+    "The data of a folder's tokenizer.json (or of GPT-2's two files)."
+    if (folder / "tokenizer.json").is_file():
+        return read_json(folder / "tokenizer.json", (), "download it again")
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return gpt2_tokenizer_data(folder)
+    if (folder / "tokenizer.model").is_file():
+        raise ValueError(f"{folder}: its tokenizer is SentencePiece "
+                         "(tokenizer.model), which minigpt cannot reproduce; "
+                         "minigpt reads byte-level BPE (tokenizer.json)")
+    raise FileNotFoundError(f"{folder}: no tokenizer (tokenizer.json, or "
+                            "vocab.json and merges.txt) in the folder")
+
+def check_hf_encoding(tok: BPETokenizer, data: dict) -> None:
+    "ValueError if `tokenizers` encodes a probe text to other ids than `tok`."
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return                            # nothing to compare with
+    theirs = Tokenizer.from_str(json.dumps(data))
+    for text in probe_texts():
+        if theirs.encode(text, add_special_tokens=False).ids != tok.encode(
+                text, allowed_special="all"):
+            raise ValueError(f"the tokenizers library encodes {text[:30]!r} "
+                             "to other ids than minigpt does")
+
+# %% ../nbs/10_using.ipynb #8db602d5
+def load_hf_tokenizer(path: str | Path) -> BPETokenizer:
+    "Our tokenizer of a tokenizer.json, or of a model folder's tokenizer."
+    path = Path(path)
+    data = (read_json(path, (), "download it again") if path.is_file()
+            else hf_tokenizer_data(path))
+    try:
+        tok = hf_bpe(data)
+        check_hf_encoding(tok, data)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        why = e if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"{path}: minigpt cannot reproduce this tokenizer: "
+                         f"{why}") from None
     return tok
 
 # %% ../nbs/10_using.ipynb #c1ada1fc
@@ -364,20 +495,50 @@ def export_hf(model: GPT, tok, out_dir: str | Path) -> Path:
     return out
 
 # %% ../nbs/10_using.ipynb #90b61589
-HF_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+def hf_weight_files(folder: Path) -> list[Path]:
+    "The weight files of a model folder, safetensors first; else an error."
+    for name in WEIGHT_FILES:
+        if not (folder / name).is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [folder / name]
+        index = read_json(folder / name, ("weight_map",), "download it again")
+        shards = sorted(set(index["weight_map"].values()))
+        bad = [s for s in shards if Path(s).name != s
+               or not (folder / s).is_file()]
+        if bad:
+            raise FileNotFoundError(f"{folder / name} names shards that are "
+                                    f"not in the folder: {', '.join(bad)}")
+        return [folder / s for s in shards]
+    raise FileNotFoundError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES)})")
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    "Every tensor of a model folder's weight files, by name."
+    from safetensors.torch import load_file
+    state = {}
+    for f in hf_weight_files(folder):
+        state |= (load_file(f) if f.suffix == ".safetensors" else
+                  torch.load(f, map_location="cpu", weights_only=True))
+    return state
 
 def load_hf(model_dir: str | Path, device=None):
-    "(model, tokenizer) of a Hugging Face folder that `export_hf` wrote."
-    from safetensors.torch import load_file
+    "(model, tokenizer) of a GPT-2- or Llama-shaped Hugging Face folder."
     path = Path(model_dir)
-    missing = [f for f in HF_FILES if not (path / f).is_file()]
-    if missing:
+    if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model folder: "
-                                f"{', '.join(missing)} missing")
-    fix = "export the model again"
-    cfg = gpt_config_from_hf(read_json(path / "config.json", (), fix))
-    model = from_hf_state(cfg, load_file(path / "model.safetensors"))
-    tok = load_hf_tokenizer(path / "tokenizer.json")
+                                "config.json missing")
+    try:
+        cfg = gpt_config_from_hf(read_json(path / "config.json", (), ""))
+    except ValueError as e:
+        raise ValueError(f"{path / 'config.json'}: {e}") from None
+    tok = load_hf_tokenizer(path)
+    if tok.vocab_size > cfg.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.vocab_size} tokens, "
+                         f"the model only {cfg.vocab_size}")
+    model = from_hf_state(cfg, read_hf_weights(path))
     return model.to(resolve_device(device)).eval(), tok
 
 def check_export_dir(out: str | Path, force: bool = False) -> Path:
@@ -389,3 +550,26 @@ def check_export_dir(out: str | Path, force: bool = False) -> Path:
         raise FileExistsError(f"--out {out} is not empty; choose a new folder "
                               "or pass --force to write into it")
     return out
+
+# %% ../nbs/10_using.ipynb #a1b2c3d2
+def import_hf(hf_dir: str | Path, run_dir: str | Path,
+              force: bool = False) -> Path:
+    "A run directory of a GPT-2- or Llama-shaped Hugging Face folder."
+    from minigpt.finetune import save_finetuned
+    folder, run = Path(hf_dir), Path(run_dir)
+    check_import_out(folder, run, force)   # before reading the weights
+    model, tok = load_hf(folder, device="cpu")
+    return save_finetuned(model, tok, run,
+                          {"method": "import", "from": str(folder)})
+
+# %% ../nbs/10_using.ipynb #a1b2c3d3
+def check_import_out(folder: Path, run: Path, force: bool) -> None:
+    "The run folder of an import must not destroy what is saved there."
+    if run.resolve() == folder.resolve():
+        raise ValueError(f"--out {run} is the Hugging Face folder itself; "
+                         "choose another folder for the run")
+    if run.is_dir() and latest_checkpoint(run):
+        raise FileExistsError(f"--out {run} holds a trained run (checkpoints); "
+                              "choose another folder: --force replaces only "
+                              "an imported or fine-tuned run")
+    check_export_dir(run, force)

@@ -133,11 +133,14 @@ def task_examples(docs, n: int, seed: int = 0,
 
 # %% ../nbs/09_finetuning.ipynb #9932f0ca
 def add_chat_tokens(tok: BPETokenizer) -> BPETokenizer:
-    "The tokenizer with the role tokens added after its special tokens."
-    if USER in tok.special_tokens:
+    "The tokenizer with the role tokens (and <|pad|>) after its specials."
+    missing = [s for s in (PAD, *CHAT_TOKENS) if s not in tok.special_tokens]
+    if not missing:     # an imported GPT-2 lacks <|pad|>, which packing needs
         return tok
-    specials = list(tok.special_tokens) + list(CHAT_TOKENS)
-    return BPETokenizer.from_merges(tok.merges, tok.pattern, specials)
+    n = tok.vocab_size             # the byte order and the merges are kept
+    roles = {s: n + k for k, s in enumerate(missing)}
+    return BPETokenizer(tok.ranks, tok.pattern, tok.special_tokens | roles,
+                        tok.merges)
 
 def resize_vocab(model: GPT, vocab_size: int) -> GPT:
     "A copy of `model` with `vocab_size` tokens; new rows start at the mean."

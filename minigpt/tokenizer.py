@@ -20,7 +20,7 @@ __all__ = ['SPECIAL_TOKENS', 'GPT2_PATTERN', 'GPT4_PATTERN', 'FORMAT', 'VERSION'
            'split_special', 'CharTokenizer', 'get_stats', 'merge', 'chunk_counts', 'best_pair', 'train_bpe_naive',
            'train_bpe', 'bpe_encode_chunk', 'merges_needed', 'trained_merges', 'merged_ranks', 'BPETokenizer',
            'to_tiktoken', 'from_tiktoken', 'tokenizer_state', 'fingerprint', 'save_tokenizer', 'load_tokenizer',
-           'bytes_to_unicode', 'token_string']
+           'bpe_of_state', 'bytes_to_unicode', 'token_string']
 
 # %% ../nbs/02_tokenizer.ipynb #c14d6ab8
 SPECIAL_TOKENS = (ENDOFTEXT, PAD)
@@ -237,9 +237,10 @@ def trained_merges(texts, vocab_size, pattern, specials) -> list:
             f"--vocab-size {most} or less, or give more text")
     return merges
 
-def merged_ranks(merges) -> dict[bytes, int]:
-    "Token bytes -> id: the 256 bytes, then the token of each merge."
-    vocab = {i: bytes([i]) for i in range(256)}
+def merged_ranks(merges, byte_order=range(256)) -> dict[bytes, int]:
+    """Token bytes -> id: the 256 bytes (token i is byte `byte_order[i]`),
+    then the token of each merge."""
+    vocab = {i: bytes([b]) for i, b in enumerate(byte_order)}
     for idx, (a, b) in enumerate(merges, 256):
         vocab[idx] = vocab[a] + vocab[b]
     ranks = {}
@@ -330,16 +331,19 @@ def from_tiktoken(enc) -> BPETokenizer:
     return BPETokenizer(enc._mergeable_ranks, enc._pat_str, enc._special_tokens)
 
 # %% ../nbs/02_tokenizer.ipynb #445b44e6
-FORMAT, VERSION = "minigpt-tokenizer", 1
+FORMAT, VERSION = "minigpt-tokenizer", 2   # 2 adds byte_order: see below
 
 def tokenizer_state(tok) -> dict:
     "Everything that decides the token ids, as JSON-ready data."
-    base = {"format": FORMAT, "version": VERSION, "kind": tok.kind,
+    base = {"format": FORMAT, "version": 1, "kind": tok.kind,
             "special_tokens": tok.special_tokens}
     if tok.kind == "char":
         return base | {"chars": tok.chars}
     if tok.merges is None:
         raise ValueError("only trained tokenizers (with merges) can be saved")
+    order = [tok.vocab[i][0] for i in range(256)]   # GPT-2's is not 0..255
+    if order != list(range(256)):   # only then version 2: older files alike
+        base |= {"version": VERSION, "byte_order": order}
     return base | {"pattern": tok.pattern,
                    "merges": [list(p) for p in tok.merges]}
 
@@ -379,9 +383,9 @@ def load_tokenizer(path: str | Path):
         raise bad(e) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise bad("no 'format': 'minigpt-tokenizer'")
-    if state.get("version") != VERSION:
+    if state.get("version") not in range(1, VERSION + 1):
         raise bad(f"version {state.get('version')}; this minigpt reads "
-                  f"{VERSION}")
+                  f"1 to {VERSION}")
     pattern = state.get("pattern")   # only ours: see below
     if state.get("kind") == "bpe" and not (isinstance(pattern, str)
                                            and pattern in SAFE_PATTERNS):
@@ -397,7 +401,7 @@ def load_tokenizer(path: str | Path):
             for idx, (a, b) in enumerate(merges, 256):
                 if not all(isinstance(t, int) and 0 <= t < idx for t in (a, b)):
                     raise ValueError(f"merge {idx} uses a later token")
-            tok = BPETokenizer.from_merges(merges, state["pattern"], specials)
+            tok = bpe_of_state(merges, state, specials)
         else:
             raise ValueError(f"unknown kind {state['kind']!r}")
     except KeyError as e:
@@ -407,6 +411,15 @@ def load_tokenizer(path: str | Path):
     if tok.special_tokens != state["special_tokens"]:
         raise bad("special token ids do not match the vocabulary")
     return tok
+
+def bpe_of_state(merges, state: dict, specials: list[str]) -> BPETokenizer:
+    "The BPE tokenizer of a saved state: merges, pattern, byte order."
+    order = state.get("byte_order", list(range(256)))
+    if sorted(order) != list(range(256)):
+        raise ValueError("byte_order is not an order of the 256 bytes")
+    n = 256 + len(merges)
+    return BPETokenizer(merged_ranks(merges, order), state["pattern"],
+                        {s: n + k for k, s in enumerate(specials)}, merges)
 
 # %% ../nbs/02_tokenizer.ipynb #11f6cc50
 def bytes_to_unicode() -> dict[int, str]:

@@ -200,6 +200,8 @@ CASES = [
     ("plan --params 1e30", None, "plan --params 1e30", "--params '1e30'"),
     ("export into its own run", None, "export --run R --out R --format hf --force",
      "inside the run"),
+    ("import of a minigpt run as --hf", None, "import --hf R --out N",
+     "model_type None: minigpt reads gpt2 and llama"),
     # training keeps a good state (issue 33): damage is named, foreign locks explained
     ("metrics.jsonl not UTF-8", lambda D, R, T: (R / "metrics.jsonl").write_bytes(
         b"\xff\xfe garbage\n"), "train --data D --out R --resume --max-steps 4",
