@@ -416,7 +416,8 @@ def load_hf_tokenizer(path: str | Path) -> BPETokenizer:
 # %% ../nbs/10_using.ipynb #c1ada1fc
 CHAT_TEMPLATE = r"""{%- set ns = namespace(system='') -%}
 {%- for m in messages if m['role'] in ['system', 'developer'] -%}
-  {%- set ns.system = ns.system + ('\n\n' if ns.system else '') + m['content'] -%}
+  {%- set ns.system = ns.system + ('\n\n' if ns.system else '')
+                      + m['content'] -%}
 {%- endfor -%}
 {%- for m in messages if m['role'] not in ['system', 'developer'] -%}
   {%- if m['role'] == 'user' -%}

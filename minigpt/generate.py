@@ -177,7 +177,8 @@ def cache_dtype(model: GPT) -> torch.dtype:
 # %% ../nbs/07_generation.ipynb #e709d1c9
 def prefill(model: GPT, x: torch.Tensor, valid: torch.Tensor,
             cache: KVCache) -> torch.Tensor:
-    "The last logits (B, V) of the window x (B, w), its keys into an empty cache."
+    """The last logits (B, V) of the window x (B, w); its keys go into an
+    empty cache."""
     cache.slot, cache.length = None, 0
     return model(x, positions=positions_of(valid), cache=cache,
                  mask=padding_mask(valid, valid.shape[1]))[0][:, -1]
@@ -305,7 +306,8 @@ class ReplyText:
     def __init__(self, tok, cfg: SamplingConfig,
                  out: Continuation | None = None):
         self.out = Continuation() if out is None else out
-        self.eot, self.piece = tok.special_tokens[ENDOFTEXT], _piece_decoder(tok)
+        self.eot = tok.special_tokens[ENDOFTEXT]
+        self.piece = _piece_decoder(tok)
         self.stop, self.stop_at_eot = cfg.stop, cfg.stop_at_eot
         self.hold = max((len(s) for s in cfg.stop), default=1) - 1
         self.sent, self.done = 0, False

@@ -627,7 +627,8 @@ async def events(engine: Engine, ids, cfg, chat: bool, include_usage: bool,
     try:
         async for piece in engine.stream(ids, cfg, reply, top):
             sent += len(piece)
-            yield chunk([choice(chat, piece, None, True, False, logprobs(sent))])
+            yield chunk([choice(chat, piece, None, True, False,
+                                logprobs(sent))])
     except Exception as e:                   # the headers are sent: in-band
         yield sse(APIError(500, f"generation failed: {e}").body())
         return
