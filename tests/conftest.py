@@ -14,3 +14,14 @@ def write_plays_jsonl(path: Path, n: int) -> Path:
     path.write_text("".join(json.dumps({"text": d.text}) + "\n"
                             for d in load_shakespeare().docs[:n]))
     return path
+
+
+def minigpt_in_process(*args):
+    "Exit status, standard output and standard error of `minigpt ARGS`, in this process."
+    import contextlib, io
+    from minigpt.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: status = main([str(a) for a in args])
+        except SystemExit as e: status = e.code
+    return status, out.getvalue(), err.getvalue()

@@ -5,8 +5,6 @@ grouped-query heads and an untied head), exported, and loaded with `AutoModelFor
 `AutoTokenizer`: the logits must be ours, greedy `generate` must give the tokens that
 `minigpt generate --temperature 0` prints, the tokenizer must give our ids on the hard texts
 of chapter 10, and `load_hf` must give the model back. Nothing is downloaded."""
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -20,7 +18,7 @@ import transformers  # noqa: E402
 
 from conftest import write_plays_jsonl  # noqa: E402
 from minigpt.checkpoint import load_run, save_weights  # noqa: E402
-from minigpt.cli import main  # noqa: E402
+from conftest import minigpt_in_process as minigpt  # noqa: E402
 from minigpt.export import load_hf, probe_texts  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 from minigpt.common import ENDOFTEXT, PAD  # noqa: E402
@@ -36,15 +34,6 @@ SHAPES = {"gpt2": [],
                     "--set", "n_kv_head=2", "--set", "bias=false",
                     "--set", "tie_weights=false", "--set", "rope_base=500"]}
 PROMPTS = ["ROMEO:", "First Citizen:\nWe", "O"]
-
-
-def minigpt(*args):
-    "Exit status, standard output and standard error of `minigpt ARGS`, in this process."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: status = main([str(a) for a in args])
-        except SystemExit as e: status = e.code
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

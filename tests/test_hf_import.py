@@ -6,8 +6,6 @@ library (so its bytes are numbered GPT-2's way: `!` is token 0), and a tiny Llam
 pattern, are imported; the run must give the ids of the HF tokenizer, the logits of
 transformers and the same greedy text; the GPT-2 one is then fine-tuned, sampled and
 exported back from the command line. Nothing is downloaded."""
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +18,7 @@ import transformers  # noqa: E402
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from minigpt.checkpoint import load_run  # noqa: E402
-from minigpt.cli import main  # noqa: E402
+from conftest import minigpt_in_process as minigpt  # noqa: E402
 from minigpt.common import ENDOFTEXT  # noqa: E402
 from minigpt.export import LLAMA3_PATTERN, load_hf, load_hf_tokenizer  # noqa: E402
 
@@ -31,15 +29,6 @@ CORPUS = ["ROMEO: But, soft! what light through yonder window breaks?\nIt is the
 TEXTS = ["ROMEO: But, soft!", "  leading spaces,\ttabs\n\nnewlines\n", "digits 12345 67 8.9",
          "unicode: café 日本語 😀 👍🏽 ﬁ", "text <|endoftext|> more text", "<|endoftext|>",
          "don't SHOUT IT'S", "trailing   ", "\r\n", "a" * 40]
-
-
-def minigpt(*args):
-    "Exit status, standard output and standard error of `minigpt ARGS`, in this process."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: status = main([str(a) for a in args])
-        except SystemExit as e: status = e.code
-    return status, out.getvalue(), err.getvalue()
 
 
 def train_tokenizer(pre_tokenizer) -> Tokenizer:
