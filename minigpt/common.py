@@ -174,10 +174,12 @@ class Progress:
         self.shown, self.shown_done = self.clock(), self.done
 
     def close(self) -> None:
-        "The last line (on a terminal: kept, with a new line after it)."
+        """The last line, if anything was done since the one before (nothing
+        if nothing was: an error then stays one line); kept on a terminal."""
         if self.on:
-            if self.done != self.shown_done:
+            last = self.first if self.shown_done is None else self.shown_done
+            if self.done != last:
                 self.show()
-            if self.tty:
+            if self.tty and self.shown is not None:
                 self.stream.write("\n")
             self.on = False
