@@ -1351,7 +1351,7 @@ def server_routes() -> list[tuple[str, str]]:
             for m in sorted(getattr(r, "methods", ()) - {"HEAD"})]
 
 
-def batch_size() -> int:
+def engine_max_batch() -> int:
     "The most requests an `Engine` decodes together by default."
     import inspect
     from minigpt.serve import Engine
@@ -1365,7 +1365,7 @@ def server(pieces=("To", " be", ",")):
     reply of `pieces`)."""
     import json
     routes = server_routes()
-    max_batch = batch_size()
+    max_batch = engine_max_batch()
     lines = []
     for e in sse_events(pieces):
         body = e.strip()[len("data: "):]
